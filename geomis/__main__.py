@@ -1,0 +1,3 @@
+from geomis.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Residual-stream activations after a decoder layer, collected through nnsight with the forward pass cut there.
+
+Conversations are tokenized once, sorted by length (less padding), run in left-padded batches, and only the selected
+tokens of each batch are kept, as float32 on the CPU: the corpus never sits on the model's device at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from geomis.chat_tokens import Conversation, PaddedBatch, TokenizedChat, pad_left, tokenize_chats
+from geomis.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Which residual stream to read and which tokens to keep."""
+
+    layer: int
+    """Read the output of decoder layer ``layer`` (0-based), i.e. ``hidden_states[layer + 1]`` in transformers."""
+    batch_size: int = 16
+    assistant_only: bool = True
+    """Keep only tokens of assistant replies; otherwise every non-special token."""
+    max_length: int = 256
+    """Conversations longer than this many tokens are truncated (the tail is not read)."""
+    progress: bool = True
+
+
+@dataclass
+class TokenActivations:
+    """Residual vectors of the kept tokens, with where each came from."""
+
+    activations: torch.Tensor
+    """(n_tokens, d_model) float32 on the CPU."""
+    sample_index: torch.Tensor
+    """(n_tokens,) index of the conversation in the input order."""
+    position: torch.Tensor
+    """(n_tokens,) token position within its conversation (0 = first token)."""
+    token_id: torch.Tensor
+    """(n_tokens,) token id."""
+
+    def __len__(self) -> int:
+        return int(self.activations.shape[0])
+
+    @staticmethod
+    def concatenate(parts: Sequence[TokenActivations], d_model: int) -> TokenActivations:
+        """Join several batches' activations into one (an empty input gives an empty result)."""
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.long)
+            return TokenActivations(torch.zeros(0, d_model), empty, empty.clone(), empty.clone())
+        return TokenActivations(
+            torch.cat([part.activations for part in parts]),
+            torch.cat([part.sample_index for part in parts]),
+            torch.cat([part.position for part in parts]),
+            torch.cat([part.token_id for part in parts]),
+        )
+
+
+def check_layer(model: LoadedModel, layer: int) -> None:
+    """Raise a clear ValueError when ``layer`` is not a decoder layer of ``model``."""
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} is out of range for {model.spec.name} (0..{model.n_layers - 1})")
+
+
+def residual_at_layer(model: LoadedModel, batch: PaddedBatch, layer: int) -> torch.Tensor:
+    """Run ``batch`` up to decoder layer ``layer`` only and return that layer's output, (batch, seq, d_model)."""
+    check_layer(model, layer)
+    with torch.no_grad(), model.lm.trace(batch.model_inputs(model.device)) as tracer:
+        hidden = model.lm.model.layers[layer].output.save()
+        tracer.stop()
+    return hidden[0] if isinstance(hidden, tuple) else hidden
+
+
+def token_selection(batch: PaddedBatch, assistant_only: bool) -> torch.Tensor:
+    """Boolean (batch, seq) mask of the tokens to keep: real, not special, not the first token (attention sink)."""
+    keep = batch.attention_mask.bool() & ~batch.special_mask & (batch.position_ids > 0)
+    if assistant_only:
+        keep &= batch.assistant_mask
+    return keep
+
+
+def _length_sorted_batches(chats: Sequence[TokenizedChat], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(chats)), key=lambda index: (len(chats[index]), index))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def iter_residual_batches(
+    model: LoadedModel, conversations: Sequence[Conversation], config: ActivationConfig
+) -> Iterator[TokenActivations]:
+    """Yield the kept tokens' residual vectors batch by batch (length-sorted batches, input-order indices)."""
+    check_layer(model, config.layer)
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
+    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
+    pad_id = model.tokenizer.pad_token_id
+    assert pad_id is not None, "load_model sets a pad token"
+    batches = _length_sorted_batches(chats, config.batch_size)
+    for indices in tqdm(batches, desc=f"layer {config.layer} activations", unit="batch", disable=not config.progress):
+        batch = pad_left([chats[index] for index in indices], pad_id)
+        hidden = residual_at_layer(model, batch, config.layer)
+        keep = token_selection(batch, config.assistant_only)
+        rows, _ = keep.nonzero(as_tuple=True)
+        yield TokenActivations(
+            activations=hidden[keep.to(hidden.device)].float().cpu(),
+            sample_index=torch.tensor(indices, dtype=torch.long)[rows],
+            position=batch.position_ids[keep],
+            token_id=batch.input_ids[keep],
+        )
+
+
+def collect_residuals(
+    model: LoadedModel, conversations: Sequence[Conversation], config: ActivationConfig
+) -> TokenActivations:
+    """Collect the kept tokens' residual vectors for a whole corpus into CPU memory."""
+    parts = list(iter_residual_batches(model, conversations, config))
+    return TokenActivations.concatenate(parts, d_model=model.spec.d_model)

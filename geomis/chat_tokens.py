@@ -1,0 +1,117 @@
+"""Chat conversations → token ids with masks: which tokens belong to assistant replies, which are special.
+
+A conversation is a list of ``{"role": ..., "content": ...}`` messages (the chat JSONL format). It is rendered with the
+tokenizer's own chat template and tokenized without adding special tokens a second time (Gemma's template already
+starts with ``<bos>``). Assistant tokens are found from character offsets, so this works for any template that copies
+message text verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+Conversation = Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class TokenizedChat:
+    """One conversation as token ids, with per-token flags for assistant content and special tokens."""
+
+    input_ids: tuple[int, ...]
+    assistant_mask: tuple[bool, ...]
+    special_mask: tuple[bool, ...]
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Left-padded tensors for a batch of conversations, ready for a forward pass."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    assistant_mask: torch.Tensor
+    special_mask: torch.Tensor
+
+    def model_inputs(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The keyword inputs of a causal LM forward pass, on ``device``."""
+        return {
+            "input_ids": self.input_ids.to(device),
+            "attention_mask": self.attention_mask.to(device),
+            "position_ids": self.position_ids.to(device),
+        }
+
+
+def _assistant_spans(text: str, conversation: Conversation) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for message in conversation:
+        content = message["content"].strip()
+        if not content:
+            continue
+        start = text.find(content, cursor)
+        if start < 0:
+            raise ValueError(f"chat template did not copy a {message['role']} message verbatim; cannot locate it")
+        end = start + len(content)
+        if message["role"] == "assistant":
+            spans.append((start, end))
+        cursor = end
+    return spans
+
+
+def tokenize_chat(
+    tokenizer: PreTrainedTokenizerBase, conversation: Conversation, max_length: int | None = None
+) -> TokenizedChat:
+    """Render one conversation with the chat template and tokenize it, flagging assistant and special tokens."""
+    if not conversation:
+        raise ValueError("a conversation needs at least one message")
+    text = tokenizer.apply_chat_template(list(map(dict, conversation)), tokenize=False)
+    spans = _assistant_spans(text, conversation)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                         return_special_tokens_mask=True)
+    ids = list(encoding["input_ids"])
+    special = [bool(flag) for flag in encoding["special_tokens_mask"]]
+    special_ids = set(tokenizer.all_special_ids)
+    special = [flag or token in special_ids for flag, token in zip(special, ids)]
+    assistant = [
+        (not is_special) and any(start < span_end and end > span_start for span_start, span_end in spans)
+        for (start, end), is_special in zip(encoding["offset_mapping"], special)
+    ]
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids, assistant, special = ids[:max_length], assistant[:max_length], special[:max_length]
+    return TokenizedChat(tuple(ids), tuple(assistant), tuple(special), truncated)
+
+
+def tokenize_chats(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation], max_length: int | None = None
+) -> list[TokenizedChat]:
+    """Tokenize many conversations (see :func:`tokenize_chat`)."""
+    return [tokenize_chat(tokenizer, conversation, max_length) for conversation in conversations]
+
+
+def pad_left(chats: Sequence[TokenizedChat], pad_token_id: int) -> PaddedBatch:
+    """Left-pad tokenized chats into one batch; positions count from each row's first real token."""
+    if not chats:
+        raise ValueError("cannot pad an empty batch")
+    width = max(len(chat) for chat in chats)
+    shape = (len(chats), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    assistant = torch.zeros(shape, dtype=torch.bool)
+    special = torch.zeros(shape, dtype=torch.bool)
+    for row, chat in enumerate(chats):
+        start = width - len(chat)
+        input_ids[row, start:] = torch.tensor(chat.input_ids, dtype=torch.long)
+        attention[row, start:] = 1
+        assistant[row, start:] = torch.tensor(chat.assistant_mask, dtype=torch.bool)
+        special[row, start:] = torch.tensor(chat.special_mask, dtype=torch.bool)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return PaddedBatch(input_ids, attention, positions, assistant, special)

@@ -1,0 +1,83 @@
+"""Loading gated models from the Hugging Face Hub: where the token comes from, and one-line errors when it fails.
+
+The token is read from the ``HF_TOKEN`` environment variable or, in Colab, from the notebook's secrets. It is passed
+straight to transformers and never printed, logged or written anywhere by geomis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from geomis.errors import ModelLoadError
+
+TOKEN_ENV_VARS: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def _colab_secret(name: str) -> str | None:
+    """Read a Colab secret if running in Colab and the notebook was granted access; None otherwise."""
+    if "google.colab" not in sys.modules:
+        return None
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+
+        return userdata.get(name) or None
+    except Exception:  # SecretNotFoundError, NotebookAccessError, ... : treat as "no secret"
+        return None
+
+
+def hub_token() -> str | None:
+    """Return the Hugging Face token from the environment or Colab secrets, or None when there is none."""
+    for name in TOKEN_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return _colab_secret("HF_TOKEN")
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def describe_hub_failure(repo_id: str, error: BaseException, has_token: bool) -> str:
+    """Turn an exception raised while loading ``repo_id`` from the Hub into one line a user can act on."""
+    from huggingface_hub import errors as hub_errors
+
+    chain = _exception_chain(error)
+    text = " ".join(str(item) for item in chain).lower()
+    gated = any(isinstance(item, hub_errors.GatedRepoError) for item in chain) or "gated repo" in text
+    if gated or ("401" in text and "unauthorized" in text):
+        if not has_token:
+            return (f"{repo_id} is gated: accept its licence on huggingface.co, then set HF_TOKEN "
+                    "(or add HF_TOKEN to Colab secrets)")
+        return f"{repo_id} is gated and the token given has no access: accept its licence on huggingface.co"
+    if any(isinstance(item, hub_errors.RepositoryNotFoundError) for item in chain):
+        return f"{repo_id} was not found on the Hugging Face Hub"
+    offline = any(isinstance(item, hub_errors.OfflineModeIsEnabled) for item in chain) or "offline" in text
+    unreachable = any(isinstance(item, (hub_errors.LocalEntryNotFoundError, ConnectionError, TimeoutError))
+                      for item in chain)
+    if offline or unreachable or "couldn't connect" in text or "connection" in text:
+        return (f"cannot reach the Hugging Face Hub to download {repo_id} and it is not in the local cache; "
+                "connect to the internet, or use the CPU default model 'smollm2-135m' which needs no Hub")
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"could not load {repo_id} from the Hugging Face Hub: {first_line}"
+
+
+def load_from_hub(repo_id: str, **model_kwargs: Any) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from the Hub (safetensors only, no remote code), with clear errors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    token = hub_token()
+    common = {"token": token, "trust_remote_code": False}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, **common)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, use_safetensors=True, **common, **model_kwargs)
+    except Exception as error:  # noqa: BLE001 - every Hub failure becomes one actionable line
+        raise ModelLoadError(describe_hub_failure(repo_id, error, has_token=token is not None)) from None
+    return model, tokenizer

@@ -1,0 +1,63 @@
+"""Tokenizing chats: assistant masks cover exactly the replies, special tokens are flagged, left padding is sound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geomis.chat_tokens import pad_left, tokenize_chat, tokenize_chats
+
+
+def _assistant_text(model, chat) -> str:
+    return model.tokenizer.decode([token for token, keep in zip(chat.input_ids, chat.assistant_mask) if keep])
+
+
+def test_assistant_mask_decodes_to_exactly_the_replies(any_model, chats) -> None:
+    for conversation in chats:
+        tokenized = tokenize_chat(any_model.tokenizer, conversation)
+        replies = "".join(m["content"] for m in conversation if m["role"] == "assistant")
+        assert _assistant_text(any_model, tokenized).replace(" ", "") == replies.replace(" ", "")
+
+
+def test_user_and_system_text_is_not_assistant(any_model, chats) -> None:
+    tokenized = tokenize_chat(any_model.tokenizer, chats[1])
+    assert "prime" not in _assistant_text(any_model, tokenized)
+    assert "briefly" not in _assistant_text(any_model, tokenized)
+
+
+def test_special_tokens_are_flagged_and_bos_is_not_doubled(tiny_gemma, chats) -> None:
+    tokenized = tokenize_chat(tiny_gemma.tokenizer, chats[0])
+    bos = tiny_gemma.tokenizer.bos_token_id
+    assert tokenized.input_ids[0] == bos and tokenized.input_ids.count(bos) == 1
+    specials = {tokenized.input_ids[i] for i, flag in enumerate(tokenized.special_mask) if flag}
+    turn_markers = set(tiny_gemma.tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]))
+    assert turn_markers <= specials
+    assert not any(a and s for a, s in zip(tokenized.assistant_mask, tokenized.special_mask))
+
+
+def test_truncation_keeps_the_start(any_model, chats) -> None:
+    full = tokenize_chat(any_model.tokenizer, chats[2])
+    short = tokenize_chat(any_model.tokenizer, chats[2], max_length=10)
+    assert short.truncated and not full.truncated
+    assert short.input_ids == full.input_ids[:10]
+
+
+def test_empty_conversation_is_rejected(tiny_gemma) -> None:
+    with pytest.raises(ValueError, match="at least one message"):
+        tokenize_chat(tiny_gemma.tokenizer, [])
+
+
+def test_pad_left_aligns_rows_to_the_right_and_counts_positions_from_first_token(tiny_gemma, chats) -> None:
+    tokenized = tokenize_chats(tiny_gemma.tokenizer, chats)
+    batch = pad_left(tokenized, pad_token_id=tiny_gemma.tokenizer.pad_token_id)
+    width = max(len(t) for t in tokenized)
+    assert batch.input_ids.shape == (len(chats), width)
+    for row, chat in enumerate(tokenized):
+        pad = width - len(chat)
+        assert batch.attention_mask[row, :pad].sum() == 0 and batch.attention_mask[row, pad:].all()
+        assert batch.input_ids[row, pad:].tolist() == list(chat.input_ids)
+        assert batch.position_ids[row, pad:].tolist() == list(range(len(chat)))
+        assert batch.assistant_mask[row, pad:].tolist() == list(chat.assistant_mask)
+    with pytest.raises(ValueError):
+        pad_left([], pad_token_id=0)
+    assert batch.input_ids.dtype == torch.long

@@ -1,0 +1,121 @@
+"""Model loading: names, the offline CPU default, the tiny Gemma-2 model, and Hub failures at the network boundary."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+import torch
+from huggingface_hub.errors import GatedRepoError
+from nnsight import TransformersModel
+from transformers import Gemma2ForCausalLM, LlamaForCausalLM
+
+from geomis import hub_access
+from geomis.errors import ModelLoadError
+from geomis.gguf_weights import SMOLLM2_135M_INSTRUCT, fetch_gguf
+from geomis.models import known_model_names, load_model
+from geomis.profiles import PROFILES, get_profile
+
+
+def test_unknown_name_lists_known_models() -> None:
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("gpt-17")
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in ("smollm2-135m", "gemma-2-2b", "gemma-2-2b-it", "tiny-gemma2"):
+        assert name in message
+    assert set(known_model_names()) == {"smollm2-135m", "gemma-2-2b", "gemma-2-2b-it", "tiny-gemma2"}
+
+
+def test_tiny_gemma_is_a_gemma2_wrapped_by_nnsight(tiny_gemma) -> None:
+    assert isinstance(tiny_gemma.lm, TransformersModel)
+    assert isinstance(tiny_gemma.hf_model, Gemma2ForCausalLM)
+    assert tiny_gemma.n_layers == 4
+    assert tiny_gemma.tokenizer.padding_side == "left"
+    assert not tiny_gemma.hf_model.training
+
+
+def test_tiny_gemma_is_seeded() -> None:
+    first = load_model("tiny-gemma2").hf_model.state_dict()
+    second = load_model("tiny-gemma2").hf_model.state_dict()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_offline_as_llama(smollm2) -> None:
+    assert isinstance(smollm2.hf_model, LlamaForCausalLM)
+    assert smollm2.n_layers == 30
+    assert smollm2.hf_model.config.hidden_size == smollm2.spec.d_model == 576
+    assert smollm2.hf_model.dtype == torch.float32
+    assert smollm2.tokenizer.chat_template
+
+
+@pytest.mark.slow
+def test_smollm2_weights_are_a_working_language_model(smollm2) -> None:
+    prompt = smollm2.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        tokenize=False, add_generation_prompt=True)
+    ids = smollm2.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = smollm2.hf_model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert "Paris" in smollm2.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_gguf_override_must_exist(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv(SMOLLM2_135M_INSTRUCT.env_override, str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelLoadError, match="is not a file"):
+        fetch_gguf()
+
+
+def test_gguf_override_is_checked_against_its_digest(monkeypatch, tmp_path) -> None:
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF but not the right one")
+    monkeypatch.setenv(SMOLLM2_135M_INSTRUCT.env_override, str(fake))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        fetch_gguf()
+
+
+def test_gemma_without_hub_gives_one_clear_line() -> None:
+    # conftest sets HF_HUB_OFFLINE=1: this is the real loading code stopping at the network boundary.
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("gemma-2-2b-it", device="cpu")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "cannot reach the Hugging Face Hub" in message and "google/gemma-2-2b-it" in message
+    assert caught.value.__cause__ is None  # the CLI prints this line alone, no chained traceback
+
+
+def _gated_error() -> GatedRepoError:
+    request = httpx2.Request("GET", "https://huggingface.co/google/gemma-2-2b/resolve/main/config.json")
+    return GatedRepoError("401 Client Error. Cannot access gated repo.", response=httpx2.Response(401, request=request))
+
+
+def test_gated_model_without_token_says_how_to_get_access() -> None:
+    wrapped = OSError("You are trying to access a gated repo.")
+    wrapped.__cause__ = _gated_error()
+    message = hub_access.describe_hub_failure("google/gemma-2-2b", wrapped, has_token=False)
+    assert "gated" in message and "HF_TOKEN" in message and "\n" not in message
+
+
+def test_gated_model_with_token_says_licence_not_accepted() -> None:
+    message = hub_access.describe_hub_failure("google/gemma-2-2b", _gated_error(), has_token=True)
+    assert "no access" in message and "licence" in message
+
+
+def test_token_comes_from_environment_and_is_never_in_errors(monkeypatch) -> None:
+    secret = "hf_" + "x" * 30
+    monkeypatch.setenv("HF_TOKEN", secret)
+    assert hub_access.hub_token() == secret
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("gemma-2-2b", device="cpu")
+    assert secret not in str(caught.value)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    assert hub_access.hub_token() is None
+
+
+def test_profiles_name_known_models_and_layers() -> None:
+    assert get_profile().name == "cpu-default"
+    assert get_profile("gemma-2-2b").model_name == "gemma-2-2b-it"
+    assert {p.layer for p in PROFILES.values()} == {15, 12}
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("tpu-pod")
