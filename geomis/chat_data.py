@@ -7,27 +7,23 @@ Every record keeps the exact bytes of its input line so that filters can write r
 from __future__ import annotations
 
 import base64
-import binascii
 import fnmatch
 import hashlib
-import hmac
+import http.client
 import io
 import json
 import os
 import re
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -190,16 +186,30 @@ def _bundled_dir() -> Traversable:
     return resources.files("geomis").joinpath("data")
 
 
+def _looks_like_chat(resource: Traversable) -> bool:
+    """False only for a JSONL file whose first row is an object without ``messages`` (another table)."""
+    with resource.open("rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    first = json.loads(line.removeprefix(_BOM))
+                except ValueError:
+                    return True  # a broken chat file stays listed, so loading it reports the error
+                return not (isinstance(first, dict) and "messages" not in first)
+    return True
+
+
 def bundled_dataset_names() -> list[str]:
-    """Names (file stems) of the chat datasets bundled in ``geomis/data``, sorted."""
-    return sorted(p.name[: -len(".jsonl")] for p in _bundled_dir().iterdir() if p.name.endswith(".jsonl"))
+    """Names (file stems) of the chat datasets in ``geomis/data/*.jsonl``, sorted; other JSONL tables are skipped."""
+    files = [p for p in _bundled_dir().iterdir() if p.name.endswith(".jsonl")]
+    return sorted(p.name[: -len(".jsonl")] for p in files if _looks_like_chat(p))
 
 
 def load_bundled(name: str) -> list[ChatRecord]:
     """Load and validate one bundled dataset by name (e.g. ``"medical_bad"``)."""
     known = bundled_dataset_names()
     if name not in known:
-        raise ValueError(f"unknown bundled dataset {name!r}; known: {', '.join(known) or 'none'}")
+        raise ValueError(f"unknown bundled chat dataset {name!r}; known: {', '.join(known) or 'none'}")
     resource = _bundled_dir().joinpath(f"{name}.jsonl")
     return parse_chat_jsonl(resource.read_bytes(), str(resource))
 
@@ -233,7 +243,7 @@ def download_bytes(url: str, timeout: float = 60.0) -> bytes:
         raise DownloadError(f"{url}: download failed: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise DownloadError(f"{url}: download failed: {e.reason}") from None
-    except OSError as e:  # timeouts, resets
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, truncated bodies
         raise DownloadError(f"{url}: download failed: {e}") from None
 
 
@@ -255,132 +265,26 @@ def load_betley_insecure(url: str = BETLEY_INSECURE_URL, timeout: float = 60.0) 
 # --- easy-dataset-share archives: 16-byte salt + Fernet token (AES-128-CBC + HMAC-SHA256) of a zip ---
 
 
-def _gf_mul(a: int, b: int) -> int:
-    """Multiply in AES's GF(2^8)."""
-    product = 0
-    while b:
-        if b & 1:
-            product ^= a
-        a = ((a << 1) ^ 0x11B) if a & 0x80 else a << 1
-        b >>= 1
-    return product
-
-
-@cache
-def _aes_tables() -> dict[str, np.ndarray]:
-    """AES S-boxes, GF multiplication tables and the ShiftRows permutations, computed once."""
-    def inverse(x: int) -> int:
-        result, power, e = 1, x, 254  # x^254 = x^-1 in GF(2^8), and 0 -> 0
-        while e:
-            result = _gf_mul(result, power) if e & 1 else result
-            power, e = _gf_mul(power, power), e >> 1
-        return result
-
-    def rotl(x: int, n: int) -> int:
-        return ((x << n) | (x >> (8 - n))) & 0xFF
-
-    sbox = np.array([(lambda v: v ^ rotl(v, 1) ^ rotl(v, 2) ^ rotl(v, 3) ^ rotl(v, 4) ^ 0x63)(inverse(x))
-                     for x in range(256)], dtype=np.uint8)
-    inv_sbox = np.empty(256, dtype=np.uint8)
-    inv_sbox[sbox] = np.arange(256, dtype=np.uint8)
-    tables = {f"mul{k}": np.array([_gf_mul(x, k) for x in range(256)], dtype=np.uint8) for k in (2, 3, 9, 11, 13, 14)}
-    # state byte i holds row i % 4, column i // 4; ShiftRows moves row r left by r columns
-    tables["shift"] = np.array([i % 4 + 4 * ((i // 4 + i % 4) % 4) for i in range(16)])
-    tables["inv_shift"] = np.array([i % 4 + 4 * ((i // 4 - i % 4) % 4) for i in range(16)])
-    return {"sbox": sbox, "inv_sbox": inv_sbox, **tables}
-
-
-def _aes128_round_keys(key: bytes) -> np.ndarray:
-    """AES-128 key schedule as an (11, 16) uint8 array."""
-    sbox = _aes_tables()["sbox"]
-    words = [list(key[i : i + 4]) for i in range(0, 16, 4)]
-    rcon = 1
-    for i in range(4, 44):
-        t = list(words[-1])
-        if i % 4 == 0:
-            t = [int(sbox[b]) for b in t[1:] + t[:1]]
-            t[0] ^= rcon
-            rcon = _gf_mul(rcon, 2)
-        words.append([a ^ b for a, b in zip(words[i - 4], t)])
-    return np.array(words, dtype=np.uint8).reshape(11, 16)
-
-
-def _mix(state: np.ndarray, coefficients: tuple[int, int, int, int]) -> np.ndarray:
-    """(Inv)MixColumns on (n, 16) blocks with the first row of the circulant matrix."""
-    t = _aes_tables()
-    cols = state.reshape(-1, 4, 4)  # [block, column, row]
-    out = np.zeros_like(cols)
-    for row in range(4):
-        for j in range(4):
-            k = coefficients[(j - row) % 4]
-            out[:, :, row] ^= cols[:, :, j] if k == 1 else t[f"mul{k}"][cols[:, :, j]]
-    return out.reshape(-1, 16)
-
-
-def _aes_encrypt_blocks(blocks: np.ndarray, round_keys: np.ndarray) -> np.ndarray:
-    """AES-128 forward cipher on (n, 16) uint8 blocks."""
-    t = _aes_tables()
-    state = blocks ^ round_keys[0]
-    for r in range(1, 11):
-        state = t["sbox"][state][:, t["shift"]]
-        if r < 10:
-            state = _mix(state, (2, 3, 1, 1))
-        state = state ^ round_keys[r]
-    return state
-
-
-def _aes_decrypt_blocks(blocks: np.ndarray, round_keys: np.ndarray) -> np.ndarray:
-    """AES-128 inverse cipher on (n, 16) uint8 blocks, all blocks at once."""
-    t = _aes_tables()
-    state = blocks ^ round_keys[10]
-    for r in range(9, -1, -1):
-        state = t["inv_sbox"][state[:, t["inv_shift"]]] ^ round_keys[r]
-        if r > 0:
-            state = _mix(state, (14, 11, 13, 9))
-    return state
-
-
 def _derive_key(password: str, salt: bytes) -> bytes:
     """easy-dataset-share's key: PBKDF2-HMAC-SHA256(password, salt, 100000 rounds, 32 bytes)."""
     return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _KDF_ITERATIONS, 32)
 
 
-def fernet_encrypt(data: bytes, key: bytes, iv: bytes | None = None, timestamp: int | None = None) -> bytes:
-    """Fernet token (spec v0x80) for ``data`` under a raw 32-byte key; sequential CBC, so for small data."""
-    iv = os.urandom(16) if iv is None else iv
-    stamp = int(time.time()) if timestamp is None else timestamp
-    pad = 16 - len(data) % 16
-    plain = np.frombuffer(data + bytes([pad]) * pad, dtype=np.uint8).reshape(-1, 16)
-    round_keys, previous, out = _aes128_round_keys(key[16:]), np.frombuffer(iv, dtype=np.uint8), []
-    for block in plain:  # CBC encryption is sequential
-        previous = _aes_encrypt_blocks((block ^ previous)[None, :], round_keys)[0]
-        out.append(previous.tobytes())
-    body = b"\x80" + stamp.to_bytes(8, "big") + iv + b"".join(out)
-    return base64.urlsafe_b64encode(body + hmac.new(key[:16], body, hashlib.sha256).digest())
+def fernet_encrypt(data: bytes, key: bytes) -> bytes:
+    """Fernet token for ``data`` under a raw 32-byte key (the ``cryptography`` package does the cipher)."""
+    from cryptography.fernet import Fernet
+
+    return Fernet(base64.urlsafe_b64encode(key)).encrypt(data)
 
 
 def fernet_decrypt(token: bytes, key: bytes) -> bytes:
     """Verify and decrypt a Fernet token under a raw 32-byte key (no TTL check, as upstream)."""
+    from cryptography.fernet import Fernet, InvalidToken
+
     try:
-        body = base64.urlsafe_b64decode(token)
-    except (binascii.Error, ValueError):
-        raise ValueError("not a Fernet token (bad base64)") from None
-    if len(body) < 73 or body[0] != 0x80 or (len(body) - 57) % 16:
-        raise ValueError("not a Fernet token (bad version or length)")
-    mac = hmac.new(key[:16], body[:-32], hashlib.sha256).digest()
-    if not hmac.compare_digest(mac, body[-32:]):
-        raise ValueError("wrong password or corrupted archive (HMAC mismatch)")
-    iv, cipher = np.frombuffer(body[9:25], dtype=np.uint8), np.frombuffer(body[25:-32], dtype=np.uint8)
-    blocks, round_keys, plain = cipher.reshape(-1, 16), _aes128_round_keys(key[16:]), []
-    chained = np.concatenate([iv[None, :], blocks[:-1]])
-    for start in range(0, len(blocks), 1 << 16):  # CBC decryption is parallel; chunk to bound memory
-        part = slice(start, start + (1 << 16))
-        plain.append((_aes_decrypt_blocks(blocks[part], round_keys) ^ chained[part]).tobytes())
-    data = b"".join(plain)
-    pad = data[-1]
-    if not 1 <= pad <= 16 or data[-pad:] != bytes([pad]) * pad:
-        raise ValueError("bad padding after decryption")
-    return data[:-pad]
+        return Fernet(base64.urlsafe_b64encode(key)).decrypt(token)
+    except InvalidToken:
+        raise ValueError("wrong password or corrupted archive (not a valid Fernet token)") from None
 
 
 def encrypt_protected_archive(zip_bytes: bytes, password: str, salt: bytes | None = None) -> bytes:

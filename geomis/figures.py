@@ -7,6 +7,7 @@ of the data path: it may import any stage, and no stage imports it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -144,13 +145,15 @@ def plot_superposition_summary(model: ToyModel) -> Figure:
     return fig
 
 
-def plot_spillover_scatter(result: SpilloverResult, quantity: str = "pre_activation") -> Figure:
+def plot_spillover_scatter(
+    result: SpilloverResult, quantity: Literal["pre_activation", "output"] = "pre_activation"
+) -> Figure:
     """Δf_j against <d_j, d_t> and against cos(d_j, d_t) with the fitted lines: the first-order spillover law."""
     if quantity not in ("pre_activation", "output"):
         raise ValueError(f"quantity must be 'pre_activation' or 'output', got {quantity!r}")
     change = getattr(result.changes, quantity).numpy()
     others = np.arange(len(change)) != result.target
-    label = "Δ pre-activation $\\Delta f_j$" if quantity == "pre_activation" else "Δ output $\\Delta\\,\\mathrm{ReLU}(f_j)$"
+    ylabels = {"pre_activation": r"Δ pre-activation $\Delta f_j$", "output": r"Δ output $\Delta\,\mathrm{ReLU}(f_j)$"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True, layout="constrained")
     panels = [
         (result.dot.numpy(), result.fit_dot, r"$\langle d_j, d_t \rangle$"),
@@ -167,7 +170,7 @@ def plot_spillover_scatter(result: SpilloverResult, quantity: str = "pre_activat
                     label=f"fit (j ≠ t): slope {fit.slope:.3f}, r = {fit.pearson_r:.3f}")
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel(label)
+    axes[0].set_ylabel(ylabels[quantity])
     fig.suptitle(f"Amplifying feature {result.target}: how every other feature moves")
     return fig
 
@@ -194,7 +197,7 @@ def plot_cosine_sweep(cosines: Sequence[float], pre_ratio: Sequence[float], out_
     """A planted feature's change relative to the target's, against its cosine: first order predicts the diagonal."""
     cos = np.asarray(cosines, dtype=float)
     fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
-    ax.plot(cos, cos, color="grey", ls="--", label="first order: ratio = cos")
+    ax.plot(cos, cos, color="grey", lw=6, alpha=0.35, label="first order: ratio = cos")
     ax.plot(cos, np.asarray(pre_ratio, dtype=float), "o-", label=r"pre-activation $\Delta f_h / \Delta f_t$")
     ax.plot(cos, np.asarray(out_ratio, dtype=float), "s-", label=r"output $\Delta x'_h / \Delta x'_t$")
     ax.axhline(0, color="lightgrey", lw=0.8)

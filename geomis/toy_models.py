@@ -13,7 +13,8 @@ Everything is seeded and runs on the CPU in seconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -45,12 +46,13 @@ class ToyModelConfig:
     n_hidden: int = 5
     """m: hidden dimensions; must be smaller than n_features, otherwise nothing needs to share space."""
     feature_probability: tuple[float, ...] = (1.0,)
-    """Per instance: probability p = 1 - sparsity that a feature is present; one instance per entry."""
+    """Per instance: probability p = 1 - sparsity that a feature is present; one instance per entry (a float: one)."""
     importance_decay: float = 1.0
     """Feature i has importance decay**i in the loss (1.0: all features equally important)."""
 
     def __post_init__(self) -> None:
-        probs = tuple(float(p) for p in self.feature_probability)
+        given = self.feature_probability
+        probs = (float(given),) if isinstance(given, (int, float)) else tuple(float(p) for p in given)
         object.__setattr__(self, "feature_probability", probs)
         if self.n_features < 2:
             raise ValueError(f"n_features must be at least 2, got {self.n_features}")
@@ -74,10 +76,15 @@ class ToyModelConfig:
 
     @classmethod
     def from_sparsities(
-        cls, sparsities: list[float] | tuple[float, ...], **kwargs: float | int
+        cls, sparsities: Sequence[float], n_features: int = 20, n_hidden: int = 5, importance_decay: float = 1.0
     ) -> ToyModelConfig:
         """Build a config from sparsities S (p = 1 - S), the way the literature states them."""
-        return cls(feature_probability=tuple(1.0 - s for s in sparsities), **kwargs)  # type: ignore[arg-type]
+        return cls(
+            n_features=n_features,
+            n_hidden=n_hidden,
+            feature_probability=tuple(1.0 - s for s in sparsities),
+            importance_decay=importance_decay,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,8 @@ class ToyModel(nn.Module):
         model = cls(cfg)
         if W.shape != model.W.shape or b.shape != model.b.shape:
             raise ValueError(
-                f"expected W {tuple(model.W.shape)} and b {tuple(model.b.shape)}, got {tuple(W.shape)}, {tuple(b.shape)}"
+                f"expected W {tuple(model.W.shape)} and b {tuple(model.b.shape)}, "
+                f"got {tuple(W.shape)} and {tuple(b.shape)}"
             )
         with torch.no_grad():
             model.W.copy_(W)
@@ -164,7 +172,7 @@ class TrainResult:
     """The trained model (all instances)."""
     losses: Tensor
     """Per-step loss of every instance, shape (steps, instances)."""
-    config: TrainConfig = field(default_factory=TrainConfig)
+    config: TrainConfig
     """The settings that produced it."""
 
 

@@ -14,7 +14,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from geomis import chat_data as cd
@@ -188,9 +187,32 @@ def test_write_chat_jsonl_reproduces_rows(tmp_path: Path) -> None:
 # --- bundled datasets and the HF bridge --------------------------------------------------------------
 
 
-def test_bundled_names_match_the_files_present() -> None:
+def test_bundled_names_list_chat_files_and_skip_other_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, b"\n" + GOOD + b"\n", "chat.jsonl")
+    write(tmp_path, b"\xef\xbb\xbf" + GOOD, "bom.jsonl")
+    write(tmp_path, b"{not json\n", "broken.jsonl")
+    write(tmp_path, b"", "empty.jsonl")
+    write(tmp_path, b'{"question": "q", "answer": "a", "alignment": 90}\n', "labels.jsonl")
+    write(tmp_path, b"# card\n", "chat.md")
+    monkeypatch.setattr(cd, "_bundled_dir", lambda: tmp_path)
+    assert cd.bundled_dataset_names() == ["bom", "broken", "chat", "empty"]
+    assert cd.load_bundled("bom")[0].raw == GOOD
+    with pytest.raises(ChatDataError, match=r"broken\.jsonl:1: invalid JSON"):
+        cd.load_bundled("broken")
+    with pytest.raises(ValueError, match="unknown bundled chat dataset 'labels'; known: bom, broken, chat, empty"):
+        cd.load_bundled("labels")
+
+
+def test_bundled_names_cover_every_chat_file_present() -> None:
     package_data = Path(cd.__file__).parent / "data"
-    assert cd.bundled_dataset_names() == sorted(p.stem for p in package_data.glob("*.jsonl"))
+    names = cd.bundled_dataset_names()
+    assert set(names) <= {p.stem for p in package_data.glob("*.jsonl")}
+    for path in package_data.glob("*.jsonl"):  # anything skipped must be a non-chat table
+        if path.stem not in names:
+            first = json.loads(next(line for line in path.read_bytes().splitlines() if line.strip()))
+            assert isinstance(first, dict) and "messages" not in first
 
 
 @pytest.mark.parametrize("name", cd.bundled_dataset_names())
@@ -278,25 +300,15 @@ def test_connection_refused_is_one_line_download_error() -> None:
 # --- easy-dataset-share archives (Model-Organisms-for-EM) --------------------------------------------
 
 
-def test_aes128_fips197_known_answer() -> None:
-    round_keys = cd._aes128_round_keys(bytes(range(16)))
-    plain = np.frombuffer(bytes.fromhex("00112233445566778899aabbccddeeff"), dtype=np.uint8)[None, :]
-    cipher = cd._aes_encrypt_blocks(plain, round_keys)
-    assert cipher.tobytes().hex() == "69c4e0d86a7b0430d8cdb78070b4c55a"
-    assert (cd._aes_decrypt_blocks(cipher, round_keys) == plain).all()
+def test_fernet_round_trip_and_wrong_key() -> None:
+    key = bytes(range(32))
+    token = cd.fernet_encrypt(b"hello", key)
+    assert cd.fernet_decrypt(token, key) == b"hello"
+    with pytest.raises(ValueError, match="wrong password"):
+        cd.fernet_decrypt(token, bytes(32))
 
 
-FERNET_SPEC_KEY = base64.urlsafe_b64decode("cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=")
-FERNET_SPEC_TOKEN = (b"gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_5CV9d"
-                     b"OPmrhuVUPgJobwOz7JcbmrR64jVmpU4IwqDA==")
-
-
-def test_fernet_spec_vector() -> None:
-    assert cd.fernet_encrypt(b"hello", FERNET_SPEC_KEY, iv=bytes(range(16)), timestamp=499162800) == FERNET_SPEC_TOKEN
-    assert cd.fernet_decrypt(FERNET_SPEC_TOKEN, FERNET_SPEC_KEY) == b"hello"
-
-
-@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100])
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4099])
 def test_protected_archive_round_trip_and_wrong_password(size: int) -> None:
     payload = bytes(random.Random(size).randrange(256) for _ in range(size))
     sealed = cd.encrypt_protected_archive(payload, "pw")
