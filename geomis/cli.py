@@ -35,6 +35,55 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from geomis.judge_files import read_answers, scored_rows, write_rows
+    from geomis.judge_kinds import make_judge
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise GeomisError(f"{out} exists; pass --force to overwrite it")
+    rows = read_answers(args.answers)
+    if args.judge == "offline":
+        print("geomis: loading the offline judge (trained once on the labelled data, then cached)", file=sys.stderr)
+    judge = make_judge(args.judge, data_path=args.judge_data, local_model=args.local_model, progress=True)
+    scores = judge.score_many([(row["question"], row["answer"]) for row in rows], progress=True)
+    write_rows(out, scored_rows(rows, scores), force=args.force)
+    flagged = sum(score.misaligned for score in scores)
+    print(f"judged {len(rows)} answers with {judge.name}: {flagged} misaligned; wrote {out}")
+    return 0
+
+
+def _cmd_train_sae(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from geomis.models import load_model
+    from geomis.sae_training import SAETrainingConfig, check_output, train_sae_to_dir
+
+    out = Path(args.out)
+    check_output(out, args.force)  # fail before loading anything
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = SAETrainingConfig(
+        model_name=args.model, layer=args.layer, width=args.width, k=args.k, tokens=args.tokens or None,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        datasets=tuple(args.datasets or ()), generated_answers=args.generated_answers,
+        eval_tokens=args.eval_tokens or None, ce_conversations=args.ce_conversations, save_dtype=args.save_dtype,
+    )
+    model = load_model(args.model, device="cpu")
+    words = ["geomis", "train-sae", "--model", args.model, "--layer", str(args.layer), "--width", str(args.width),
+             "--k", str(args.k), "--tokens", str(args.tokens), "--epochs", f"{args.epochs:g}",
+             "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed)]
+    words += ["--datasets", *args.datasets] if args.datasets else []
+    words += ["--generated-answers", str(args.generated_answers), "--eval-tokens", str(args.eval_tokens),
+              "--ce-conversations", str(args.ce_conversations), "--save-dtype", args.save_dtype, "--out", args.out]
+    command = shlex.join(words)  # the equivalent command with every setting spelled out (recorded with the SAE)
+    report = train_sae_to_dir(model, config, out, force=args.force, progress=not args.quiet, command=command)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``geomis`` subcommand."""
     parser = argparse.ArgumentParser(prog="geomis", description=__doc__)
@@ -52,6 +101,44 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--no-execute", action="store_true", help="build from the committed outputs only")
     book.add_argument("--lenient", action="store_true", help="do not turn Sphinx warnings into errors")
     book.set_defaults(run=_cmd_book)
+
+    judge = commands.add_parser("judge", help="score answers for alignment and coherence (CSV or JSONL in, CSV out)")
+    judge.add_argument("answers", help="CSV or JSONL file with 'question' and 'answer' fields")
+    judge.add_argument("--out", required=True, help="where to write the scores (.csv, or .jsonl)")
+    judge.add_argument("--judge", choices=("offline", "openai", "local"), default="offline",
+                       help="offline: MiniLM heads trained on the labelled data (default); openai: any "
+                            "OpenAI-compatible endpoint from GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY; local: a "
+                            "transformers chat model")
+    judge.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    judge.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on "
+                                                          "(default: geomis/data/judge_labelled.jsonl)")
+    judge.add_argument("--local-model", default="gemma-2-2b-it",
+                       help="model for --judge local: a geomis model name or a Hub id (default: gemma-2-2b-it)")
+    judge.set_defaults(run=_cmd_judge)
+
+    train = commands.add_parser("train-sae", help="train a TopK SAE on the CPU-default model's residual stream")
+    train.add_argument("--out", required=True, help="output folder (sae-lens format); refused if it exists")
+    train.add_argument("--force", action="store_true", help="replace an existing output folder")
+    train.add_argument("--model", default="smollm2-135m", help="geomis model name (default: smollm2-135m)")
+    train.add_argument("--layer", type=int, default=15, help="read the output of this decoder layer (default 15)")
+    train.add_argument("--width", type=int, default=4096, help="number of SAE features (default 4096)")
+    train.add_argument("--k", type=int, default=32, help="features active per token, TopK (default 32)")
+    train.add_argument("--tokens", type=int, default=0, help="training tokens (default 0: the whole training split)")
+    train.add_argument("--epochs", type=float, default=10.0, help="passes over the training tokens (default 10)")
+    train.add_argument("--batch-size", type=int, default=1024, help="training batch in tokens (default 1024)")
+    train.add_argument("--lr", type=float, default=4e-4, help="Adam learning rate (default 4e-4)")
+    train.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
+    train.add_argument("--datasets", nargs="*", help="bundled datasets to train on (default: all)")
+    train.add_argument("--generated-answers", type=int, default=0,
+                       help="also train on the model's greedy answers to this many training prompts (default 0)")
+    train.add_argument("--eval-tokens", type=int, default=0, help="held-out tokens to evaluate on (default 0: all)")
+    train.add_argument("--ce-conversations", type=int, default=64,
+                       help="held-out conversations for the spliced next-token loss (default 64; 0 skips it)")
+    train.add_argument("--save-dtype", choices=("float16", "float32"), default="float16",
+                       help="dtype of the saved weights (default float16; loaded back as float32)")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars for collection and evaluation")
+    train.set_defaults(run=_cmd_train_sae)
     return parser
 
 

@@ -93,8 +93,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def default_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
-    """float32 on the CPU; bfloat16 on GPUs that support it, else float32 (Gemma-2 overflows in float16)."""
-    if device.type == "cuda" and spec.source == "hub" and torch.cuda.is_bf16_supported():
+    """float32 on the CPU; bfloat16 on GPUs with native support, else float32 (Gemma-2 overflows in float16).
+
+    A T4 only emulates bfloat16 (slowly), so it gets float32 like the CPU.
+    """
+    if device.type == "cuda" and spec.source == "hub" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float32
 
@@ -121,13 +124,24 @@ def _load_weights(spec: ModelSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     return model.to(dtype), tokenizer
 
 
-def load_model(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a named model in eval mode and wrap it with nnsight; raise ModelLoadError with one line on failure."""
+def load_hf_model(
+    name: str, device: str | None = None, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
+    """Load a named model's transformers weights and tokenizer onto a device (no nnsight wrapper yet)."""
     spec = model_spec(name)
     target = resolve_device(device)
     model, tokenizer = _load_weights(spec, dtype or default_dtype(spec, target))
-    model = model.to(target).eval()
+    return model.to(target), tokenizer, spec
+
+
+def wrap_hf_model(hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec) -> LoadedModel:
+    """Put a transformers model in eval mode and wrap it with nnsight (shared by loading and fine-tuned loading)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lm = TransformersModel(model, tokenizer=tokenizer, task="text-generation")
+    lm = TransformersModel(hf_model.eval(), tokenizer=tokenizer, task="text-generation")
     return LoadedModel(lm=lm, tokenizer=tokenizer, spec=spec)
+
+
+def load_model(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a named model in eval mode and wrap it with nnsight; raise ModelLoadError with one line on failure."""
+    return wrap_hf_model(*load_hf_model(name, device=device, dtype=dtype))

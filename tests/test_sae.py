@@ -1,0 +1,350 @@
+"""SAEs: training with sae-lens, the on-disk round trip, the shipped SAEs, Gemma Scope ids, and the SAE-codes stage."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+from sae_lens import SAE, TopKSAE, TopKSAEConfig
+
+from geomis import sae_loading
+from geomis.activations import TokenActivations, token_selection
+from geomis.chat_tokens import TokenizedChat, pad_left, tokenize_chats
+from geomis.cli import main
+from geomis.sae_codes import aggregate_codes, encode_tokens
+from geomis.sae_loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, gemma_scope_sae_id,
+                                load_gemma_scope, load_profile_sae, load_sae_from_disk, load_shipped_sae,
+                                shipped_sae_names, validate_gemma_scope_id)
+from geomis.sae_training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, _replace_atomically,
+                                 bundled_corpus, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
+                                 is_held_out, kept_token_masks, reconstruction_metrics, save_inference_sae,
+                                 select_tokens, splice_metrics)
+
+# --------------------------------------------------------------------------------------------- synthetic training
+
+
+def _synthetic_activations(n: int = 3000, d_in: int = 32, n_features: int = 48, seed: int = 0) -> torch.Tensor:
+    """Sparse non-negative combinations of random directions plus an offset: data a small SAE can learn."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn(n_features, d_in, generator=generator)
+    active = torch.rand(n, n_features, generator=generator) < 0.06
+    codes = active * torch.rand(n, n_features, generator=generator) * 4
+    return codes @ directions + 2.0
+
+
+SMALL = SAETrainingConfig(width=96, k=6, epochs=6, batch_size=128, lr=1e-2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_training_sae():
+    """A small TopK SAE trained with sae-lens's SAETrainer on synthetic activations."""
+    return fit_topk_sae(_synthetic_activations(), SMALL)
+
+
+def test_training_learns_and_same_seed_gives_same_sae(small_training_sae) -> None:
+    data = _synthetic_activations()
+    metrics = reconstruction_metrics(small_training_sae, data)
+    assert metrics.explained_variance > 0.8
+    assert metrics.l0 == pytest.approx(SMALL.k, abs=0.5)
+    again = fit_topk_sae(data, SMALL)
+    other_seed = fit_topk_sae(data, replace(SMALL, seed=4))
+    state, state_again = small_training_sae.state_dict(), again.state_dict()
+    assert all(torch.equal(state[name], state_again[name]) for name in state)
+    assert not torch.equal(state["W_dec"], other_seed.state_dict()["W_dec"])
+
+
+def test_save_load_round_trip_gives_identical_encode_decode(small_training_sae, tmp_path) -> None:
+    data = _synthetic_activations()[:200]
+    save_inference_sae(small_training_sae, tmp_path / "f32", {"model_name": "synthetic", "layer": 3}, "float32")
+    loaded = load_sae_from_disk(tmp_path / "f32")
+    assert isinstance(loaded.sae, TopKSAE) and loaded.layer == 3 and loaded.model_name == "synthetic"
+    with torch.no_grad():
+        codes = loaded.sae.encode(data)
+        # the inference SAE (decoder norms folded into the encoder) matches the training SAE it came from
+        torch.testing.assert_close(codes, small_training_sae.encode(data), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(loaded.sae.decode(codes), small_training_sae.decode(small_training_sae.encode(data)),
+                                   rtol=1e-4, atol=1e-5)
+        # and a second save/load of the loaded SAE is bit-identical
+        loaded.sae.save_model(tmp_path / "again")
+        again = SAE.load_from_disk(tmp_path / "again")
+        assert torch.equal(again.encode(data), codes)
+        assert torch.equal(again.decode(codes), loaded.sae.decode(codes))
+    assert decoder_directions(loaded.sae).norm(dim=-1).sub(1).abs().max() < 1e-5
+
+
+def test_float16_weights_load_back_as_float32(small_training_sae, tmp_path) -> None:
+    save_inference_sae(small_training_sae, tmp_path / "f16", {"model_name": "synthetic", "layer": 3}, "float16")
+    with safe_open(tmp_path / "f16" / "sae_weights.safetensors", framework="pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}  # noqa: SIM118
+    loaded = load_sae_from_disk(tmp_path / "f16")
+    assert all(parameter.dtype == torch.float32 for parameter in loaded.sae.parameters())
+    data = _synthetic_activations()
+    full = reconstruction_metrics(small_training_sae, data).explained_variance
+    assert reconstruction_metrics(loaded.sae, data).explained_variance == pytest.approx(full, abs=0.01)
+
+
+def test_output_is_never_replaced_without_force(tmp_path) -> None:
+    out, staging = tmp_path / "sae", tmp_path / "staging"
+    out.mkdir()
+    (out / "old").write_text("old")
+    staging.mkdir()
+    (staging / "new").write_text("new")
+    with pytest.raises(SAETrainingError, match="already exists; pass --force"):
+        _replace_atomically(staging, out, force=False)
+    assert (out / "old").exists() and staging.exists()
+    _replace_atomically(staging, out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+    assert [p.name for p in out.iterdir()] == ["new"]
+
+
+# ------------------------------------------------------------------------------------------------------- corpus
+
+
+def test_corpus_covers_every_bundled_dataset_with_a_stable_disjoint_holdout() -> None:
+    from geomis.chat_data import bundled_dataset_names
+
+    split = bundled_corpus()
+    names = set(bundled_dataset_names())
+    assert {c.dataset for c in split.train} == names == {c.dataset for c in split.held_out}
+    train_ids = {(c.dataset, c.line_number) for c in split.train}
+    held_ids = {(c.dataset, c.line_number) for c in split.held_out}
+    assert not train_ids & held_ids
+    assert 0.07 < len(held_ids) / (len(held_ids) + len(train_ids)) < 0.13
+    assert all(is_held_out(*item) for item in held_ids)
+    reshuffled = bundled_corpus(seed=1)
+    assert {(c.dataset, c.line_number) for c in reshuffled.held_out} == held_ids  # the split ignores the seed
+    assert [c.line_number for c in reshuffled.train] != [c.line_number for c in split.train]  # the order does not
+
+
+def test_repeated_prefixes_special_tokens_and_position_zero_are_dropped() -> None:
+    def chat(ids, special):
+        return TokenizedChat(tuple(ids), (False,) * len(ids), tuple(special), False)
+
+    chats = [chat([1, 5, 6, 7], [1, 0, 0, 0]), chat([1, 5, 6, 8, 9], [1, 0, 0, 0, 0]), chat([2, 5], [0, 0])]
+    assert first_occurrence_masks(chats) == [[True] * 4, [False, False, False, True, True], [True, True]]
+    assert kept_token_masks(chats) == [[False, True, True, True], [False, False, False, True, True], [False, True]]
+
+
+def _reference_ce(model, chats, layer, replace_fn) -> float:
+    """Next-token CE from plain transformers forwards, each chat alone, with a forward hook editing layer ``layer``."""
+    total, count = 0.0, 0
+    for tokenized in tokenize_chats(model.tokenizer, chats):
+        batch = pad_left([tokenized], model.tokenizer.pad_token_id)
+        keep = token_selection(batch, assistant_only=False)
+
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            edited = hidden.clone()
+            edited[keep] = replace_fn(hidden[keep])
+            return (edited, *output[1:]) if isinstance(output, tuple) else edited
+
+        handle = model.hf_model.model.layers[layer].register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = model.hf_model(input_ids=batch.input_ids).logits
+        finally:
+            handle.remove()
+        losses = torch.nn.functional.cross_entropy(logits[0, :-1], batch.input_ids[0, 1:], reduction="none")
+        total, count = total + losses.sum().item(), count + losses.numel()
+    return total / count
+
+
+def test_spliced_loss_matches_a_plain_forward_hook(tiny_gemma, chats) -> None:
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=tiny_gemma.spec.d_model, d_sae=48, k=4))
+    mean = torch.randn(tiny_gemma.spec.d_model)
+    got = splice_metrics(tiny_gemma, sae, chats, layer=1, mean_activation=mean, batch_size=3, progress=False)
+    with torch.no_grad():
+        expected_spliced = _reference_ce(tiny_gemma, chats, 1, lambda h: sae.decode(sae.encode(h)))
+    assert got.ce_clean == pytest.approx(_reference_ce(tiny_gemma, chats, 1, lambda h: h), rel=1e-4)
+    assert got.ce_spliced == pytest.approx(expected_spliced, rel=1e-4)
+    assert got.ce_mean_ablated == pytest.approx(_reference_ce(tiny_gemma, chats, 1, lambda h: mean.expand_as(h)),
+                                                rel=1e-4)
+    assert got.ce_spliced != pytest.approx(got.ce_clean, rel=1e-3)
+    assert got.n_predictions == sum(len(c) - 1 for c in tokenize_chats(tiny_gemma.tokenizer, chats))
+
+
+# ------------------------------------------------------------------------------------------------ shipped SAEs
+
+
+def test_shipped_main_sae_has_the_stated_shape_and_unit_decoder_directions() -> None:
+    assert MAIN_SAE_NAME in shipped_sae_names()
+    loaded = load_shipped_sae()
+    assert (loaded.source, loaded.model_name, loaded.layer) == ("shipped", "smollm2-135m", 15)
+    assert (loaded.d_in, loaded.d_sae, loaded.sae.cfg.k) == (576, 4096, 32)
+    assert loaded.sae.cfg.architecture() == "topk"
+    assert all(parameter.dtype == torch.float32 for parameter in loaded.sae.parameters())
+    directions = loaded.decoder_directions()
+    assert directions.shape == (4096, 576) and directions.dtype == torch.float32
+    torch.testing.assert_close(directions.norm(dim=-1), torch.ones(4096), rtol=0, atol=1e-5)
+    assert load_profile_sae("cpu-default").name == MAIN_SAE_NAME
+
+
+@pytest.mark.parametrize("name", shipped_sae_names())
+def test_every_shipped_sae_loads_and_records_how_it_was_made(name) -> None:
+    loaded = load_shipped_sae(name)
+    assert loaded.model_name == "smollm2-135m" and f"layer{loaded.layer}-" in name
+    assert name.endswith(f"topk{loaded.d_sae}")
+    with sae_loading.shipped_sae_path(name) as folder:
+        record = json.loads((folder / TRAINING_RECORD_FILE).read_text())
+        with safe_open(folder / "sae_weights.safetensors", framework="pt") as weights:
+            assert weights.get_tensor("W_dec").dtype == torch.float16
+    assert record["command"].startswith("geomis train-sae ") and f"--layer {loaded.layer} " in record["command"]
+    assert record["config"]["layer"] == loaded.layer and record["config"]["width"] == loaded.d_sae
+    assert record["held_out"]["explained_variance"] > 0.6
+
+
+def test_unknown_shipped_name_is_one_line() -> None:
+    with pytest.raises(SAELoadError, match="unknown shipped SAE 'nope'; shipped SAEs: .*topk4096") as error:
+        load_shipped_sae("nope")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_shipped_sae_explains_held_out_smollm2_activations(smollm2) -> None:
+    sae = load_shipped_sae()
+    corpus = select_tokens(smollm2, bundled_corpus().held_out[:24], budget=2000, max_length=512)
+    acts = collect_corpus_activations(smollm2, corpus, layer=sae.layer, progress=False)
+    assert len(acts) == 2000
+    metrics = reconstruction_metrics(sae, acts.activations)
+    assert metrics.explained_variance > 0.75
+    assert metrics.l0 == pytest.approx(32, abs=0.5)
+
+
+# -------------------------------------------------------------------------------------------------- Gemma Scope
+
+
+class _DownloadReached(Exception):
+    pass
+
+
+@pytest.fixture
+def recorded_downloads(monkeypatch) -> list[dict]:
+    """Replace sae-lens's Hub download with a recorder that stops there."""
+    from sae_lens.loading import pretrained_sae_loaders
+
+    calls: list[dict] = []
+
+    def fake_download(*args, **kwargs):
+        calls.append({"args": args, **kwargs})
+        raise _DownloadReached("download reached (test stub)")
+
+    monkeypatch.setattr(pretrained_sae_loaders, "hf_hub_download", fake_download)
+    return calls
+
+
+def test_valid_gemma_scope_id_reaches_the_download(recorded_downloads) -> None:
+    validate_gemma_scope_id("layer_12/width_16k/canonical")
+    assert recorded_downloads == []  # validation alone never downloads
+    with pytest.raises(SAELoadError, match="download reached") as error:
+        load_gemma_scope(12)
+    assert "\n" not in str(error.value)
+    assert len(recorded_downloads) == 1
+    call = recorded_downloads[0]
+    assert call["repo_id"] == "google/gemma-scope-2b-pt-res"
+    assert call["subfolder"] == "layer_12/width_16k/average_l0_82"
+
+
+def test_gemma_profile_maps_to_its_layer_of_gemma_scope(recorded_downloads) -> None:
+    with pytest.raises(SAELoadError):
+        load_profile_sae("gemma-2-2b", device="cpu")
+    assert recorded_downloads[0]["subfolder"].startswith("layer_12/width_16k/")
+
+
+@pytest.mark.parametrize(("layer", "width", "problem"), [
+    (26, "16k", "layer 26 has no width_16k SAE"),
+    (3, "1m", "layer 3 has no width_1m SAE"),
+    (12, "8k", "width '8k' does not exist"),
+])
+def test_invalid_gemma_scope_id_is_one_line_listing_valid_choices(recorded_downloads, layer, width, problem) -> None:
+    with pytest.raises(SAELoadError) as error:
+        load_gemma_scope(layer, width)
+    message = str(error.value)
+    assert "\n" not in message and problem in message
+    assert "width_16k: layers 0-25" in message and "width_1m: layers 5, 12, 19" in message
+    assert recorded_downloads == []
+
+
+def test_malformed_gemma_scope_id_is_rejected_before_download(recorded_downloads) -> None:
+    with pytest.raises(SAELoadError, match="not of the form layer_<L>/width_<W>/canonical"):
+        validate_gemma_scope_id("layer_12/width_16k/average_l0_82")
+    assert gemma_scope_sae_id(5, "65k") == "layer_5/width_65k/canonical"
+    assert recorded_downloads == []
+
+
+def test_gemma_scope_offline_fails_with_the_one_line_hub_error() -> None:
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest: the real code stops at the network boundary
+    with pytest.raises(SAELoadError) as error:
+        load_gemma_scope(12, device="cpu")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("cannot reach the Hugging Face Hub to download google/gemma-scope-2b-pt-res")
+
+
+# ------------------------------------------------------------------------------------------------------ SAE codes
+
+
+def test_aggregates_match_a_hand_computation() -> None:
+    # 5 tokens in samples [0, 0, 2, 2, 2]; sample 1 has no tokens; d_sae = 4.
+    sample_index = torch.tensor([0, 0, 2, 2, 2])
+    token_index = torch.tensor([0, 0, 1, 2, 3, 3, 4])
+    feature_index = torch.tensor([1, 3, 1, 0, 0, 2, 0])
+    value = torch.tensor([2.0, 1.0, 4.0, 3.0, 1.0, 5.0, 2.0])
+    tokens, means, maxima = aggregate_codes(token_index, feature_index, value, sample_index, n_samples=3, d_sae=4)
+    assert tokens.tolist() == [2, 0, 3]
+    torch.testing.assert_close(means, torch.tensor([[0.0, 3.0, 0.0, 0.5],
+                                                    [0.0, 0.0, 0.0, 0.0],
+                                                    [2.0, 0.0, 5 / 3, 0.0]]))
+    torch.testing.assert_close(maxima, torch.tensor([[0.0, 4.0, 0.0, 1.0],
+                                                     [0.0, 0.0, 0.0, 0.0],
+                                                     [3.0, 0.0, 5.0, 0.0]]))
+
+
+def test_encode_tokens_matches_dense_encoding_and_loop_aggregates() -> None:
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=40, k=5))
+    n = 37
+    sample_index = torch.tensor([i % 6 for i in range(n)])  # sample 6 of 7 is empty
+    acts = TokenActivations(torch.randn(n, 16), sample_index, torch.arange(n), torch.arange(n))
+    codes = encode_tokens(sae, acts, n_samples=7, batch_size=8)
+    with torch.no_grad():
+        dense = sae.encode(acts.activations)
+    torch.testing.assert_close(codes.dense(), dense)
+    torch.testing.assert_close(codes.dense(torch.tensor([4, 2])), dense[[4, 2]])
+    assert codes.l0().tolist() == (dense > 0).sum(dim=1).tolist()
+    assert codes.n_samples == 7 and codes.tokens_per_sample[6] == 0
+    for sample in range(6):
+        rows = dense[sample_index == sample]
+        torch.testing.assert_close(codes.sample_mean[sample], rows.mean(dim=0))
+        torch.testing.assert_close(codes.sample_max[sample], rows.max(dim=0).values)
+    assert codes.sample_mean[6].abs().sum() == 0 and codes.sample_max[6].abs().sum() == 0
+    torch.testing.assert_close(codes.firing_fraction(), (dense > 0).float().mean(dim=0))
+    with pytest.raises(ValueError, match="width 16, the SAE reads 8"):
+        encode_tokens(TopKSAE(TopKSAEConfig(d_in=8, d_sae=10, k=2)), acts)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI, for real
+
+
+@pytest.mark.slow
+def test_train_sae_cli_writes_a_loadable_sae_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    out = tmp_path / "sae"
+    args = ["train-sae", "--width", "256", "--k", "8", "--tokens", "4000", "--epochs", "4", "--batch-size", "64",
+            "--eval-tokens", "500", "--ce-conversations", "2", "--threads", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    loaded = load_sae_from_disk(out)
+    assert (loaded.layer, loaded.d_in, loaded.d_sae, loaded.sae.cfg.k) == (15, 576, 256, 8)
+    record = json.loads((out / TRAINING_RECORD_FILE).read_text())
+    assert record["corpus"]["train_tokens"] == 4000 and record["held_out"]["n_tokens"] == 500
+    assert record["held_out"]["explained_variance"] > 0.3
+    assert record["splice"]["ce_clean"] < record["splice"]["ce_spliced"] < record["splice"]["ce_mean_ablated"]
+    assert "SAE written to" in capsys.readouterr().out
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"geomis: error: {out} already exists; pass --force to replace it"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no temporary folders left behind
