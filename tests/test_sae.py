@@ -198,6 +198,17 @@ def test_every_shipped_sae_loads_and_records_how_it_was_made(name) -> None:
     assert record["held_out"]["explained_variance"] > 0.6
 
 
+def test_decoder_directions_are_unit_rows_whatever_the_saved_norms() -> None:
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=12, d_sae=20, k=3))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.1, 5.0, 20).unsqueeze(1))  # rows of very different norms, as in any SAE
+    directions = decoder_directions(sae)
+    torch.testing.assert_close(directions.norm(dim=-1), torch.ones(20))
+    cosines = torch.nn.functional.cosine_similarity(directions, sae.W_dec.detach(), dim=-1)
+    torch.testing.assert_close(cosines, torch.ones(20))
+
+
 def test_unknown_shipped_name_is_one_line() -> None:
     with pytest.raises(SAELoadError, match="unknown shipped SAE 'nope'; shipped SAEs: .*topk4096") as error:
         load_shipped_sae("nope")
@@ -334,13 +345,14 @@ def test_encode_tokens_matches_dense_encoding_and_loop_aggregates() -> None:
 def test_train_sae_cli_writes_a_loadable_sae_and_refuses_to_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "sae"
     args = ["train-sae", "--width", "256", "--k", "8", "--tokens", "4000", "--epochs", "4", "--batch-size", "64",
-            "--eval-tokens", "500", "--ce-conversations", "2", "--threads", "2", "--quiet", "--out", str(out)]
+            "--lr", "2e-3", "--eval-tokens", "500", "--ce-conversations", "2", "--threads", "2", "--quiet",
+            "--out", str(out)]  # 248 steps; held-out explained variance ~0.5
     assert main(args) == 0
     loaded = load_sae_from_disk(out)
     assert (loaded.layer, loaded.d_in, loaded.d_sae, loaded.sae.cfg.k) == (15, 576, 256, 8)
     record = json.loads((out / TRAINING_RECORD_FILE).read_text())
     assert record["corpus"]["train_tokens"] == 4000 and record["held_out"]["n_tokens"] == 500
-    assert record["held_out"]["explained_variance"] > 0.3
+    assert record["held_out"]["explained_variance"] > 0.4
     assert record["splice"]["ce_clean"] < record["splice"]["ce_spliced"] < record["splice"]["ce_mean_ablated"]
     assert "SAE written to" in capsys.readouterr().out
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
