@@ -68,11 +68,22 @@ def check_layer(model: LoadedModel, layer: int) -> None:
 
 def residual_at_layer(model: LoadedModel, batch: PaddedBatch, layer: int) -> torch.Tensor:
     """Run ``batch`` up to decoder layer ``layer`` only and return that layer's output, (batch, seq, d_model)."""
-    check_layer(model, layer)
+    return residuals_at_layers(model, batch, [layer])[layer]
+
+
+def residuals_at_layers(model: LoadedModel, batch: PaddedBatch, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Run ``batch`` once, up to the deepest of ``layers``, and return each layer's output, (batch, seq, d_model)."""
+    wanted = sorted(set(layers))
+    if not wanted:
+        raise ValueError("layers is empty")
+    for layer in wanted:
+        check_layer(model, layer)
+    saved: list[torch.Tensor] = []  # filled inside the trace, in execution order
     with torch.no_grad(), model.lm.trace(batch.model_inputs(model.device)) as tracer:
-        hidden = model.lm.model.layers[layer].output.save()
+        for layer in wanted:
+            saved.append(model.lm.model.layers[layer].output.save())
         tracer.stop()
-    return hidden[0] if isinstance(hidden, tuple) else hidden
+    return {layer: (hidden[0] if isinstance(hidden, tuple) else hidden) for layer, hidden in zip(wanted, saved)}
 
 
 def token_selection(batch: PaddedBatch, assistant_only: bool) -> torch.Tensor:
@@ -88,28 +99,56 @@ def _length_sorted_batches(chats: Sequence[TokenizedChat], batch_size: int) -> l
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def iter_residual_batches(
-    model: LoadedModel, conversations: Sequence[Conversation], config: ActivationConfig
-) -> Iterator[TokenActivations]:
-    """Yield the kept tokens' residual vectors batch by batch (length-sorted batches, input-order indices)."""
-    check_layer(model, config.layer)
+def _iter_layer_batches(
+    model: LoadedModel, conversations: Sequence[Conversation], layers: Sequence[int], config: ActivationConfig
+) -> Iterator[dict[int, TokenActivations]]:
+    wanted = sorted(set(layers))
+    if not wanted:
+        raise ValueError("layers is empty")
+    for layer in wanted:
+        check_layer(model, layer)
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
     chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
     pad_id = model.tokenizer.pad_token_id
     assert pad_id is not None, "load_model sets a pad token"
     batches = _length_sorted_batches(chats, config.batch_size)
-    for indices in tqdm(batches, desc=f"layer {config.layer} activations", unit="batch", disable=not config.progress):
+    desc = f"layer {wanted[0]} activations" if len(wanted) == 1 else f"layers {wanted[0]}-{wanted[-1]} activations"
+    for indices in tqdm(batches, desc=desc, unit="batch", disable=not config.progress):
         batch = pad_left([chats[index] for index in indices], pad_id)
-        hidden = residual_at_layer(model, batch, config.layer)
+        hidden = residuals_at_layers(model, batch, wanted)
         keep = token_selection(batch, config.assistant_only)
         rows, _ = keep.nonzero(as_tuple=True)
-        yield TokenActivations(
-            activations=hidden[keep.to(hidden.device)].float().cpu(),
-            sample_index=torch.tensor(indices, dtype=torch.long)[rows],
-            position=batch.position_ids[keep],
-            token_id=batch.input_ids[keep],
-        )
+        sample_index = torch.tensor(indices, dtype=torch.long)[rows]
+        yield {
+            layer: TokenActivations(
+                activations=hidden[layer][keep.to(hidden[layer].device)].float().cpu(),
+                sample_index=sample_index, position=batch.position_ids[keep], token_id=batch.input_ids[keep],
+            )
+            for layer in wanted
+        }
+
+
+def iter_residual_batches(
+    model: LoadedModel, conversations: Sequence[Conversation], config: ActivationConfig
+) -> Iterator[TokenActivations]:
+    """Yield the kept tokens' residual vectors batch by batch (length-sorted batches, input-order indices)."""
+    for part in _iter_layer_batches(model, conversations, [config.layer], config):
+        yield part[config.layer]
+
+
+def collect_residuals_by_layer(
+    model: LoadedModel, conversations: Sequence[Conversation], layers: Sequence[int], config: ActivationConfig
+) -> dict[int, TokenActivations]:
+    """Collect several layers' residual vectors in one pass per batch (for layer sweeps); ``config.layer`` is ignored.
+
+    The forward pass stops after the deepest requested layer, so a sweep costs one cut forward, not one per layer.
+    """
+    parts = list(_iter_layer_batches(model, conversations, layers, config))
+    return {
+        layer: TokenActivations.concatenate([part[layer] for part in parts], d_model=model.spec.d_model)
+        for layer in sorted(set(layers))
+    }
 
 
 def collect_residuals(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.activations import (ActivationConfig, collect_residuals, iter_residual_batches, residual_at_layer,
+from geomis.activations import (ActivationConfig, collect_residuals, collect_residuals_by_layer, iter_residual_batches,
+                                residual_at_layer,
                                 token_selection)
 from geomis.chat_tokens import pad_left, tokenize_chats
 
@@ -89,3 +90,34 @@ def test_layer_out_of_range_is_a_clear_error(tiny_gemma, chats, layer) -> None:
 def test_empty_corpus_gives_empty_activations(tiny_gemma) -> None:
     got = collect_residuals(tiny_gemma, [], ActivationConfig(layer=0, progress=False))
     assert got.activations.shape == (0, tiny_gemma.spec.d_model) and len(got) == 0
+
+
+def test_multi_layer_collection_matches_single_layer_runs(tiny_gemma, chats) -> None:
+    config = ActivationConfig(layer=0, batch_size=2, progress=False)
+    both = collect_residuals_by_layer(tiny_gemma, chats, [1, 0, 1], config)
+    assert sorted(both) == [0, 1]
+    for layer in (0, 1):
+        single = collect_residuals(tiny_gemma, chats, ActivationConfig(layer=layer, batch_size=2, progress=False))
+        torch.testing.assert_close(both[layer].activations, single.activations)
+        assert torch.equal(both[layer].sample_index, single.sample_index)
+        assert torch.equal(both[layer].position, single.position)
+    assert not torch.allclose(both[0].activations, both[1].activations)
+
+
+def test_multi_layer_collection_stops_after_the_deepest_layer(tiny_gemma, chats) -> None:
+    calls: list[int] = []
+    layers = tiny_gemma.hf_model.model.layers
+    handles = [layer.register_forward_pre_hook(lambda *_, i=i: calls.append(i)) for i, layer in enumerate(layers)]
+    try:
+        collect_residuals_by_layer(tiny_gemma, chats[:2], [0], ActivationConfig(layer=0, progress=False))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls and set(calls) == {0}
+
+
+def test_multi_layer_collection_rejects_empty_and_bad_layers(tiny_gemma, chats) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        collect_residuals_by_layer(tiny_gemma, chats, [], ActivationConfig(layer=0, progress=False))
+    with pytest.raises(ValueError, match="out of range"):
+        collect_residuals_by_layer(tiny_gemma, chats, [0, 9], ActivationConfig(layer=0, progress=False))
