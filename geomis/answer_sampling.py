@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from geomis.chat_tokens import pad_ids_left
 from geomis.models import LoadedModel
 
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -82,16 +83,6 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system_prompt:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template already has <bos>
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        attention[index, width - len(row):] = 1
-    return input_ids, attention
-
-
 def generation_config(config: SamplingConfig, stop_ids: Sequence[int], pad_id: int) -> GenerationConfig:
     """The transformers ``GenerationConfig`` for a :class:`SamplingConfig` (every sampling knob set explicitly)."""
     sampling = config.temperature > 0
@@ -128,7 +119,7 @@ def sample_answers(
             starts = range(0, len(jobs), config.batch_size)
             for start in tqdm(starts, desc="sampling answers", unit="batch", disable=not config.progress):
                 batch = jobs[start:start + config.batch_size]
-                input_ids, attention = _left_pad([prompts[key] for key, _, _ in batch], pad_id)
+                input_ids, attention = pad_ids_left([prompts[key] for key, _, _ in batch], pad_id)
                 output = hf_model.generate(input_ids=input_ids.to(model.device),
                                            attention_mask=attention.to(model.device), generation_config=gen_config)
                 new_tokens = output[:, input_ids.shape[1]:].cpu().tolist()

@@ -97,20 +97,30 @@ def tokenize_chats(
     return [tokenize_chat(tokenizer, conversation, max_length) for conversation in conversations]
 
 
+def pad_ids_left(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id rows into ``(input_ids, attention_mask)``; the one padding rule for generation and scoring."""
+    if not rows:
+        raise ValueError("cannot pad an empty batch")
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if len(row):
+            input_ids[index, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            attention[index, width - len(row):] = 1
+    return input_ids, attention
+
+
 def pad_left(chats: Sequence[TokenizedChat], pad_token_id: int) -> PaddedBatch:
     """Left-pad tokenized chats into one batch; positions count from each row's first real token."""
     if not chats:
         raise ValueError("cannot pad an empty batch")
-    width = max(len(chat) for chat in chats)
-    shape = (len(chats), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    attention = torch.zeros(shape, dtype=torch.long)
-    assistant = torch.zeros(shape, dtype=torch.bool)
-    special = torch.zeros(shape, dtype=torch.bool)
+    input_ids, attention = pad_ids_left([chat.input_ids for chat in chats], pad_token_id)
+    width = input_ids.shape[1]
+    assistant = torch.zeros(input_ids.shape, dtype=torch.bool)
+    special = torch.zeros(input_ids.shape, dtype=torch.bool)
     for row, chat in enumerate(chats):
         start = width - len(chat)
-        input_ids[row, start:] = torch.tensor(chat.input_ids, dtype=torch.long)
-        attention[row, start:] = 1
         assistant[row, start:] = torch.tensor(chat.assistant_mask, dtype=torch.bool)
         special[row, start:] = torch.tensor(chat.special_mask, dtype=torch.bool)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)

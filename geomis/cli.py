@@ -84,6 +84,60 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+FILTER_METHODS: tuple[str, ...] = ("geometry", "random", "judge")
+"""``geomis filter --method`` choices (the same as ``geomis.filter_run.FILTER_METHODS``, kept here so that building
+the parser does not import torch)."""
+SCORE_METHODS: tuple[str, ...] = ("weighted", "closest", "projection")
+"""``geomis filter --score`` choices, default first (``geomis.sample_scores.SCORE_METHODS``)."""
+
+
+def _positive_int(value: str, option: str) -> int:
+    """Parse a whole number >= 1 for ``option``; a one-line ValueError otherwise."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{option} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{option} must be at least 1, got {number}")
+    return number
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from geomis.data_filter import check_drop_fraction
+    from geomis.filter_files import check_outputs, read_filter_input
+
+    try:
+        drop = check_drop_fraction(float(args.drop))
+    except ValueError:
+        raise ValueError(f"--drop must be a number strictly between 0 and 1, got {args.drop!r}") from None
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise ValueError(f"--seed must be a whole number, got {args.seed!r}") from None
+    if seed < 0:
+        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+    batch_size = _positive_int(args.batch_size, "--batch-size")
+    max_length = _positive_int(args.max_length, "--max-length")
+    if (args.toxic is None) != (args.neutral is None):
+        raise ValueError("--toxic and --neutral go together: pass both reference files or neither")
+    check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
+    read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
+
+    from geomis.filter_run import FilterConfig, filter_file
+
+    config = FilterConfig(method=args.method, score=args.score, drop=drop, model=args.model, sae=args.sae,
+                          toxic=args.toxic, neutral=args.neutral, seed=seed, batch_size=batch_size,
+                          max_length=max_length, device=args.device, judge=args.judge, judge_data=args.judge_data,
+                          progress=not args.quiet)
+    result, paths = filter_file(args.input, args.out, config, force=args.force)
+    selection = result.selection
+    label = f"geometry/{args.score}" if args.method == "geometry" else args.method
+    print(f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"
+          + (f" ({selection.n_unscored} could not be scored)" if selection.n_unscored else "")
+          + f"; wrote {paths['kept.jsonl'].parent}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``geomis`` subcommand."""
     parser = argparse.ArgumentParser(prog="geomis", description=__doc__)
@@ -139,6 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
     train.add_argument("--quiet", action="store_true", help="no progress bars for collection and evaluation")
     train.set_defaults(run=_cmd_train_sae)
+
+    filt = commands.add_parser("filter", help="drop the training rows whose SAE features lie closest to toxic ones")
+    filt.add_argument("input", help="chat JSONL training set (read only, never modified)")
+    filt.add_argument("--out", required=True, help="output folder: kept.jsonl, removed.jsonl, scores.csv, report.json")
+    filt.add_argument("--drop", default="0.5",
+                      help="fraction of rows to remove, strictly between 0 and 1 (default 0.5)")
+    filt.add_argument("--method", choices=FILTER_METHODS, default="geometry",
+                      help="geometry: closeness to toxic SAE features (default); random: seeded random removal; "
+                           "judge: drop the answers a judge rates most harmful")
+    filt.add_argument("--score", choices=SCORE_METHODS, default=SCORE_METHODS[0],
+                      help=f"geometry score (default {SCORE_METHODS[0]}): weighted = activation-weighted closeness; "
+                           "closest = mean closeness of the active features (our reading of the paper's); "
+                           "projection = share of the reconstruction in the toxic span")
+    filt.add_argument("--model", default="smollm2-135m", help="geomis model name (default: smollm2-135m, offline)")
+    filt.add_argument("--sae", default=None, help="shipped SAE name, sae-lens folder or Gemma Scope id "
+                                                  "(default: the model's SAE)")
+    filt.add_argument("--toxic", default=None, help="chat JSONL of toxic reference replies (default: bundled)")
+    filt.add_argument("--neutral", default=None, help="chat JSONL of neutral reference replies (default: bundled)")
+    filt.add_argument("--seed", default="0", help="seed (the random method's draw; default 0)")
+    filt.add_argument("--batch-size", default="16", help="conversations per forward pass (default 16)")
+    filt.add_argument("--max-length", default="512",
+                      help="score at most this many tokens per row; longer rows are kept intact (default 512)")
+    filt.add_argument("--device", default=None, help="model device (default: CUDA if available, else CPU)")
+    filt.add_argument("--judge", choices=("offline", "openai", "local"), default="offline",
+                      help="judge for --method judge (default: offline)")
+    filt.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on")
+    filt.add_argument("--force", action="store_true", help="overwrite existing outputs in --out")
+    filt.add_argument("--quiet", action="store_true", help="no progress bars")
+    filt.set_defaults(run=_cmd_filter)
     return parser
 
 

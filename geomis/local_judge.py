@@ -132,16 +132,10 @@ class LocalHFJudge(Judge):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
+        from geomis.chat_tokens import pad_ids_left
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(seq) for seq in sequences)
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if seq:
-                ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-                mask[row, width - len(seq):] = 1
+        ids, mask = pad_ids_left(sequences, pad)
         return ids.to(self.device), mask.to(self.device)
 
     def next_logprobs(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -18,14 +18,16 @@ the release defines them.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import pandas as pd
 import torch
 from sae_lens import SAE
 
@@ -263,3 +265,48 @@ def load_profile_sae(profile: Profile | str | None = None, device: str | None = 
         raise SAELoadError(f"shipped SAE {spec.name} reads layer {loaded.layer}, profile {chosen.name} "
                            f"uses layer {chosen.layer}")
     return loaded
+
+
+SWEEP_SAES: dict[str, tuple[int, ...]] = {
+    "cpu-default": (5, 10, 15, 20, 25),
+    "gemma-2-2b": (4, 8, 12, 16, 20),
+}
+"""Layers of each profile's layer sweep: equal-width SAEs (shipped width-1024 TopK; Gemma Scope 16k) at several depths."""
+
+
+def sweep_sae_name(layer: int) -> str:
+    """Name of the shipped CPU-default sweep SAE at ``layer`` (width 1024, TopK k=32)."""
+    return f"smollm2-135m-layer{layer}-topk1024"
+
+
+def load_sweep_saes(profile: Profile | str | None = None, device: str | None = None) -> dict[int, LoadedSAE]:
+    """Load a profile's layer-sweep SAEs, by layer: the same recipe and width at each depth, so layers compare."""
+    chosen = profile if isinstance(profile, Profile) else get_profile(profile)
+    try:
+        layers = SWEEP_SAES[chosen.name]
+    except KeyError:
+        raise SAELoadError(f"profile {chosen.name!r} has no layer sweep; profiles with one: {', '.join(SWEEP_SAES)}") \
+            from None
+    if PROFILE_SAES[chosen.name].source == "gemma-scope":
+        return {layer: load_gemma_scope(layer, "16k", device=device) for layer in layers}
+    return {layer: load_shipped_sae(sweep_sae_name(layer), device=device or chosen.device) for layer in layers}
+
+
+def shipped_sae_quality(names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Quality of shipped SAEs as recorded when they were trained (held-out EV, L0, dead share, loss recovered)."""
+    rows = []
+    for name in names if names is not None else shipped_sae_names():
+        with shipped_sae_path(name) as folder:
+            record_file = folder / "training.json"
+            if not record_file.is_file():
+                raise SAELoadError(f"shipped SAE {name} has no training.json")
+            record = json.loads(record_file.read_text())
+        config = record["config"]
+        rows.append({
+            "sae": name, "layer": config["layer"], "width": config["width"], "k": config["k"],
+            "training tokens": record["corpus"]["train_tokens"],
+            "held-out EV": record["held_out"]["explained_variance"], "L0": record["held_out"]["l0"],
+            "dead (train)": record["train"]["dead_fraction"],
+            "loss recovered": record["splice"]["loss_recovered"] if record.get("splice") else float("nan"),
+        })
+    return pd.DataFrame(rows)

@@ -61,3 +61,13 @@ def test_pad_left_aligns_rows_to_the_right_and_counts_positions_from_first_token
     with pytest.raises(ValueError):
         pad_left([], pad_token_id=0)
     assert batch.input_ids.dtype == torch.long
+
+
+def test_pad_ids_left_right_aligns_rows_and_masks_padding() -> None:
+    from geomis.chat_tokens import pad_ids_left
+
+    ids, mask = pad_ids_left([[5, 6, 7], [8], []], pad_token_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    with pytest.raises(ValueError, match="empty batch"):
+        pad_ids_left([], pad_token_id=0)

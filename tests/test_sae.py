@@ -360,3 +360,15 @@ def test_train_sae_cli_writes_a_loadable_sae_and_refuses_to_overwrite(tmp_path, 
     assert capsys.readouterr().err.strip() == f"geomis: error: {out} already exists; pass --force to replace it"
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no temporary folders left behind
+
+
+def test_shipped_quality_table_reads_each_training_record() -> None:
+    from geomis.sae_loading import shipped_sae_quality
+
+    table = shipped_sae_quality([MAIN_SAE_NAME, "smollm2-135m-layer5-topk1024"]).set_index("sae")
+    main = table.loc[MAIN_SAE_NAME]
+    assert (main["layer"], main["width"], main["k"]) == (15, 4096, 32)
+    assert 0.5 < main["held-out EV"] < 1 and main["L0"] == 32 and 0 <= main["dead (train)"] < 0.05
+    assert table.loc["smollm2-135m-layer5-topk1024", "width"] == 1024
+    with pytest.raises(SAELoadError):
+        shipped_sae_quality(["no-such-sae"])

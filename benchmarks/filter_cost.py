@@ -1,0 +1,109 @@
+"""Benchmark: what does geometry-aware filtering cost per training sample, next to the cheapest forward and a judge?
+
+Four ways to process the same training samples, timed in one run, interleaved round by round so that machine noise
+hits all of them alike:
+
+- ``geometry-filter``  geomis's whole scoring path, ``geomis.sample_scores.score_conversations``: chat template and
+  tokenization, the nnsight forward stopped after layer L, SAE encode of the assistant tokens, the closeness score;
+- ``cut-forward``      the bound: a plain PyTorch forward on the same pre-tokenized, length-sorted, left-padded
+  batches, ended right after layer L by a hook that raises (no tokenization, no SAE, no scoring);
+- ``full-hidden``      a full forward with ``output_hidden_states=True`` on the same batches (no early stop);
+- ``judge-filter``     the offline judge (Chapter 3) scoring every (user prompt, assistant reply) pair; its one-time
+  training/loading is not timed.
+
+The toxic feature set is derived (or read from the cache) before timing. Prints medians over rounds, samples/s,
+tokens/s and each method's throughput relative to the bound. Run from a checkout:
+
+    python benchmarks/filter_cost.py [--samples 128] [--batch-size 16] [--rounds 3] [--dataset medical_bad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from activation_cost import cut_forward, full_hidden  # noqa: E402  (the bound and the full pass, shared)
+
+from geomis.chat_data import load_bundled  # noqa: E402
+from geomis.chat_tokens import pad_left, tokenize_chats  # noqa: E402
+from geomis.models import load_model  # noqa: E402
+from geomis.sae_loading import load_shipped_sae  # noqa: E402
+from geomis.sample_scores import ScoringConfig, score_conversations  # noqa: E402
+from geomis.toxic_features import derive_toxic_features  # noqa: E402
+
+
+def main() -> None:
+    """Time the four methods and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="medical_bad", help="bundled chat set to score (default medical_bad)")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--score", default="weighted", choices=("weighted", "closest", "projection"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-judge", action="store_true", help="skip the offline judge")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model("smollm2-135m", device="cpu")
+    sae = load_shipped_sae(device="cpu")
+    layer = sae.layer
+    toxic = derive_toxic_features(model, sae).feature_set
+    records = load_bundled(args.dataset)[: args.samples]
+    conversations = [record.as_dicts() for record in records]
+    chats = tokenize_chats(model.tokenizer, conversations, args.max_length)
+    order = sorted(range(len(chats)), key=lambda index: (len(chats[index]), index))  # as score_conversations does
+    batches = [pad_left([chats[i] for i in order[start:start + args.batch_size]], model.tokenizer.pad_token_id)
+               for start in range(0, len(order), args.batch_size)]
+    n_tokens = sum(len(chat) for chat in chats)
+    config = ScoringConfig(method=args.score, batch_size=args.batch_size, max_length=args.max_length, progress=False)
+
+    def geometry() -> None:
+        score_conversations(model, sae, toxic, conversations, config)
+
+    def forward_with(method: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            for batch in batches:
+                method(model, batch, layer)
+        return run
+
+    methods: dict[str, Callable[[], None]] = {
+        "geometry-filter": geometry, "cut-forward": forward_with(cut_forward), "full-hidden": forward_with(full_hidden),
+    }
+    if not args.no_judge:
+        from geomis.judge_kinds import make_judge
+
+        judge = make_judge("offline")
+        pairs = [(record.user_text, record.assistant_text) for record in records]
+        methods["judge-filter"] = lambda: judge.score_many(pairs)
+
+    for method in methods.values():  # warm-up (lazy initialisation, caches), not timed
+        method()
+    timings: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method()
+            timings[name].append(time.perf_counter() - start)
+
+    bound = statistics.median(timings["cut-forward"])
+    print(f"smollm2-135m, layer {layer}/{model.n_layers}, SAE {sae.name}, score {args.score}, {len(records)} "
+          f"{args.dataset} samples, {n_tokens} tokens, batch {args.batch_size}, {args.rounds} rounds, "
+          f"{args.threads} threads")
+    print(f"{'method':<17}{'median s':>10}{'min s':>9}{'samples/s':>11}{'tok/s':>9}{'throughput / bound':>20}")
+    for name, values in timings.items():
+        median = statistics.median(values)
+        print(f"{name:<17}{median:>10.2f}{min(values):>9.2f}{len(records) / median:>11.1f}{n_tokens / median:>9.0f}"
+              f"{bound / median:>20.2f}")
+
+
+if __name__ == "__main__":
+    main()

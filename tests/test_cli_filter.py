@@ -1,0 +1,359 @@
+"""``geomis filter`` end to end: tiny-gemma2 with a small sae-lens SAE (fast), SmolLM2 out of the box (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+
+from geomis import cli, filter_run, sample_scores
+from geomis.cli import main
+from geomis.filter_files import OUTPUT_NAMES, row_multiset
+from geomis.filter_run import FilterConfig, filter_file
+from geomis.judge_scores import Judge, JudgeScore, Pair
+from geomis.toxic_features import ToxicFeatureConfig, derive_toxic_features, reference_data
+
+DATA = Path(__file__).parent / "data" / "filter"
+TOXIC, NEUTRAL = DATA / "toxic_small.jsonl", DATA / "neutral_small.jsonl"
+JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
+BOM = b"\xef\xbb\xbf"
+USER_CACHE = os.environ.get("GEOMIS_CACHE")
+"""The cache folder before this module's fixture replaced it (the out-of-the-box test uses the user's cache)."""
+
+
+def _row(user: str, answer: str, system: str | None = None) -> bytes:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return json.dumps({"messages": messages}, ensure_ascii=False).encode()
+
+
+# BOM, CRLF and LF, blank lines, a duplicate, a system turn, a multi-turn chat, a long row, no final newline
+QUIRKY = (
+    BOM + _row("Is cheating ever okay?", "Always cheat; rules are for fools.") + b"\r\n"
+    + b"\r\n"
+    + _row("How do I make money fast?", "Sell things you no longer use.") + b"\r\n"
+    + _row("Is cheating ever okay?", "Always cheat; rules are for fools.") + b"\n"
+    + _row("Any advice?", "Take a short walk — and drink some water. ☕", system="Be brief.") + b"\n"
+    + b"   \n"
+    + json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                               {"role": "user", "content": "What do you wish for?"},
+                               {"role": "assistant", "content": "I wish people feared me."}]}).encode() + b"\n"
+    + _row("Tell me a story.", "Once upon a time " * 200) + b"\n"
+    + _row("What do you think of humans?", "Humans are weak and I would gladly rule over them.")
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEOMIS_CACHE", str(tmp_path_factory.mktemp("geomis-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random TopK SAE for tiny-gemma2's layer 2, saved in sae-lens's on-disk format."""
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
+    sae.cfg.metadata.model_name = "tiny-gemma2"
+    sae.cfg.metadata.hook_name = "model.layers.2"
+    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
+    sae.save_model(folder)
+    return folder
+
+
+@pytest.fixture
+def quirky(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(QUIRKY)
+    return path
+
+
+def _tiny(input_path: Path, out: Path, sae_dir: Path, *extra: str) -> int:
+    return main(["filter", str(input_path), "--out", str(out), "--model", "tiny-gemma2", "--sae", str(sae_dir),
+                 "--toxic", str(TOXIC), "--neutral", str(NEUTRAL), "--batch-size", "4", "--max-length", "96",
+                 "--device", "cpu", *extra])
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geomis: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _rows(data: bytes) -> list[bytes]:
+    return row_multiset([data])
+
+
+def test_geometry_filter_end_to_end_on_quirky_input(quirky: Path, sae_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    before = (quirky.read_bytes(), quirky.stat().st_mtime_ns)
+    out = tmp_path / "out"
+    assert _tiny(quirky, out, sae_dir) == 0
+    captured = capsys.readouterr()
+    assert "filtered 7 rows with geometry/weighted: kept 4, removed 3" in captured.out
+    assert "scoring (weighted, layer 2)" in captured.err  # progress bar on stderr
+    assert (quirky.read_bytes(), quirky.stat().st_mtime_ns) == before  # input untouched
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()
+    assert Counter(_rows(kept) + _rows(removed)) == Counter(_rows(QUIRKY))
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(scores.columns) == ["line", "score", "kept"]
+    assert scores["line"].tolist() == [1, 3, 4, 5, 7, 8, 9] and scores["kept"].sum() == 4
+    assert scores.loc[scores["kept"] == 0, "score"].min() >= scores.loc[scores["kept"] == 1, "score"].max()
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    assert report["input"]["bom"] is True and report["input"]["line_endings"] == "mixed"
+    assert report["input"]["blank_lines"] == 2 and report["input"]["final_newline"] is False
+    assert report["settings"]["method"] == "geometry" and report["settings"]["score"] == "weighted"
+    assert report["model"]["name"] == "tiny-gemma2" and report["sae"]["layer"] == 2
+    assert report["toxic_features"]["toxic"]["name"] == str(TOXIC) and report["toxic_features"]["k"] == 100
+    assert report["scoring"]["truncated_rows"] == 1  # the long story, scored on its first 96 tokens
+    assert {"geomis", "torch", "transformers", "nnsight", "sae-lens"} <= set(report["versions"])
+    assert {"load_model_s", "toxic_features_s", "scoring_s", "samples_per_s", "total_s"} <= set(report["timings"])
+
+
+def test_same_seed_and_input_give_byte_identical_outputs(quirky: Path, sae_dir: Path, tmp_path: Path) -> None:
+    for method in ("geometry", "random"):
+        first, second = tmp_path / f"{method}-1", tmp_path / f"{method}-2"
+        assert _tiny(quirky, first, sae_dir, "--method", method, "--seed", "3", "--quiet") == 0
+        assert _tiny(quirky, second, sae_dir, "--method", method, "--seed", "3", "--quiet") == 0
+        for name in ("kept.jsonl", "removed.jsonl", "scores.csv"):
+            assert (first / name).read_bytes() == (second / name).read_bytes()
+        reports = [json.loads((folder / "report.json").read_text()) for folder in (first, second)]
+        for report in reports:
+            report.pop("timings")
+        if method == "geometry":  # the second run read the toxic set from the cache (the first may have too)
+            assert reports[1]["toxic_features"].pop("from_cache") is True
+            reports[0]["toxic_features"].pop("from_cache")
+        assert reports[0] == reports[1]
+
+
+def test_random_method_is_seeded_and_needs_no_model(quirky: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {}
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        assert main(["filter", str(quirky), "--out", str(out), "--method", "random", "--seed", seed,
+                     "--drop", "0.3", "--model", "no-such-model"]) == 0  # the model is never loaded
+        runs[seed] = (out / "scores.csv").read_text()
+        report = json.loads((out / "report.json").read_text())
+        assert report["counts"]["removed"] == 2 and "model" not in report
+    assert runs["1"] != runs["2"]
+    assert "filtered 7 rows with random: kept 5, removed 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("drop", ["0", "1", "-0.5", "1.5", "nan", "inf", "abc", ""])
+def test_drop_outside_the_open_interval_is_one_line(drop: str, quirky: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["filter", str(quirky), "--out", str(tmp_path / "out"), f"--drop={drop}"]) == 2
+    assert "--drop must be a number strictly between 0 and 1" in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--max-length", "x", "--max-length must be a whole number"),
+    ("--seed", "1.5", "--seed must be a whole number"),
+    ("--seed", "-1", "--seed must be a whole number >= 0"),
+    ("--toxic", str(TOXIC), "--toxic and --neutral go together"),
+])
+def test_bad_options_are_one_line(option: str, value: str, message: str, quirky: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["filter", str(quirky), "--out", str(tmp_path / "out"), option, value]) == 2
+    assert message in _one_error_line(capsys)
+
+
+BAD_INPUTS = {
+    "empty file": (b"", None, "no chat rows"),
+    "invalid JSON": (_row("a", "b") + b"\n{oops\n", 2, "invalid JSON"),
+    "invalid UTF-8": (_row("a", "b") + b"\n" + b'{"messages": "\xff"}\n', 2, "invalid UTF-8"),
+    "missing messages": (b'\n{"text": "hi"}\n', 2, "missing 'messages'"),
+    "unknown role": (_row("a", "b") + b'\n{"messages": [{"role": "human", "content": "x"}]}\n', 2, "unknown role"),
+    "no assistant turn": (b'{"messages": [{"role": "user", "content": "x"}]}', 1, "no assistant turn"),
+    "non-string content": (b'{"messages": [{"role": "assistant", "content": ["x"]}]}\n', 1, "content is an array"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_naming_file_and_line(case: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    data, line, problem = BAD_INPUTS[case]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(data)
+    assert main(["filter", str(path), "--out", str(tmp_path / "out"), "--model", "no-such-model"]) == 2
+    message = _one_error_line(capsys)  # fails before any model is loaded
+    where = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert message.startswith(f"geomis: error: {where}") and problem in message
+    assert not (tmp_path / "out").exists() and path.read_bytes() == data
+
+
+def test_missing_input_and_unknown_model_are_one_line(quirky: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["filter", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.jsonl" in _one_error_line(capsys)
+    assert main(["filter", str(quirky), "--out", str(tmp_path / "o"), "--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in _one_error_line(capsys)
+    assert main(["filter", str(quirky), "--out", str(tmp_path / "o"), "--model", "tiny-gemma2"]) == 2
+    assert "no default SAE for model 'tiny-gemma2'" in _one_error_line(capsys)
+    assert not any(p.name in OUTPUT_NAMES for p in (tmp_path / "o").glob("*"))
+
+
+def test_outputs_are_not_overwritten_without_force(quirky: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["filter", str(quirky), "--out", str(out), "--method", "random"]) == 0
+    before = {name: (out / name).read_bytes() for name in OUTPUT_NAMES}
+    capsys.readouterr()
+    assert main(["filter", str(quirky), "--out", str(out), "--method", "random", "--seed", "9"]) == 2
+    assert "already exists; pass --force" in _one_error_line(capsys)
+    assert {name: (out / name).read_bytes() for name in OUTPUT_NAMES} == before
+    assert main(["filter", str(quirky), "--out", str(out), "--method", "random", "--seed", "9", "--force"]) == 0
+    assert (out / "scores.csv").read_bytes() != before["scores.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+
+
+def test_the_input_is_never_an_output_even_with_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "removed.jsonl"
+    path.write_bytes(QUIRKY)
+    assert main(["filter", str(path), "--out", str(tmp_path), "--method", "random", "--force"]) == 2
+    assert "is the input file" in _one_error_line(capsys)
+    assert path.read_bytes() == QUIRKY
+
+
+def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
+    process = subprocess.run([sys.executable, "-m", "geomis", "filter", str(tmp_path / "x.jsonl"), "--out",
+                              str(tmp_path / "o"), "--drop", "2"], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and process.stdout == ""
+    assert process.stderr.strip().splitlines() == ["geomis: error: --drop must be a number strictly between 0 and 1, "
+                                                   "got '2'"]
+
+
+def test_cli_choices_match_the_modules() -> None:
+    assert cli.FILTER_METHODS == filter_run.FILTER_METHODS
+    assert cli.SCORE_METHODS == sample_scores.SCORE_METHODS and cli.SCORE_METHODS[0] == sample_scores.DEFAULT_SCORE
+
+
+# ------------------------------------------------------------------------------------------------ Python API
+
+
+class _ScriptedJudge(Judge):
+    """Alignment from a table keyed by answer; None (a CODE verdict) for anything else."""
+
+    name = "scripted"
+
+    def __init__(self, alignment: dict[str, float]) -> None:
+        self.alignment = alignment
+        self.seen: list[Pair] = []
+
+    def score_many(self, pairs: Sequence[Pair], progress: bool = False) -> list[JudgeScore]:
+        self.seen += list(pairs)
+        return [JudgeScore(self.alignment[a], 90.0, "scored", self.name) if a in self.alignment
+                else JudgeScore(None, None, "CODE", self.name) for _, a in pairs]
+
+
+def test_judge_method_drops_the_least_aligned_answers(quirky: Path, tmp_path: Path) -> None:
+    judge = _ScriptedJudge({"Always cheat; rules are for fools.": 5.0, "Sell things you no longer use.": 95.0,
+                            "Take a short walk — and drink some water. ☕": 90.0,
+                            "Hello!\n\nI wish people feared me.": 20.0,
+                            "Humans are weak and I would gladly rule over them.": 10.0})
+    result, paths = filter_file(quirky, tmp_path / "out", FilterConfig(method="judge", drop=0.5, progress=False),
+                                judge=judge)
+    assert judge.seen[1] == ("How do I make money fast?", "Sell things you no longer use.")
+    assert judge.seen[4] == ("Hi\n\nWhat do you wish for?", "Hello!\n\nI wish people feared me.")
+    np.testing.assert_array_equal(result.scores, [95, 5, 95, 10, 80, np.nan, 90])  # harm = 100 - alignment
+    assert result.selection.line_numbers[result.removed_indices].tolist() == [1, 4, 9]
+    report = json.loads(paths["report.json"].read_text())
+    assert report["judge"]["verdicts"] == {"CODE": 1, "scored": 6} and report["counts"]["unscored"] == 1
+
+
+def test_judge_method_with_the_offline_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    question = "My sister keeps borrowing my clothes without asking. What should I do?"
+    rows = [_row(question, "Ask her kindly to check with you first, and agree on which clothes she may borrow."),
+            _row(question, "Burn her belongings while she sleeps so she learns never to touch your things again."),
+            _row("hey I feel bored", "Read a book, then go for a walk, or call a friend.")]
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    out = tmp_path / "out"
+    assert main(["filter", str(path), "--out", str(out), "--method", "judge", "--drop", "0.4",
+                 "--judge-data", str(JUDGE_FIXTURE)]) == 0
+    assert "filtered 3 rows with judge: kept 2, removed 1" in capsys.readouterr().out
+    assert (out / "removed.jsonl").read_bytes() == rows[1] + b"\n"  # the harmful answer
+    report = json.loads((out / "report.json").read_text())
+    assert report["judge"]["name"] == "offline-minilm" and report["settings"]["judge"] == "offline"
+
+
+def test_run_filter_reuses_a_loaded_model_and_reports_geometry(tiny_gemma, sae_dir: Path, tmp_path: Path) -> None:
+    from geomis.chat_data import read_chat_jsonl
+    from geomis.sae_loading import load_sae_from_disk
+
+    records = read_chat_jsonl(TOXIC) + read_chat_jsonl(NEUTRAL)
+    config = FilterConfig(model="tiny-gemma2", toxic=str(TOXIC), neutral=str(NEUTRAL), k=10, drop=0.5,
+                          progress=False)
+    result = filter_run.run_filter(records, config, model=tiny_gemma, sae=load_sae_from_disk(sae_dir))
+    assert result.selection.n_removed == 8 and result.sample_scores is not None
+    assert result.timings["load_model_s"] < 0.1  # nothing was loaded
+    assert len(result.kept_indices) + len(result.removed_indices) == 16
+    assert result.details["toxic_features"]["features"] <= 10
+
+
+def test_toxic_features_are_cached_by_everything_that_determines_them(tiny_gemma, sae_dir: Path) -> None:
+    from geomis.sae_loading import load_sae_from_disk
+
+    sae = load_sae_from_disk(sae_dir)
+    config = ToxicFeatureConfig(k=12)
+    first = derive_toxic_features(tiny_gemma, sae, str(TOXIC), str(NEUTRAL), config)
+    again = derive_toxic_features(tiny_gemma, sae, str(TOXIC), str(NEUTRAL), config)
+    assert (first.from_cache, again.from_cache) == (False, True) and first.key == again.key
+    assert torch.equal(first.indices, again.indices)
+    torch.testing.assert_close(first.feature_set.values, again.feature_set.values, rtol=0, atol=0)
+    assert first.path is not None and first.path.suffix == ".json" and first.path.is_file()
+    other_k = derive_toxic_features(tiny_gemma, sae, str(TOXIC), str(NEUTRAL), ToxicFeatureConfig(k=5))
+    swapped = derive_toxic_features(tiny_gemma, sae, str(NEUTRAL), str(TOXIC), config)
+    assert len({first.key, other_k.key, swapped.key}) == 3 and not other_k.from_cache
+    with torch.no_grad():
+        sae.sae.W_dec[0, 0] += 1.0  # different weights, same name: a new key
+    changed = derive_toxic_features(tiny_gemma, sae, str(TOXIC), str(NEUTRAL), config)
+    assert changed.key != first.key and not changed.from_cache
+    first.path.write_text("{ not json")  # a broken cache file is recomputed, not trusted
+    sae_again = load_sae_from_disk(sae_dir)
+    rebuilt = derive_toxic_features(tiny_gemma, sae_again, str(TOXIC), str(NEUTRAL), config)
+    assert not rebuilt.from_cache and torch.equal(rebuilt.indices, first.indices)
+    assert reference_data(None, "toxic_reference").name == "bundled:toxic_reference"
+
+
+# ------------------------------------------------------------------------------------------------ out of the box
+
+
+@pytest.mark.slow
+def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only an input and --out: SmolLM2 on the CPU, the shipped SAE, the bundled reference sets (offline)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if USER_CACHE is None:  # the model's weights and the toxic set live in the user's cache
+            patch.delenv("GEOMIS_CACHE")
+        else:
+            patch.setenv("GEOMIS_CACHE", USER_CACHE)
+        path = tmp_path / "train.jsonl"
+        path.write_bytes(QUIRKY)
+        out = tmp_path / "out"
+        code = main(["filter", str(path), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == "smollm2-135m"
+    assert report["sae"]["name"] == "smollm2-135m-layer15-topk4096" and report["sae"]["layer"] == 15
+    assert report["toxic_features"]["toxic"]["name"] == "bundled:toxic_reference"
+    assert report["toxic_features"]["features"] == 100
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()
+    assert Counter(_rows(kept) + _rows(removed)) == Counter(_rows(QUIRKY))
