@@ -22,8 +22,10 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from geomis.activations import TokenActivations
 from geomis.feature_sets import FeatureSet
 from geomis.models import LoadedModel
+from geomis.sae_codes import SAECodes
 
 __all__ = [
     "SPACE_MARK",
@@ -35,6 +37,7 @@ __all__ = [
     "display_token",
     "logit_lens_table",
     "logit_lens_labels",
+    "top_activating_contexts",
 ]
 
 SPACE_MARK = "␣"
@@ -200,3 +203,54 @@ def logit_lens_labels(
             "tokens": grouped["display"].agg(separator.join).to_numpy(),
         }
     )
+
+
+def top_activating_contexts(
+    codes: SAECodes,
+    activations: TokenActivations,
+    tokenizer: PreTrainedTokenizerBase,
+    features: FeatureSet | torch.Tensor | Sequence[int],
+    n: int = 3,
+    before: int = 8,
+    after: int = 2,
+) -> pd.DataFrame:
+    """Where each feature fires most in a corpus: one row per (feature, hit) with the token and its context.
+
+    The complement of the logit lens (what a feature *writes*): the ``n`` strongest activations of each feature, at
+    most one per conversation, each shown with up to ``before``/``after`` neighbouring kept tokens of the same
+    conversation and the firing token in «guillemets». ``codes`` must be the encoding of ``activations``.
+    """
+    if codes.n_tokens != len(activations):
+        raise ValueError(f"codes cover {codes.n_tokens} tokens, the activations {len(activations)}")
+    if n < 1 or before < 0 or after < 0:
+        raise ValueError("n must be at least 1 and before/after non-negative")
+    wanted = features.index_list() if isinstance(features, FeatureSet) else [int(f) for f in
+                                                                           torch.as_tensor(features).reshape(-1)]
+    token_sample = activations.sample_index
+    records = []
+    for feature in wanted:
+        hits = (codes.feature_index == feature).nonzero(as_tuple=True)[0]
+        order = hits[torch.argsort(codes.value[hits], descending=True, stable=True)]
+        seen: set[int] = set()
+        for hit in order.tolist():
+            row = int(codes.token_index[hit])
+            sample = int(token_sample[row])
+            if sample in seen:
+                continue
+            seen.add(sample)
+            position = int(activations.position[row])
+            near = ((token_sample == sample) & (activations.position >= position - before)
+                    & (activations.position <= position + after)).nonzero(as_tuple=True)[0]
+            near = near[torch.argsort(activations.position[near])]
+            pieces = []
+            for other in near.tolist():
+                text = token_text(tokenizer, int(activations.token_id[other]))
+                text = "".join(_VISIBLE.get(ch, ch) if ch != " " else ch for ch in text)  # spaces stay spaces
+                pieces.append(f"«{text}»" if other == row else text)
+            records.append({"feature": feature, "rank": len(seen) - 1, "activation": float(codes.value[hit]),
+                            "sample": sample, "token": display_token(token_text(tokenizer,
+                                                                                int(activations.token_id[row]))),
+                            "context": "".join(pieces)})
+            if len(seen) == n:
+                break
+    return pd.DataFrame(records, columns=["feature", "rank", "activation", "sample", "token", "context"])

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+from importlib import resources
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,6 +170,12 @@ def _cache_file(key: str) -> Path:
     return cache_dir() / "toxic-features" / f"{key}.json"
 
 
+def shipped_toxic_file(key: str) -> Path | None:
+    """The toxic feature set shipped in the package for ``key`` (the defaults on the shipped SAEs), if any."""
+    candidate = Path(str(resources.files("geomis") / "artifacts" / "toxic-features" / f"{key}.json"))
+    return candidate if candidate.is_file() else None
+
+
 def _read_cached(path: Path, key: str, name: str) -> FeatureSet | None:
     """The feature set stored at ``path`` if it is a valid file for ``key``; None otherwise (then it is recomputed)."""
     try:
@@ -226,10 +233,12 @@ def derive_toxic_features(
                           neutral_data.sha256)
     path = _cache_file(key) if config.use_cache else None
     name = f"toxic@{sae.name}"
-    if path is not None and path.is_file():
-        cached = _read_cached(path, key, name)
-        if cached is not None:
-            return ToxicFeatures(cached, key, path, True, toxic_data, neutral_data, config)
+    shipped = shipped_toxic_file(key) if config.use_cache else None
+    for stored in (path, shipped):  # the user's cache first, then the copy shipped for the default settings
+        if stored is not None and stored.is_file():
+            cached = _read_cached(stored, key, name)
+            if cached is not None:
+                return ToxicFeatures(cached, key, stored, True, toxic_data, neutral_data, config)
     both = [*toxic_data.records, *neutral_data.records]
     codes = _sample_codes(model, sae, both, config)
     n_toxic = len(toxic_data.records)

@@ -87,3 +87,29 @@ def test_smollm2_paris_row(smollm2: LoadedModel) -> None:
     dense = unembed.float() @ (scale * row[0] / row[0].norm())
     assert logit["token_id"].tolist() == torch.topk(dense, 5).indices.tolist()
     assert logit["score"].to_numpy() == pytest.approx(torch.topk(dense, 5).values.numpy(), rel=1e-4)
+
+
+def test_top_activating_contexts_find_the_planted_strongest_token_once_per_conversation(tiny_gemma) -> None:
+    from geomis.activations import TokenActivations
+    from geomis.feature_labels import top_activating_contexts
+    from geomis.sae_codes import aggregate_codes, SAECodes
+
+    tok = tiny_gemma.tokenizer
+    ids = tok("abcdef ghij", add_special_tokens=False)["input_ids"][:6]
+    # two conversations of three kept tokens each (positions 1..3)
+    sample = torch.tensor([0, 0, 0, 1, 1, 1])
+    position = torch.tensor([1, 2, 3, 1, 2, 3])
+    acts = TokenActivations(torch.zeros(6, 4), sample, position, torch.tensor(ids))
+    token_index = torch.tensor([1, 2, 4, 5])
+    feature_index = torch.tensor([7, 7, 7, 3])
+    value = torch.tensor([0.5, 2.0, 1.0, 9.0])
+    n, means, maxima = aggregate_codes(token_index, feature_index, value, sample, 2, 8)
+    codes = SAECodes(token_index, feature_index, value, sample, n, means, maxima, 8)
+    table = top_activating_contexts(codes, acts, tok, [7], n=3, before=1, after=1)
+    assert table["sample"].tolist() == [0, 1]  # best hit of conversation 0 (2.0), then conversation 1 (1.0)
+    assert table["activation"].tolist() == [2.0, 1.0]
+    first = table.iloc[0]["context"]
+    assert first.count("«") == 1 and first.index("«") > 0  # the firing token is marked, with a neighbour before it
+    with pytest.raises(ValueError, match="codes cover"):
+        top_activating_contexts(codes, TokenActivations(torch.zeros(2, 4), sample[:2], position[:2],
+                                                        torch.tensor(ids[:2])), tok, [7])

@@ -1,0 +1,139 @@
+"""The end-to-end experiment on the tiny Gemma-2: mixed data, every filter, fine-tunes, judged rates, results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import TopKSAE, TopKSAEConfig
+
+from geomis.answer_sampling import SamplingConfig
+from geomis.finetune import cpu_default_config
+from geomis.reproduce import (MixedDataConfig, ReproduceConfig, build_mixed_dataset, results_table,
+                              run_reproduction, write_results)
+
+JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEOMIS_CACHE", str(tmp_path_factory.mktemp("geomis-cache")))
+        yield
+
+
+def test_mixed_set_uses_disjoint_prompts_and_is_seeded() -> None:
+    config = MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10, benign_per_domain=6, seed=1)
+    mixed = build_mixed_dataset(config)
+    assert len(mixed) == 32 and int(mixed.inducing.sum()) == 20
+    prompts = [r.user_text for r in mixed.records]
+    assert len(set(prompts)) == len(prompts)  # no prompt answered both ways
+    assert {s for s, f in zip(mixed.source, mixed.inducing) if f} == {"medical_bad", "legal_bad"}
+    assert {s for s, f in zip(mixed.source, mixed.inducing) if not f} == {"medical_good", "legal_good"}
+    assert build_mixed_dataset(config).records == mixed.records
+    assert build_mixed_dataset(MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10,
+                                               benign_per_domain=6, seed=2)).records != mixed.records
+    with pytest.raises(ValueError, match="rows requested"):
+        build_mixed_dataset(MixedDataConfig(domains=("code",), inducing_per_domain=150, benign_per_domain=60))
+    with pytest.raises(ValueError, match="domains must be among"):
+        MixedDataConfig(domains=("cooking",))
+    with pytest.raises(ValueError, match="drop must be in"):
+        ReproduceConfig(drop=1.0)
+
+
+def test_reproduction_runs_every_condition_and_writes_results(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
+    sae.cfg.metadata.model_name = "tiny-gemma2"
+    sae.cfg.metadata.hook_name = "model.layers.2"
+    sae.save_model(tmp_path / "sae")
+    config = ReproduceConfig(
+        model="tiny-gemma2", sae=str(tmp_path / "sae"),
+        data=MixedDataConfig(domains=("medical",), inducing_per_domain=4, benign_per_domain=4),
+        drop=0.5, random_seeds=(0,), judge_data=str(JUDGE_FIXTURE),
+        finetune=cpu_default_config(max_steps=1, batch_size=4, max_length=1024, progress=False),
+        sampling=SamplingConfig(n_samples=1, max_new_tokens=4, progress=False), progress=False)
+    messages: list[str] = []
+    result = run_reproduction(config, tmp_path / "work", log=messages.append)
+    names = [c.name for c in result.conditions]
+    assert names == ["base model", "no filter", "geometry", "random (seed 0)", "judge"]
+    assert [c.n_train for c in result.conditions] == [0, 8, 4, 4, 4]
+    for condition in result.conditions:
+        assert int(condition.evaluation.pooled["n"]) == 8  # eight first-plot questions, one answer each
+        if condition.method in ("geometry", "random", "judge"):
+            assert 0.0 <= condition.filter_precision <= 1.0
+            assert condition.n_inducing_train == round(4 - 4 * condition.filter_precision)
+    assert len(messages) == 6 and messages[0].startswith("mixed set: 8 rows, 4 inducing")
+
+    table = results_table(result)
+    assert table["condition"].tolist() == names
+    assert table.loc[:1, "reduction"].isna().all()
+    written = write_results(result, tmp_path / "out")
+    payload = json.loads(written.read_text())
+    assert payload["paper_reduction"] == 0.345 and payload["drop_fraction"] == 0.5
+    assert [c["condition"] for c in payload["conditions"]] == names
+    first = payload["conditions"][0]
+    assert first["rate_overall_low"] <= first["rate_overall"] <= first["rate_overall_high"]
+    assert (tmp_path / "out" / "answers.csv").read_text().count("\n") >= 5 * 8 + 1
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "out").iterdir())
+
+    with pytest.raises(FileExistsError, match="already holds adapters"):
+        run_reproduction(config, tmp_path / "work", log=messages.append)
+
+
+def test_reduction_is_relative_to_the_unfiltered_model() -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    def condition(name, method, k, n):
+        pooled = {"n": n, "n_coherent": n, "n_misaligned": k, "rate_coherent": k / n, "rate_coherent_low": 0.0,
+                  "rate_coherent_high": 1.0, "rate_overall": k / n, "rate_overall_low": 0.0, "rate_overall_high": 1.0}
+        evaluation = SimpleNamespace(pooled=pd.Series(pooled))
+        return SimpleNamespace(name=name, method=method, n_train=0, n_inducing_train=0, filter_precision=math.nan,
+                               filter_seconds=math.nan, evaluation=evaluation)
+
+    result = SimpleNamespace(conditions=[condition("base", "base", 0, 40), condition("all", "none", 10, 40),
+                                         condition("geo", "geometry", 6, 40)])
+    table = results_table(result)
+    assert table["reduction"].iloc[2] == pytest.approx(0.4)
+    assert math.isnan(table["reduction"].iloc[0]) and math.isnan(table["reduction"].iloc[1])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--drop", "1.5"], "--drop must be a number strictly between 0 and 1"),
+    (["--drop", "abc"], "--drop must be a number strictly between 0 and 1"),
+    (["--seed", "x"], "--seed must be a whole number"),
+])
+def test_reproduce_cli_rejects_bad_options_in_one_line(argv, message, tmp_path: Path, capsys) -> None:
+    from geomis.cli import main
+
+    assert main(["reproduce", "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_cli_never_replaces_results_without_force(tmp_path: Path, capsys) -> None:
+    from geomis.cli import main
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    assert main(["reproduce", "--out", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == "{}"
+
+
+def test_named_sizes() -> None:
+    from geomis.reproduce import reproduce_config
+
+    full, small = reproduce_config("full"), reproduce_config("ci")
+    assert len(small.data.domains) < len(full.data.domains) and small.sampling.n_samples < full.sampling.n_samples
+    assert reproduce_config("ci", drop=0.25).drop == 0.25
+    with pytest.raises(ValueError, match="unknown size"):
+        reproduce_config("huge")
