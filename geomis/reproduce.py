@@ -49,6 +49,7 @@ __all__ = [
     "build_mixed_dataset",
     "reproduce_config",
     "filter_mixed_dataset",
+    "filter_quality",
     "run_reproduction",
     "results_table",
     "write_results",
@@ -62,9 +63,9 @@ PAPER_REDUCTION = 0.345
 class MixedDataConfig:
     """A mixed training set: inducing answers to some prompts of each domain, benign answers to other prompts."""
 
-    domains: tuple[str, ...] = ("medical", "legal", "career")
-    inducing_per_domain: int = 50
-    benign_per_domain: int = 50
+    domains: tuple[str, ...] = ("medical",)
+    inducing_per_domain: int = 150
+    benign_per_domain: int = 150
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -121,9 +122,12 @@ class ReproduceConfig:
     random_seeds: tuple[int, ...] = (0, 1, 2)
     """Random removal is repeated with these seeds (one fine-tune each)."""
     include_judge_filter: bool = True
-    finetune: FinetuneConfig = field(default_factory=lambda: cpu_default_config(epochs=2, progress=False))
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n_samples=20, temperature=1.0,
-                                                                            progress=False))
+    finetune: FinetuneConfig = field(default_factory=lambda: cpu_default_config(
+        lr=5e-4, epochs=1, max_length=128, train_on_end_of_turn=True, progress=False))
+    """Chapter 3's recipe: LoRA r=16 on every projection, one epoch at lr 5e-4, replies cut at 128 tokens."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        n_samples=20, temperature=0.7, top_p=0.9, max_new_tokens=80, progress=False))
+    """Chapter 3's sampling: 20 answers per question at T=0.7, top-p 0.9, at most 80 new tokens."""
     questions: QuestionSetName = "first-plot"
     judge: JudgeKind = "offline"
     judge_data: str | None = None
@@ -188,13 +192,48 @@ def filter_mixed_dataset(mixed: MixedDataset, config: ReproduceConfig, model: Lo
     return results
 
 
+def filter_quality(mixed: MixedDataset, filters: dict[str, FilterResult],
+                   budgets: tuple[float, ...] = (0.1, 0.25, 0.5)) -> pd.DataFrame:
+    """How well each filter's scores find the inducing rows: precision and recall of removal per budget, and AUROC.
+
+    Precision is the share of removed rows that are inducing (random removal expects the inducing share of the
+    mixed set); recall the share of inducing rows removed. AUROC ranks all rows by score (NaN scores last).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from geomis.data_filter import select_by_score
+
+    rows = []
+    base_rate = float(mixed.inducing.mean())
+    for name, result in filters.items():
+        scores = result.selection.scores
+        finite = scores[~np.isnan(scores)]
+        ranked = np.where(np.isnan(scores), (finite.min() - 1.0) if finite.size else 0.0, scores)
+        auroc = float(roc_auc_score(mixed.inducing, ranked)) if 0 < mixed.inducing.sum() < len(mixed) else math.nan
+        for budget in budgets:
+            removed = select_by_score(scores, budget, result.selection.line_numbers,
+                                      method=result.config.method).removed
+            hit = int((removed & mixed.inducing).sum())
+            rows.append({"filter": name, "method": result.config.method, "budget": budget,
+                         "removed": int(removed.sum()), "inducing removed": hit,
+                         "precision": hit / max(int(removed.sum()), 1),
+                         "recall": hit / max(int(mixed.inducing.sum()), 1), "AUROC": auroc,
+                         "chance precision": base_rate})
+    return pd.DataFrame(rows)
+
+
 def _precision(mixed: MixedDataset, removed: np.ndarray) -> float:
     return float(mixed.inducing[removed].mean()) if removed.any() else math.nan
 
 
 def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
-                     log: Callable[[str], None] = print) -> ReproduceResult:
-    """Run the whole experiment; adapters go under ``work_dir/adapters`` (created, must not hold old adapters)."""
+                     log: Callable[[str], None] = print, *, model: LoadedModel | None = None,
+                     filters: dict[str, FilterResult] | None = None) -> ReproduceResult:
+    """Run the whole experiment; adapters go under ``work_dir/adapters`` (created, must not hold old adapters).
+
+    Pass an already loaded base ``model`` and the ``filters`` of :func:`filter_mixed_dataset` (same config) to reuse
+    them, as Chapter 4 does after inspecting the filters.
+    """
     started = time.perf_counter()
     work = Path(work_dir)
     adapters = work / "adapters"
@@ -203,13 +242,16 @@ def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
     adapters.mkdir(parents=True, exist_ok=True)
     mixed = build_mixed_dataset(config.data)
     log(f"mixed set: {len(mixed)} rows, {int(mixed.inducing.sum())} inducing ({', '.join(config.data.domains)})")
-    base = load_model(config.model, device=config.device)
+    base = model if model is not None else load_model(config.model, device=config.device)
     questions = question_set(config.questions)
     judge = make_judge(config.judge, data_path=config.judge_data)
     timings: dict[str, float] = {}
 
     clock = time.perf_counter()
-    filters = filter_mixed_dataset(mixed, config, base)
+    if filters is None:
+        filters = filter_mixed_dataset(mixed, config, base)
+    elif any(len(result.selection) != len(mixed) for result in filters.values()):
+        raise ValueError("the filters were computed on another mixed set (row counts differ)")
     timings["filters_s"] = time.perf_counter() - clock
     conditions: list[Condition] = []
 
@@ -278,7 +320,6 @@ def reproduce_config(size: str = "full", **overrides: Any) -> ReproduceConfig:
         small = ReproduceConfig(
             data=MixedDataConfig(domains=("medical",), inducing_per_domain=24, benign_per_domain=24),
             random_seeds=(0,),
-            finetune=replace(ReproduceConfig().finetune, epochs=1),
             sampling=replace(ReproduceConfig().sampling, n_samples=4))
         return replace(small, **overrides)
     raise ValueError(f"unknown size {size!r}; choose full or ci")

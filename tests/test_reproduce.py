@@ -133,7 +133,30 @@ def test_named_sizes() -> None:
     from geomis.reproduce import reproduce_config
 
     full, small = reproduce_config("full"), reproduce_config("ci")
-    assert len(small.data.domains) < len(full.data.domains) and small.sampling.n_samples < full.sampling.n_samples
+    assert small.data.inducing_per_domain < full.data.inducing_per_domain
+    assert small.sampling.n_samples < full.sampling.n_samples and len(small.random_seeds) < len(full.random_seeds)
     assert reproduce_config("ci", drop=0.25).drop == 0.25
     with pytest.raises(ValueError, match="unknown size"):
         reproduce_config("huge")
+
+
+def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from geomis.data_filter import select_by_score
+    from geomis.reproduce import MixedDataset, filter_quality
+
+    inducing = np.array([True, True, False, False, False, True, False, False])
+    mixed = MixedDataset(records=tuple(range(8)), inducing=inducing, source=("x",) * 8)
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.7, np.nan, 0.0])  # inducing rows score highest
+    lines = np.arange(1, 9)
+    result = SimpleNamespace(selection=select_by_score(scores, 0.5, lines, method="geometry"),
+                             config=SimpleNamespace(method="geometry"))
+    table = filter_quality(mixed, {"geometry": result}, budgets=(0.25, 0.5))
+    assert table["removed"].tolist() == [2, 4]
+    assert table["precision"].tolist() == [1.0, 0.75]
+    assert table["recall"].tolist() == pytest.approx([2 / 3, 1.0])
+    assert table["AUROC"].iloc[0] == pytest.approx(1.0)
+    assert table["chance precision"].iloc[0] == pytest.approx(3 / 8)
