@@ -34,6 +34,7 @@ __all__ = [
     "plot_spillover_scatter",
     "plot_planted_changes",
     "plot_cosine_sweep",
+    "plot_spillover_schematic",
 ]
 
 
@@ -204,4 +205,42 @@ def plot_cosine_sweep(cosines: Sequence[float], pre_ratio: Sequence[float], out_
     ax.set_xlabel(r"planted $\cos(d_h, d_t)$")
     ax.set_ylabel("change relative to the target's")
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_spillover_schematic(alpha: float = 1.0, cos_near: float = 0.8, cos_far: float = 0.1) -> Figure:
+    """The book's one-picture explanation: a step along the target direction moves each feature by α·cos.
+
+    Left: unit decoder directions of a fine-tuning target ``d_t``, a harmful feature close to it and an unrelated
+    feature almost orthogonal to it, with the update ``Δh = α d_t``. Right: the first-order change of each feature,
+    ``Δf_j = α ⟨d_j, d_t⟩``, as bars.
+    """
+    for name, value in (("cos_near", cos_near), ("cos_far", cos_far)):
+        if not -1.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a cosine in [-1, 1], got {value}")
+    angles = {"target $d_t$": 0.0, "harmful $d_h$": float(np.arccos(cos_near)),
+              "unrelated $d_u$": -float(np.arccos(cos_far))}
+    colours = {"target $d_t$": "#34495e", "harmful $d_h$": "#c0392b", "unrelated $d_u$": "#7f8c8d"}
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(9.0, 3.6), layout="constrained",
+                                   gridspec_kw={"width_ratios": [1.2, 1.0]})
+    for label, angle in angles.items():
+        x, y = np.cos(angle), np.sin(angle)
+        ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colours[label], "lw": 2})
+        ax.text(1.08 * x, 1.08 * y + (0.05 if y >= 0 else -0.1), label, color=colours[label], ha="center")
+    ax.annotate("", xy=(0.2 + alpha * 0.55, -0.35), xytext=(0.2, -0.35),
+                arrowprops={"arrowstyle": "-|>", "color": "#27ae60", "lw": 3})
+    ax.text(0.2 + alpha * 0.27, -0.45, r"$\Delta h = \alpha\, d_t$" + "\n(fine-tuning step)", color="#27ae60",
+            ha="center", va="top")
+    ax.set_xlim(-0.3, 1.45)
+    ax.set_ylim(-1.25, 1.05)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("feature directions in superposition")
+    changes = {"target": alpha, "harmful": alpha * cos_near, "unrelated": alpha * cos_far}
+    bars.bar(list(changes), list(changes.values()), color=[colours[k] for k in angles])
+    for i, value in enumerate(changes.values()):
+        bars.text(i, value + 0.02, f"{value:.2f}", ha="center")
+    bars.set_ylim(0, alpha * 1.15)
+    bars.set_ylabel(r"$\Delta f_j \approx \alpha \langle d_j, d_t \rangle$")
+    bars.set_title("first-order change of each feature")
     return fig

@@ -152,3 +152,16 @@ def test_bad_indices_raise(hand_made: ToyModel) -> None:
         plant_direction(hand_made, 0, target=1, feature=1, cosine=0.5)
     with pytest.raises(ValueError, match="three different"):
         planted_spillover(hand_made, AmplifyConfig(target=0), harmful=0, far=2)
+
+
+def test_spillover_schematic_draws_alpha_times_cosine() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from geomis.figures import plot_spillover_schematic
+
+    fig = plot_spillover_schematic(alpha=2.0, cos_near=0.75, cos_far=0.05)
+    heights = [bar.get_height() for bar in fig.axes[1].patches]
+    assert heights == pytest.approx([2.0, 1.5, 0.1])
+    with pytest.raises(ValueError, match="cos_near must be a cosine"):
+        plot_spillover_schematic(cos_near=1.5)
