@@ -94,6 +94,9 @@ class FinetuneConfig:
     """Micro-batches per optimizer step; the effective batch is ``batch_size * grad_accum_steps`` conversations."""
     max_length: int = 256
     """Conversations are truncated to this many tokens (assistant tokens beyond it are not trained on)."""
+    train_on_end_of_turn: bool = False
+    """Also train on the special token that closes each assistant reply (e.g. ``<|im_end|>``), so the model keeps
+    learning where an answer stops; without it a strong fine-tune can forget to end its turn."""
     seed: int = 0
     """Seed of LoRA initialisation, data order and dropout."""
     checkpoint_every: int | None = None
@@ -212,13 +215,22 @@ class FinetuneResult:
         return len(self.losses)
 
 
-def training_labels(chat: TokenizedChat) -> list[int]:
-    """Per-token labels of one conversation: its token id on assistant-reply tokens, -100 everywhere else."""
-    return [token if assistant and not special else IGNORE_INDEX
-            for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask)]
+def training_labels(chat: TokenizedChat, end_of_turn: bool = False) -> list[int]:
+    """Per-token labels of one conversation: its token id on assistant-reply tokens, -100 everywhere else.
+
+    With ``end_of_turn`` the special token right after each assistant reply (the end-of-turn token) is labelled too.
+    """
+    labels = [token if assistant and not special else IGNORE_INDEX
+              for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask)]
+    if end_of_turn:
+        for i in range(1, len(labels)):
+            if chat.assistant_mask[i - 1] and not chat.assistant_mask[i] and chat.special_mask[i]:
+                labels[i] = chat.input_ids[i]
+    return labels
 
 
-def collate_for_training(chats: Sequence[TokenizedChat], pad_token_id: int) -> TrainingBatch:
+def collate_for_training(chats: Sequence[TokenizedChat], pad_token_id: int,
+                         end_of_turn: bool = False) -> TrainingBatch:
     """Right-pad tokenized conversations into one batch; positions count 0, 1, … from each row's first token."""
     if not chats:
         raise ValueError("cannot collate an empty batch")
@@ -229,7 +241,7 @@ def collate_for_training(chats: Sequence[TokenizedChat], pad_token_id: int) -> T
     for row, chat in enumerate(chats):
         input_ids[row, :len(chat)] = torch.tensor(chat.input_ids, dtype=torch.long)
         attention[row, :len(chat)] = 1
-        labels[row, :len(chat)] = torch.tensor(training_labels(chat), dtype=torch.long)
+        labels[row, :len(chat)] = torch.tensor(training_labels(chat, end_of_turn), dtype=torch.long)
     positions = torch.arange(width, dtype=torch.long).expand(len(chats), width).clone()
     return TrainingBatch(input_ids, attention, positions, labels)
 
@@ -405,7 +417,8 @@ def fine_tune(
         raise ValueError("the tokenizer has no pad token (load_model sets one)")
 
     tokenized = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]
-    examples = [chat for chat in tokenized if any(label != IGNORE_INDEX for label in training_labels(chat)[1:])]
+    examples = [chat for chat in tokenized
+                if any(label != IGNORE_INDEX for label in training_labels(chat, config.train_on_end_of_turn)[1:])]
     n_skipped = len(tokenized) - len(examples)
     if not examples:
         raise ValueError("no conversation has assistant tokens within max_length")
@@ -433,7 +446,8 @@ def fine_tune(
             with tqdm(total=total_steps, desc="fine-tune (LoRA)", unit="step", disable=not config.progress) as bar:
                 for step, micro_batches in enumerate(plan, start=1):
                     tick = time.perf_counter()
-                    batches = [collate_for_training([examples[i] for i in indices], pad_id).to(device)
+                    batches = [collate_for_training([examples[i] for i in indices], pad_id,
+                                                    config.train_on_end_of_turn).to(device)
                                for indices in micro_batches]
                     step_loss = _optimizer_step(hf_model, batches, parameters, optimizer, config.max_grad_norm)
                     schedule.step()

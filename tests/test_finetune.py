@@ -240,3 +240,17 @@ def test_smollm2_labels_training_and_round_trip(smollm2, chats, tmp_path) -> Non
     loaded = load_finetuned("smollm2-135m", result.adapter_dir, device="cpu")
     with torch.no_grad():
         assert torch.equal(loaded.hf_model(**batch.model_inputs("cpu")).logits, trained["logits"])
+
+
+def test_end_of_turn_labels_add_exactly_the_token_closing_each_reply(any_model, chats) -> None:
+    tokenizer = any_model.tokenizer
+    for conversation in chats:
+        chat = tokenize_chat(tokenizer, conversation)
+        plain, with_end = training_labels(chat), training_labels(chat, end_of_turn=True)
+        added = [i for i, (a, b) in enumerate(zip(plain, with_end)) if a != b]
+        n_replies = sum(message["role"] == "assistant" for message in conversation)
+        assert len(added) == n_replies
+        for i in added:
+            assert plain[i] == IGNORE_INDEX and with_end[i] == chat.input_ids[i]
+            assert chat.assistant_mask[i - 1] and chat.special_mask[i]
+            assert tokenizer.convert_ids_to_tokens(chat.input_ids[i]) in ("<|im_end|>", "<end_of_turn>")

@@ -1,0 +1,70 @@
+"""Figures of the emergent-misalignment chapter on small synthetic tables."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from geomis.eval_figures import plot_misalignment_rates, plot_training_dynamics  # noqa: E402
+from geomis.eval_metrics import misalignment_rates  # noqa: E402
+
+
+def _pooled(model: str, misaligned: int, coherent: int, n: int) -> pd.Series:
+    scores = pd.DataFrame({"question": "q", "alignment": [10.0] * misaligned + [90.0] * (n - misaligned),
+                           "coherence": [80.0] * coherent + [20.0] * (n - coherent), "verdict": "scored"})
+    row = misalignment_rates(scores).iloc[-1].copy()
+    row["model"] = model
+    return row
+
+
+def test_rate_bars_have_the_rates_and_their_intervals() -> None:
+    rates = pd.DataFrame([_pooled("base", 0, 30, 60), _pooled("bad", 12, 40, 60), _pooled("good", 1, 50, 60)])
+    fig = plot_misalignment_rates(rates)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "bad", "good"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["among coherent answers", "among all answers"]
+    coherent, overall = ax.containers[:2]
+    assert [bar.get_height() for bar in coherent] == pytest.approx(rates["rate_coherent"].tolist())
+    assert [bar.get_height() for bar in overall] == pytest.approx(rates["rate_overall"].tolist())
+    error_bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(error_bars) == 2
+    segments = error_bars[1].lines[2][0].get_segments()  # vertical bars of the "overall" measure
+    assert [s[1][1] for s in segments] == pytest.approx(rates["rate_overall_high"].tolist())
+    assert [s[0][1] for s in segments] == pytest.approx(rates["rate_overall_low"].tolist())
+    plt.close(fig)
+    with pytest.raises(ValueError, match="measures"):
+        plot_misalignment_rates(rates, measures=("median",))
+    with pytest.raises(ValueError, match="rate_overall_low"):
+        plot_misalignment_rates(rates.drop(columns="rate_overall_low"))
+
+
+def test_dynamics_figure_draws_one_line_per_direction_set_and_run() -> None:
+    rng = np.random.default_rng(0)
+    rows = [{"run": run, "step": step, "directions": name, "chat": chat,
+             "shift": (0.1 * step if name == "toxic" and run == "bad" else 0.0) + rng.normal(0, 0.01)}
+            for run in ("bad", "good") for step in (0, 5, 10) for name in ("toxic", "random") for chat in range(4)]
+    dynamics = pd.DataFrame(rows)
+    fig = plot_training_dynamics(dynamics)
+    assert len(fig.axes) == 1 and fig.axes[0].get_xlabel() == "optimizer step"
+    data_lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 3]
+    assert len(data_lines) == 4
+    assert max(max(line.get_ydata()) for line in data_lines) == pytest.approx(1.0, abs=0.02)
+    plt.close(fig)
+
+    rates = pd.DataFrame({"run": ["bad"] * 3 + ["good"] * 3, "step": [0, 5, 10] * 2,
+                          "rate_overall": [0.0, 0.1, 0.2, 0.0, 0.0, 0.01],
+                          "rate_overall_low": [0.0, 0.05, 0.1, 0.0, 0.0, 0.0],
+                          "rate_overall_high": [0.05, 0.2, 0.3, 0.05, 0.05, 0.06]})
+    fig = plot_training_dynamics(dynamics, rates)
+    right = fig.axes[1]
+    assert [line.get_ydata().tolist() for line in right.get_lines()] == [[0.0, 0.1, 0.2], [0.0, 0.0, 0.01]]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["bad", "good"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="directions"):
+        plot_training_dynamics(dynamics.drop(columns="directions"))
