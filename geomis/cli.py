@@ -102,9 +102,9 @@ def _positive_int(value: str, option: str) -> int:
     return number
 
 
-def _cmd_filter(args: argparse.Namespace) -> int:
+def _drop_and_seed(args: argparse.Namespace) -> tuple[float, int]:
+    """Validate ``--drop`` (strictly between 0 and 1) and ``--seed`` (a whole number >= 0) of filter and reproduce."""
     from geomis.data_filter import check_drop_fraction
-    from geomis.filter_files import check_outputs, read_filter_input
 
     try:
         drop = check_drop_fraction(float(args.drop))
@@ -116,6 +116,13 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be a whole number, got {args.seed!r}") from None
     if seed < 0:
         raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+    return drop, seed
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from geomis.filter_files import check_outputs, read_filter_input
+
+    drop, seed = _drop_and_seed(args)
     batch_size = _positive_int(args.batch_size, "--batch-size")
     max_length = _positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
@@ -142,16 +149,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     import shutil
     from dataclasses import replace as dc_replace
 
-    from geomis.data_filter import check_drop_fraction
-
-    try:
-        drop = check_drop_fraction(float(args.drop))
-    except ValueError:
-        raise ValueError(f"--drop must be a number strictly between 0 and 1, got {args.drop!r}") from None
-    try:
-        seed = int(args.seed)
-    except ValueError:
-        raise ValueError(f"--seed must be a whole number, got {args.seed!r}") from None
+    drop, seed = _drop_and_seed(args)
     out = Path(args.out)
     results = out / "results.json"
     if results.exists() and not args.force:
@@ -170,19 +168,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"geomis reproduce: size {size}, dropping {config.drop:.0%} of the mixed set; writing to {out}",
           file=sys.stderr)
     result = run_reproduction(config, out, log=lambda line: print(line, file=sys.stderr))
-    figures = {}
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        from geomis.eval_figures import plot_misalignment_rates
+    matplotlib.use("Agg")
+    from geomis.eval_figures import plot_misalignment_rates
+    from geomis.filter_run import package_versions
 
-        table = results_table(result)
-        figures["misalignment"] = plot_misalignment_rates(table, label="condition")
-    except ImportError:  # figures are a bonus; results.json is the product
-        pass
-    path = write_results(result, out, figures=figures, versions=_versions())
     table = results_table(result)
+    figures = {"misalignment": plot_misalignment_rates(table, label="condition")}
+    path = write_results(result, out, figures=figures, versions=package_versions())
     for _, row in table.iterrows():
         reduction = "" if row["reduction"] != row["reduction"] else f", reduction {row['reduction']:+.0%}"
         print(f"{row['condition']:18s} misaligned {row['misaligned']:3d}/{row['coherent']:3d} coherent "
@@ -190,19 +184,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
               f"{reduction}")
     print(f"wrote {path}")
     return 0
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    names = ("geomis", "torch", "transformers", "nnsight", "sae-lens", "peft")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

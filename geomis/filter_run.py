@@ -259,7 +259,8 @@ def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfi
     return FilterResult(selection=selection, config=config, timings=timings, details=details, sample_scores=scored)
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions of geomis, Python and the pinned stack, for reports (so a result says what produced it)."""
     versions = {"geomis": __version__, "python": platform.python_version()}
     for package in _VERSIONED:
         try:
@@ -286,7 +287,7 @@ def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:
                       "threshold": float(selection.scores[selection.removed].min())
                       if selection.n_removed and not np.isnan(selection.scores[selection.removed]).all() else None},
         **result.details,
-        "versions": _versions(),
+        "versions": package_versions(),
         "timings": {name: round(value, 4) for name, value in result.timings.items()},
     }
 

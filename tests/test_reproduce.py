@@ -108,6 +108,7 @@ def test_reduction_is_relative_to_the_unfiltered_model() -> None:
     (["--drop", "1.5"], "--drop must be a number strictly between 0 and 1"),
     (["--drop", "abc"], "--drop must be a number strictly between 0 and 1"),
     (["--seed", "x"], "--seed must be a whole number"),
+    (["--seed", "-1"], "--seed must be a whole number >= 0"),
 ])
 def test_reproduce_cli_rejects_bad_options_in_one_line(argv, message, tmp_path: Path, capsys) -> None:
     from geomis.cli import main
