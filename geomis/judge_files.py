@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from geomis.atomic_files import atomic_path
 from geomis.judge_scores import JudgeInputError, JudgeScore
 
 SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")
@@ -137,22 +136,3 @@ def _csv_cell(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return value
-
-
-class atomic_path:  # noqa: N801 - used like a function: ``with atomic_path(target) as temporary``
-    """Context manager yielding a temporary path beside ``target``; on success it replaces ``target`` in one step."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(handle)
-        self.temporary = Path(name)
-
-    def __enter__(self) -> Path:
-        return self.temporary
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            os.replace(self.temporary, self.target)
-        else:
-            self.temporary.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomis.judge_files import atomic_path
+from geomis.atomic_files import atomic_path
 from geomis.judge_labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 from geomis.judge_scores import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
 

@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from geomis.answer_sampling import SamplingConfig
+from geomis.atomic_files import atomic_path
 from geomis.chat_data import ChatRecord, load_bundled
 from geomis.eval_questions import QuestionSetName, question_set
 from geomis.evaluation import Evaluation, evaluate_model
 from geomis.filter_run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
-from geomis.judge_files import atomic_path
 from geomis.judge_kinds import JudgeKind, make_judge
 from geomis.models import LoadedModel, load_model
 from geomis.overlap_study import DOMAIN_DATASETS
@@ -267,8 +268,10 @@ def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
         method = result.config.method
         seed = result.config.seed if method == "random" else None
         plans.append((name, method, result.selection.kept, result, seed))
-    for index, (name, method, kept, result, seed) in enumerate(plans):
+    steps = tqdm(plans, desc="fine-tune and evaluate", unit="model", disable=not config.progress)
+    for index, (name, method, kept, result, seed) in enumerate(steps):
         rows = [record for record, keep in zip(mixed.records, kept) if keep]
+        steps.set_postfix_str(f"{name}, {len(rows)} rows")
         out = adapters / (f"{index:02d}-{method}" + ("" if seed is None else f"-{seed}"))
         trained = fine_tune(base, rows, out, replace(config.finetune, seed=config.seed))
         tuned = load_finetuned(config.model, trained.adapter_dir, device=config.device, merge=True)

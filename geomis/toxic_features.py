@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from importlib import resources
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 from sae_lens import SAE
 
 from geomis.activations import ActivationConfig, collect_residuals
+from geomis.atomic_files import atomic_path
 from geomis.chat_data import ChatRecord, load_bundled, read_chat_jsonl
 from geomis.feature_sets import STATISTICS, FeatureSet, Statistic, select_contrast_features
 from geomis.models import LoadedModel
@@ -196,14 +196,8 @@ def _write_cached(path: Path, key: str, features: FeatureSet, inputs: dict[str, 
                "direction": features.direction, "n_positive": features.n_positive,
                "n_negative": features.n_negative, "indices": features.index_list(),
                "values": [float(v) for v in features.values.tolist()]}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=1), encoding="utf-8")
 
 
 def _sample_codes(model: LoadedModel, sae: LoadedSAE, records: Sequence[ChatRecord],

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "geomis"
 
 STAGES: list[tuple[str, set[str]]] = [
-    ("infrastructure", {"__init__", "errors", "settings", "hub_access", "gguf_weights", "tiny_gemma", "models",
+    ("infrastructure", {"__init__", "errors", "settings", "atomic_files", "hub_access", "gguf_weights", "tiny_gemma", "models",
                         "profiles", "toy_models", "spillover"}),
     ("texts", {"chat_data"}),
     ("tokens", {"chat_tokens"}),
