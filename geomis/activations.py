@@ -99,9 +99,15 @@ def _length_sorted_batches(chats: Sequence[TokenizedChat], batch_size: int) -> l
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _iter_layer_batches(
-    model: LoadedModel, conversations: Sequence[Conversation], layers: Sequence[int], config: ActivationConfig
-) -> Iterator[dict[int, TokenActivations]]:
+def iter_chat_batches(
+    model: LoadedModel, chats: Sequence[TokenizedChat], layers: Sequence[int], config: ActivationConfig,
+    *, to_cpu: bool = True,
+) -> Iterator[tuple[list[int], dict[int, TokenActivations]]]:
+    """Run tokenized chats in length-sorted batches, cut at the deepest layer; yield input indices and kept tokens.
+
+    Each batch's ``TokenActivations`` (one per layer) index samples in input order. ``to_cpu=False`` leaves them on
+    the model's device for a caller that encodes them at once (the filter), instead of gathering a corpus in memory.
+    """
     wanted = sorted(set(layers))
     if not wanted:
         raise ValueError("layers is empty")
@@ -109,7 +115,6 @@ def _iter_layer_batches(
         check_layer(model, layer)
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
-    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
     pad_id = model.tokenizer.pad_token_id
     assert pad_id is not None, "load_model sets a pad token"
     batches = _length_sorted_batches(chats, config.batch_size)
@@ -120,13 +125,22 @@ def _iter_layer_batches(
         keep = token_selection(batch, config.assistant_only)
         rows, _ = keep.nonzero(as_tuple=True)
         sample_index = torch.tensor(indices, dtype=torch.long)[rows]
-        yield {
-            layer: TokenActivations(
-                activations=hidden[layer][keep.to(hidden[layer].device)].float().cpu(),
-                sample_index=sample_index, position=batch.position_ids[keep], token_id=batch.input_ids[keep],
-            )
-            for layer in wanted
-        }
+        parts = {}
+        for layer in wanted:
+            kept = hidden[layer][keep.to(hidden[layer].device)].float()
+            parts[layer] = TokenActivations(activations=kept.cpu() if to_cpu else kept, sample_index=sample_index,
+                                            position=batch.position_ids[keep], token_id=batch.input_ids[keep])
+        yield indices, parts
+
+
+def _iter_layer_batches(
+    model: LoadedModel, conversations: Sequence[Conversation], layers: Sequence[int], config: ActivationConfig
+) -> Iterator[dict[int, TokenActivations]]:
+    if not layers:
+        raise ValueError("layers is empty")
+    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
+    for _, parts in iter_chat_batches(model, chats, layers, config):
+        yield parts
 
 
 def iter_residual_batches(

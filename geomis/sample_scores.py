@@ -1,8 +1,8 @@
 """The "sample scores" stage: how close each training sample's SAE features lie to the toxic feature set.
 
-One forward pass per batch, stopped after layer L (nnsight, :func:`geomis.activations.residual_at_layer`), then one
-SAE encode of the sample's assistant tokens (non-special, not position 0, as everywhere in geomis). Everything after
-that is a few matrix products over all samples and features at once; there is no Python loop over features.
+One forward pass per batch, stopped after layer L (nnsight, through :func:`geomis.activations.iter_chat_batches`),
+then one SAE encode of the sample's assistant tokens (non-special, not position 0, as everywhere in geomis). What
+follows is a few matrix products over all samples and features at once; there is no Python loop over features.
 
 Per-feature closeness. For every SAE feature ``f``, ``c_f = max_{t in T} cos(d_f, d_t)``, the cosine of its unit
 decoder direction with the nearest toxic feature's direction (signed, as in :mod:`geomis.geometry`). Unlike the
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from geomis.activations import TokenActivations, check_layer, residual_at_layer, token_selection
-from geomis.chat_tokens import Conversation, pad_left, tokenize_chats
+from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
+from geomis.chat_tokens import Conversation, tokenize_chats
 from geomis.feature_sets import FeatureSet
 from geomis.models import LoadedModel
 from geomis.sae_codes import SAECodes, encode_tokens
@@ -241,20 +241,15 @@ def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | 
     scored_tokens = np.zeros(n, dtype=np.int64)
     chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
     truncated = np.array([chat.truncated for chat in chats], dtype=bool)
-    pad_id = model.tokenizer.pad_token_id
-    assert pad_id is not None, "load_model sets a pad token"
-    order = sorted(range(n), key=lambda index: (len(chats[index]), index))  # length-sorted: little padding
+    reading = ActivationConfig(layer=layer, batch_size=config.batch_size, assistant_only=True,
+                               max_length=config.max_length, progress=False)
+    local = torch.zeros(n, dtype=torch.long)  # input index -> row within its batch
     with tqdm(total=n, desc=f"scoring ({config.method}, layer {layer})", unit="sample",
               disable=not config.progress) as bar:
-        for start in range(0, n, config.batch_size):
-            indices = order[start:start + config.batch_size]
-            batch = pad_left([chats[index] for index in indices], pad_id)
-            hidden = residual_at_layer(model, batch, layer)
-            keep = token_selection(batch, assistant_only=True)
-            rows, _ = keep.nonzero(as_tuple=True)
-            activations = TokenActivations(activations=hidden[keep.to(hidden.device)],
-                                           sample_index=rows, position=batch.position_ids[keep],
-                                           token_id=batch.input_ids[keep])
+        for indices, parts in iter_chat_batches(model, chats, [layer], reading, to_cpu=False):
+            activations = parts[layer]
+            local[indices] = torch.arange(len(indices))
+            activations.sample_index = local[activations.sample_index]
             codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
             positions = np.asarray(indices)
             scores[positions] = scores_from_codes(codes, geometry, config.method).numpy()
