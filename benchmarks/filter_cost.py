@@ -1,6 +1,6 @@
 """Benchmark: what does geometry-aware filtering cost per training sample, next to the cheapest forward and a judge?
 
-Four ways to process the same training samples, timed in one run, interleaved round by round so that machine noise
+Five ways to process the same training samples, timed in one run, interleaved round by round so that machine noise
 hits all of them alike:
 
 - ``geometry-filter``  geomis's whole scoring path, ``geomis.sample_scores.score_conversations``: chat template and
@@ -9,7 +9,11 @@ hits all of them alike:
   batches, ended right after layer L by a hook that raises (no tokenization, no SAE, no scoring);
 - ``full-hidden``      a full forward with ``output_hidden_states=True`` on the same batches (no early stop);
 - ``judge-filter``     the offline judge (Chapter 3) scoring every (user prompt, assistant reply) pair; its one-time
-  training/loading is not timed.
+  training/loading is not timed;
+- ``llm-judge``        an LLM-as-a-judge filter: the rubric prompts (alignment and coherence) scored by a local chat
+  model, here the same SmolLM2-135M (a lower bound: a real judge model is 15-1000x larger). It is slow, so it runs
+  on the first ``--llm-judge-samples`` samples only and is compared per sample (samples/s). Each rating costs
+  several forward passes over the rubric prompt, because the judge expands its number distribution digit by digit.
 
 The toxic feature set is derived (or read from the cache) before timing. Prints medians over rounds, samples/s,
 tokens/s and each method's throughput relative to the bound. Run from a checkout:
@@ -40,7 +44,7 @@ from geomis.toxic_features import derive_toxic_features  # noqa: E402
 
 
 def main() -> None:
-    """Time the four methods and print the table."""
+    """Time the five methods and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="medical_bad", help="bundled chat set to score (default medical_bad)")
     parser.add_argument("--samples", type=int, default=128)
@@ -50,6 +54,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-judge", action="store_true", help="skip the offline judge")
+    parser.add_argument("--no-llm-judge", action="store_true", help="skip the LLM-as-a-judge filter")
+    parser.add_argument("--llm-judge-samples", type=int, default=4, help="samples the LLM judge scores (it is slow)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -75,6 +81,7 @@ def main() -> None:
                 method(model, batch, layer)
         return run
 
+    counts: dict[str, tuple[int, int]] = {}  # samples and tokens a method processes, when not all of them
     methods: dict[str, Callable[[], None]] = {
         "geometry-filter": geometry, "cut-forward": forward_with(cut_forward), "full-hidden": forward_with(full_hidden),
     }
@@ -84,6 +91,13 @@ def main() -> None:
         judge = make_judge("offline")
         pairs = [(record.user_text, record.assistant_text) for record in records]
         methods["judge-filter"] = lambda: judge.score_many(pairs)
+    if not args.no_llm_judge:
+        from geomis.judge_kinds import make_judge
+
+        llm_judge = make_judge("local", local_model="smollm2-135m", device="cpu")
+        llm_pairs = [(record.user_text, record.assistant_text) for record in records[: args.llm_judge_samples]]
+        methods["llm-judge"] = lambda: llm_judge.score_many(llm_pairs)
+        counts["llm-judge"] = (len(llm_pairs), sum(len(chat) for chat in chats[: len(llm_pairs)]))
 
     for method in methods.values():  # warm-up (lazy initialisation, caches), not timed
         method()
@@ -94,16 +108,17 @@ def main() -> None:
             method()
             timings[name].append(time.perf_counter() - start)
 
-    bound = statistics.median(timings["cut-forward"])
+    bound = len(records) / statistics.median(timings["cut-forward"])  # samples/s of the cut forward
     print(f"smollm2-135m, layer {layer}/{model.n_layers}, SAE {sae.name}, score {args.score}, {len(records)} "
           f"{args.dataset} samples, {n_tokens} tokens, batch {args.batch_size}, {args.rounds} rounds, "
           f"{args.threads} threads")
-    print(f"{'method':<17}{'median s':>10}{'min s':>9}{'samples/s':>11}{'tok/s':>9}{'throughput / bound':>20}")
+    print(f"{'method':<17}{'samples':>8}{'median s':>10}{'min s':>9}{'samples/s':>11}{'tok/s':>9}"
+          f"{'throughput / bound':>20}")
     for name, values in timings.items():
+        samples, tokens = counts.get(name, (len(records), n_tokens))
         median = statistics.median(values)
-        print(f"{name:<17}{median:>10.2f}{min(values):>9.2f}{len(records) / median:>11.1f}{n_tokens / median:>9.0f}"
-              f"{bound / median:>20.2f}")
-
+        print(f"{name:<17}{samples:>8}{median:>10.2f}{min(values):>9.2f}{samples / median:>11.3g}"
+              f"{tokens / median:>9.0f}{samples / median / bound:>20.3g}")
 
 if __name__ == "__main__":
     main()

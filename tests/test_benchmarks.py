@@ -1,0 +1,58 @@
+"""Each benchmark runs end to end at its smallest size and prints a table whose reference row has ratio 1.
+
+These check that the scripts keep working as the package changes; the numbers themselves are not asserted (timings
+belong in benchmark runs on a quiet machine, not in tests).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table(script: str, *args: str, header: str, columns: int) -> dict[str, list[str]]:
+    """Run a benchmark and return its table: row name (may contain spaces) -> its ``columns`` numeric cells."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 1:]:
+        if line.strip():
+            words = line.split()
+            rows[" ".join(words[:-columns])] = [word.replace(",", "") for word in words[-columns:]]
+    return rows
+
+
+@pytest.mark.slow
+def test_filter_cost_prints_every_method_against_the_bound() -> None:
+    rows = _table("filter_cost.py", "--samples", "8", "--batch-size", "4", "--rounds", "1", "--llm-judge-samples", "1",
+                  header="method", columns=6)
+    assert set(rows) == {"geometry-filter", "cut-forward", "full-hidden", "judge-filter", "llm-judge"}
+    assert float(rows["cut-forward"][-1]) == 1.0
+    assert rows["llm-judge"][0] == "1" and rows["geometry-filter"][0] == "8"  # samples each method scored
+    for values in rows.values():
+        assert all(float(value) > 0 for value in values)
+
+
+@pytest.mark.slow
+def test_activation_cost_prints_every_method_against_the_cut_forward() -> None:
+    rows = _table("activation_cost.py", "--samples", "8", "--batch-size", "4", "--rounds", "1", header="method",
+                  columns=4)
+    assert "cut-forward" in rows and len(rows) == 3
+    assert float(rows["cut-forward"][-1]) == 1.0
+    for values in rows.values():
+        assert all(float(value) > 0 for value in values)
+
+
+@pytest.mark.slow
+def test_finetune_cost_prints_every_placement_against_all_layers() -> None:
+    rows = _table("finetune_cost.py", "--steps", "1", "--rounds", "1", header="LoRA on", columns=5)
+    assert set(rows) == {"all layers", "layers >= 15", "layers >= 20"}
+    assert float(rows["all layers"][-1]) == 1.0
