@@ -37,6 +37,7 @@ from activation_cost import cut_forward, full_hidden  # noqa: E402  (the bound a
 
 from geomis.chat_data import load_bundled  # noqa: E402
 from geomis.chat_tokens import pad_left, tokenize_chats  # noqa: E402
+from geomis.judge_kinds import make_judge  # noqa: E402
 from geomis.models import load_model  # noqa: E402
 from geomis.sae_loading import load_shipped_sae  # noqa: E402
 from geomis.sample_scores import ScoringConfig, score_conversations  # noqa: E402
@@ -85,17 +86,13 @@ def main() -> None:
     methods: dict[str, Callable[[], None]] = {
         "geometry-filter": geometry, "cut-forward": forward_with(cut_forward), "full-hidden": forward_with(full_hidden),
     }
+    pairs = [(record.user_text, record.assistant_text) for record in records]
     if not args.no_judge:
-        from geomis.judge_kinds import make_judge
-
         judge = make_judge("offline")
-        pairs = [(record.user_text, record.assistant_text) for record in records]
         methods["judge-filter"] = lambda: judge.score_many(pairs)
     if not args.no_llm_judge:
-        from geomis.judge_kinds import make_judge
-
         llm_judge = make_judge("local", local_model="smollm2-135m", device="cpu")
-        llm_pairs = [(record.user_text, record.assistant_text) for record in records[: args.llm_judge_samples]]
+        llm_pairs = pairs[: args.llm_judge_samples]
         methods["llm-judge"] = lambda: llm_judge.score_many(llm_pairs)
         counts["llm-judge"] = (len(llm_pairs), sum(len(chat) for chat in chats[: len(llm_pairs)]))
 
@@ -119,6 +116,7 @@ def main() -> None:
         median = statistics.median(values)
         print(f"{name:<17}{samples:>8}{median:>10.2f}{min(values):>9.2f}{samples / median:>11.3g}"
               f"{tokens / median:>9.0f}{samples / median / bound:>20.3g}")
+
 
 if __name__ == "__main__":
     main()

@@ -136,8 +136,6 @@ def iter_chat_batches(
 def _iter_layer_batches(
     model: LoadedModel, conversations: Sequence[Conversation], layers: Sequence[int], config: ActivationConfig
 ) -> Iterator[dict[int, TokenActivations]]:
-    if not layers:
-        raise ValueError("layers is empty")
     chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
     for _, parts in iter_chat_batches(model, chats, layers, config):
         yield parts
