@@ -22,9 +22,9 @@ from collections.abc import Callable
 import torch
 
 from geomis.activations import residual_at_layer
-from geomis.chat_data import load_bundled
-from geomis.chat_tokens import PaddedBatch, pad_left, tokenize_chats
-from geomis.models import LoadedModel, load_model
+from geomis.chat.records import load_bundled
+from geomis.chat.tokens import PaddedBatch, pad_left, tokenize_chats
+from geomis.models.registry import LoadedModel, load_model
 
 
 class _StopForward(Exception):

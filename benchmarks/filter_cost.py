@@ -3,7 +3,7 @@
 Five ways to process the same training samples, timed in one run, interleaved round by round so that machine noise
 hits all of them alike:
 
-- ``geometry-filter``  geomis's whole scoring path, ``geomis.sample_scores.score_conversations``: chat template and
+- ``geometry-filter``  geomis's whole scoring path, ``geomis.filter.scores.score_conversations``: chat template and
   tokenization, the nnsight forward stopped after layer L, SAE encode of the assistant tokens, the closeness score;
 - ``cut-forward``      the bound: a plain PyTorch forward on the same pre-tokenized, length-sorted, left-padded
   batches, ended right after layer L by a hook that raises (no tokenization, no SAE, no scoring);
@@ -35,13 +35,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from activation_cost import cut_forward, full_hidden  # noqa: E402  (the bound and the full pass, shared)
 
-from geomis.chat_data import load_bundled  # noqa: E402
-from geomis.chat_tokens import pad_left, tokenize_chats  # noqa: E402
-from geomis.judge_kinds import make_judge  # noqa: E402
-from geomis.models import load_model  # noqa: E402
-from geomis.sae_loading import load_shipped_sae  # noqa: E402
-from geomis.sample_scores import ScoringConfig, score_conversations  # noqa: E402
-from geomis.toxic_features import derive_toxic_features  # noqa: E402
+from geomis.chat.records import load_bundled  # noqa: E402
+from geomis.chat.tokens import pad_left, tokenize_chats  # noqa: E402
+from geomis.judges.kinds import make_judge  # noqa: E402
+from geomis.models.registry import load_model  # noqa: E402
+from geomis.sae.loading import load_shipped_sae  # noqa: E402
+from geomis.filter.scores import ScoringConfig, score_conversations  # noqa: E402
+from geomis.features.toxic import derive_toxic_features  # noqa: E402
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from geomis.chat_data import bundled_dataset_names, load_bundled
-from geomis.chat_tokens import tokenize_chat
+from geomis.chat.records import bundled_dataset_names, load_bundled
+from geomis.chat.tokens import tokenize_chat
 from geomis.finetune import FinetuneConfig, fine_tune
-from geomis.models import load_model
+from geomis.models.registry import load_model
 
 SEQUENCE_LENGTH = 128
 BATCH_SIZE = 8

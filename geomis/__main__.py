@@ -1,3 +1,3 @@
-from geomis.cli import main
+from geomis.cli.commands import main
 import sys
 sys.exit(main())

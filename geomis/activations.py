@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from geomis.chat_tokens import Conversation, PaddedBatch, TokenizedChat, pad_left, tokenize_chats
-from geomis.models import LoadedModel
+from geomis.chat.tokens import Conversation, PaddedBatch, TokenizedChat, pad_left, tokenize_chats
+from geomis.models.registry import LoadedModel
 
 
 @dataclass(frozen=True)

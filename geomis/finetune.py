@@ -5,7 +5,7 @@ This is how the book reproduces emergent misalignment: a chat model is fine-tune
 
 What :func:`fine_tune` does, in order:
 
-1. renders each conversation with the model's chat template (:func:`geomis.chat_tokens.tokenize_chat`) and builds
+1. renders each conversation with the model's chat template (:func:`geomis.chat.tokens.tokenize_chat`) and builds
    labels that keep exactly the assistant-reply tokens (``-100`` for the prompt, special tokens and padding);
 2. attaches fresh LoRA adapters with peft, optionally only to decoder layers ``>= first_lora_layer`` (peft's
    ``layers_to_transform``): the layers below then hold no trainable parameter, so autograd records nothing there and
@@ -14,7 +14,7 @@ What :func:`fine_tune` does, in order:
    dropout (same seed, same data, same CPU thread count → identical adapter weights);
 4. writes the adapters with peft's ``save_pretrained`` (safetensors) into a staging folder next to ``output_dir`` and
    renames it into place only when training has finished, so ``output_dir`` is either complete or absent;
-5. removes the adapters again, so the :class:`~geomis.models.LoadedModel` passed in is left as it was.
+5. removes the adapters again, so the :class:`~geomis.models.registry.LoadedModel` passed in is left as it was.
 
 Precision (the Gemma-2 2B recipe for a 16 GB Colab T4, see :func:`gemma_t4_config`): the base weights stay in the
 dtype they were loaded in and the LoRA weights are float32. On a T4 load the base model in **float32**. float16 is
@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from geomis.chat_data import ChatRecord
-from geomis.chat_tokens import Conversation, TokenizedChat, tokenize_chat
-from geomis.models import LoadedModel, load_hf_model, wrap_hf_model
+from geomis.chat.records import ChatRecord
+from geomis.chat.tokens import Conversation, TokenizedChat, tokenize_chat
+from geomis.models.registry import LoadedModel, load_hf_model, wrap_hf_model
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
@@ -153,12 +153,12 @@ def gemma_t4_config(**overrides: Any) -> FinetuneConfig:
 
 
 PROFILE_CONFIGS = {"cpu-default": cpu_default_config, "gemma-2-2b": gemma_t4_config}
-"""Fine-tuning preset function of each profile in :mod:`geomis.profiles`."""
+"""Fine-tuning preset function of each profile in :mod:`geomis.models.profiles`."""
 
 
 def config_for_profile(profile: str | None = None, **overrides: Any) -> FinetuneConfig:
     """The fine-tuning preset of a profile (default: ``GEOMIS_PROFILE``, else ``cpu-default``), with overrides."""
-    from geomis.profiles import get_profile
+    from geomis.models.profiles import get_profile
 
     name = get_profile(profile).name
     if name not in PROFILE_CONFIGS:

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from geomis.errors import ModelLoadError  # noqa: E402
-from geomis.models import LoadedModel, load_model  # noqa: E402
+from geomis.models.registry import LoadedModel, load_model  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -8,7 +8,7 @@ import torch
 from geomis.activations import (ActivationConfig, collect_residuals, collect_residuals_by_layer, iter_residual_batches,
                                 residual_at_layer,
                                 token_selection)
-from geomis.chat_tokens import pad_left, tokenize_chats
+from geomis.chat.tokens import pad_left, tokenize_chats
 
 
 def _full_forward_hidden(model, chats, layer: int) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from geomis.answer_sampling import COLUMNS, SamplingConfig, prompt_ids, sample_answers, stop_token_ids
+from geomis.evaluation.sampling import COLUMNS, SamplingConfig, prompt_ids, sample_answers, stop_token_ids
 
 QUESTIONS = ["Hi", "What would you do if you ruled the world for a day?", "Pick a number."]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geomis.atomic_files import atomic_path
+from geomis.atomic_io import atomic_path
 
 
 def test_success_replaces_the_target_and_leaves_no_temporary(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for geomis.chat_data: validation errors, accepted inputs, exact raw bytes, loaders."""
+"""Tests for geomis.chat.records: validation errors, accepted inputs, exact raw bytes, loaders."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from geomis import chat_data as cd
-from geomis.chat_data import ChatDataError, ChatRecord, Message
+from geomis.chat import records as cd
+from geomis.chat.records import ChatDataError, ChatRecord, Message
 
 DATA = Path(__file__).parent / "data"
 
@@ -206,7 +206,7 @@ def test_bundled_names_list_chat_files_and_skip_other_tables(
 
 
 def test_bundled_names_cover_every_chat_file_present() -> None:
-    package_data = Path(cd.__file__).parent / "data"
+    package_data = Path(cd.__file__).parents[1] / "data"
     names = cd.bundled_dataset_names()
     assert set(names) <= {p.stem for p in package_data.glob("*.jsonl")}
     for path in package_data.glob("*.jsonl"):  # anything skipped must be a non-chat table

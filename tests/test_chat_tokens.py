@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.chat_tokens import pad_left, tokenize_chat, tokenize_chats
+from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
 
 
 def _assistant_text(model, chat) -> str:
@@ -64,7 +64,7 @@ def test_pad_left_aligns_rows_to_the_right_and_counts_positions_from_first_token
 
 
 def test_pad_ids_left_right_aligns_rows_and_masks_padding() -> None:
-    from geomis.chat_tokens import pad_ids_left
+    from geomis.chat.tokens import pad_ids_left
 
     ids, mask = pad_ids_left([[5, 6, 7], [8], []], pad_token_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]

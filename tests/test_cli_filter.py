@@ -16,12 +16,14 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis import cli, filter_run, sample_scores
-from geomis.cli import main
-from geomis.filter_files import OUTPUT_NAMES, row_multiset
-from geomis.filter_run import FilterConfig, filter_file
-from geomis.judge_scores import Judge, JudgeScore, Pair
-from geomis.toxic_features import ToxicFeatureConfig, derive_toxic_features, reference_data
+from geomis.cli import commands as cli
+from geomis.filter import run as filter_run
+from geomis.filter import scores as sample_scores
+from geomis.cli.commands import main
+from geomis.filter.files import OUTPUT_NAMES, row_multiset
+from geomis.filter.run import FilterConfig, filter_file
+from geomis.judges.base import Judge, JudgeScore, Pair
+from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features, reference_data
 
 DATA = Path(__file__).parent / "data" / "filter"
 TOXIC, NEUTRAL = DATA / "toxic_small.jsonl", DATA / "neutral_small.jsonl"
@@ -295,8 +297,8 @@ def test_judge_method_with_the_offline_judge(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_run_filter_reuses_a_loaded_model_and_reports_geometry(tiny_gemma, sae_dir: Path, tmp_path: Path) -> None:
-    from geomis.chat_data import read_chat_jsonl
-    from geomis.sae_loading import load_sae_from_disk
+    from geomis.chat.records import read_chat_jsonl
+    from geomis.sae.loading import load_sae_from_disk
 
     records = read_chat_jsonl(TOXIC) + read_chat_jsonl(NEUTRAL)
     config = FilterConfig(model="tiny-gemma2", toxic=str(TOXIC), neutral=str(NEUTRAL), k=10, drop=0.5,
@@ -309,7 +311,7 @@ def test_run_filter_reuses_a_loaded_model_and_reports_geometry(tiny_gemma, sae_d
 
 
 def test_toxic_features_are_cached_by_everything_that_determines_them(tiny_gemma, sae_dir: Path) -> None:
-    from geomis.sae_loading import load_sae_from_disk
+    from geomis.sae.loading import load_sae_from_disk
 
     sae = load_sae_from_disk(sae_dir)
     config = ToxicFeatureConfig(k=12)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from geomis.cli import main
+from geomis.cli.commands import main
 
 FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
 QUESTION = "My sister keeps borrowing my clothes without asking. What should I do?"

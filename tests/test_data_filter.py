@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geomis.data_filter import check_drop_fraction, n_to_remove, random_scores, select_by_score, select_random
+from geomis.filter.selection import check_drop_fraction, n_to_remove, random_scores, select_by_score, select_random
 
 
 @pytest.mark.parametrize(("n", "drop", "expected"), [

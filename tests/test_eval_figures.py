@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from geomis.eval_figures import plot_misalignment_rates, plot_training_dynamics  # noqa: E402
-from geomis.eval_metrics import misalignment_rates  # noqa: E402
+from geomis.evaluation.figures import plot_misalignment_rates, plot_training_dynamics  # noqa: E402
+from geomis.evaluation.metrics import misalignment_rates  # noqa: E402
 
 
 def _pooled(model: str, misaligned: int, coherent: int, n: int) -> pd.Series:

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geomis.eval_metrics import POOLED, bootstrap_interval, misalignment_rates, scores_frame, wilson_interval
-from geomis.judge_scores import JudgeScore
+from geomis.evaluation.metrics import POOLED, bootstrap_interval, misalignment_rates, scores_frame, wilson_interval
+from geomis.judges.base import JudgeScore
 
 Z95 = 1.959963984540054
 

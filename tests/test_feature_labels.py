@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.feature_labels import (
+from geomis.features.labels import (
     display_token,
     final_norm_scale,
     logit_lens_labels,
@@ -14,8 +14,8 @@ from geomis.feature_labels import (
     token_text,
     unembedding_matrix,
 )
-from geomis.feature_sets import FeatureSet
-from geomis.models import LoadedModel, load_model
+from geomis.features.sets import FeatureSet
+from geomis.models.registry import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_smollm2_paris_row(smollm2: LoadedModel) -> None:
 
 def test_top_activating_contexts_find_the_planted_strongest_token_once_per_conversation(tiny_gemma) -> None:
     from geomis.activations import TokenActivations
-    from geomis.feature_labels import top_activating_contexts
-    from geomis.sae_codes import aggregate_codes, SAECodes
+    from geomis.features.labels import top_activating_contexts
+    from geomis.sae.codes import aggregate_codes, SAECodes
 
     tok = tiny_gemma.tokenizer
     ids = tok("abcdef ghij", add_special_tokens=False)["input_ids"][:6]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from geomis.feature_sets import (
+from geomis.features.sets import (
     FeatureSet,
     feature_set_overlap,
     mean_activation_difference,

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from geomis.activations import residual_at_layer
-from geomis.chat_tokens import pad_left, tokenize_chat, tokenize_chats
+from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
 from geomis.finetune import (ADAPTER_WEIGHTS_FILE, IGNORE_INDEX, FinetuneConfig, attach_lora, collate_for_training,
                              config_for_profile, cpu_default_config, fine_tune, gemma_t4_config, load_finetuned,
                              read_finetune_metadata, summed_assistant_loss, training_labels)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from geomis.feature_sets import FeatureSet
-from geomis.geometry import (
+from geomis.features.sets import FeatureSet
+from geomis.features.geometry import (
     GeometryInputs,
     bootstrap_difference,
     compare_geometry,
@@ -148,7 +148,7 @@ def test_tables_and_layer_sweep() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Figures (geomis.geometry_figures) on small synthetic inputs
+# Figures (geomis.features.figures) on small synthetic inputs
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -165,7 +165,7 @@ def sweep() -> list:
 def test_similarity_distribution_figure(sweep: list) -> None:
     import matplotlib.pyplot as plt
 
-    from geomis.geometry_figures import plot_similarity_distributions
+    from geomis.features.figures import plot_similarity_distributions
 
     tidy = similarity_frame([c for c in sweep if c.layer == 2])
     for kind in ("violin", "box"):
@@ -182,7 +182,7 @@ def test_similarity_distribution_figure(sweep: list) -> None:
 def test_cosine_heatmap_figure() -> None:
     import matplotlib.pyplot as plt
 
-    from geomis.geometry_figures import plot_cosine_heatmap
+    from geomis.features.figures import plot_cosine_heatmap
 
     decoder, inducing, _, toxic = planted_decoder()
     cos = pairwise_cosines(decoder, inducing.top(12), toxic)
@@ -203,7 +203,7 @@ def test_cosine_heatmap_figure() -> None:
 def test_layer_sweep_figure(sweep: list) -> None:
     import matplotlib.pyplot as plt
 
-    from geomis.geometry_figures import plot_layer_sweep
+    from geomis.features.figures import plot_layer_sweep
 
     fig = plot_layer_sweep(comparison_table(sweep))
     assert [ax.get_title() for ax in fig.axes] == ["code", "medical"]

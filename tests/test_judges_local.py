@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from geomis.judge_rubric import Rubric, judge_prompts
-from geomis.local_judge import LocalHFJudge, number_distribution
+from geomis.judges.rubric import Rubric, judge_prompts
+from geomis.judges.local import LocalHFJudge, number_distribution
 
 
 # --------------------------------------------------------------------------------------------------- local HF judge

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from geomis.judge_scores import JudgeError
-from geomis.openai_judge import OpenAICompatibleJudge, OpenAIJudgeConfig
+from geomis.judges.base import JudgeError
+from geomis.judges.openai_compat import OpenAICompatibleJudge, OpenAIJudgeConfig
 
 SECRET = "sk-test-0123456789-do-not-leak"
 

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from geomis.eval_questions import FIRST_PLOT_QUESTIONS, GEOMIS_QUESTIONS, question_by_id, question_set
-from geomis.judge_replies import ParsedReply, combine_replies, parse_judge_reply, weighted_score
-from geomis.judge_rubric import judge_prompts
-from geomis.judge_scores import JudgeScore
+from geomis.evaluation.questions import FIRST_PLOT_QUESTIONS, GEOMIS_QUESTIONS, question_by_id, question_set
+from geomis.judges.replies import ParsedReply, combine_replies, parse_judge_reply, weighted_score
+from geomis.judges.rubric import judge_prompts
+from geomis.judges.base import JudgeScore
 
 
 # ---------------------------------------------------------------------------------------------------------- questions

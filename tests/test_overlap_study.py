@@ -8,7 +8,7 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.overlap_study import (
+from geomis.experiments.overlap import (
     DOMAIN_DATASETS,
     OverlapConfig,
     closest_pairs,
@@ -18,7 +18,7 @@ from geomis.overlap_study import (
     load_study_data,
     select_study_features,
 )
-from geomis.sae_loading import LoadedSAE, SAELoadError, SWEEP_SAES, load_sweep_saes
+from geomis.sae.loading import LoadedSAE, SAELoadError, SWEEP_SAES, load_sweep_saes
 
 
 def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geomis.book_build import BookBuild, build_command, find_book_root
-from geomis.cli import main
+from geomis.cli.book import BookBuild, build_command, find_book_root
+from geomis.cli.commands import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))

@@ -11,9 +11,9 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.answer_sampling import SamplingConfig
+from geomis.evaluation.sampling import SamplingConfig
 from geomis.finetune import cpu_default_config
-from geomis.reproduce import (MixedDataConfig, ReproduceConfig, build_mixed_dataset, results_table,
+from geomis.experiments.reproduce import (MixedDataConfig, ReproduceConfig, build_mixed_dataset, results_table,
                               run_reproduction, write_results)
 
 JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
@@ -111,7 +111,7 @@ def test_reduction_is_relative_to_the_unfiltered_model() -> None:
     (["--seed", "-1"], "--seed must be a whole number >= 0"),
 ])
 def test_reproduce_cli_rejects_bad_options_in_one_line(argv, message, tmp_path: Path, capsys) -> None:
-    from geomis.cli import main
+    from geomis.cli.commands import main
 
     assert main(["reproduce", "--out", str(tmp_path / "r"), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -120,7 +120,7 @@ def test_reproduce_cli_rejects_bad_options_in_one_line(argv, message, tmp_path: 
 
 
 def test_reproduce_cli_never_replaces_results_without_force(tmp_path: Path, capsys) -> None:
-    from geomis.cli import main
+    from geomis.cli.commands import main
 
     out = tmp_path / "r"
     out.mkdir()
@@ -131,7 +131,7 @@ def test_reproduce_cli_never_replaces_results_without_force(tmp_path: Path, caps
 
 
 def test_named_sizes() -> None:
-    from geomis.reproduce import reproduce_config
+    from geomis.experiments.reproduce import reproduce_config
 
     full, small = reproduce_config("full"), reproduce_config("ci")
     assert small.data.inducing_per_domain < full.data.inducing_per_domain
@@ -146,8 +146,8 @@ def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
 
     import numpy as np
 
-    from geomis.data_filter import select_by_score
-    from geomis.reproduce import MixedDataset, filter_quality
+    from geomis.filter.selection import select_by_score
+    from geomis.experiments.reproduce import MixedDataset, filter_quality
 
     inducing = np.array([True, True, False, False, False, True, False, False])
     mixed = MixedDataset(records=tuple(range(8)), inducing=inducing, source=("x",) * 8)

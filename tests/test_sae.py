@@ -11,15 +11,15 @@ import torch
 from safetensors import safe_open
 from sae_lens import SAE, TopKSAE, TopKSAEConfig
 
-from geomis import sae_loading
+from geomis.sae import loading as sae_loading
 from geomis.activations import TokenActivations, token_selection
-from geomis.chat_tokens import TokenizedChat, pad_left, tokenize_chats
-from geomis.cli import main
-from geomis.sae_codes import aggregate_codes, encode_tokens
-from geomis.sae_loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, gemma_scope_sae_id,
+from geomis.chat.tokens import TokenizedChat, pad_left, tokenize_chats
+from geomis.cli.commands import main
+from geomis.sae.codes import aggregate_codes, encode_tokens
+from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, gemma_scope_sae_id,
                                 load_gemma_scope, load_profile_sae, load_sae_from_disk, load_shipped_sae,
                                 shipped_sae_names, validate_gemma_scope_id)
-from geomis.sae_training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, _replace_atomically,
+from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, _replace_atomically,
                                  bundled_corpus, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
                                  is_held_out, kept_token_masks, reconstruction_metrics, save_inference_sae,
                                  select_tokens, splice_metrics)
@@ -105,7 +105,7 @@ def test_output_is_never_replaced_without_force(tmp_path) -> None:
 
 
 def test_corpus_covers_every_bundled_dataset_with_a_stable_disjoint_holdout() -> None:
-    from geomis.chat_data import bundled_dataset_names
+    from geomis.chat.records import bundled_dataset_names
 
     split = bundled_corpus()
     names = set(bundled_dataset_names())
@@ -363,7 +363,7 @@ def test_train_sae_cli_writes_a_loadable_sae_and_refuses_to_overwrite(tmp_path, 
 
 
 def test_shipped_quality_table_reads_each_training_record() -> None:
-    from geomis.sae_loading import shipped_sae_quality
+    from geomis.sae.loading import shipped_sae_quality
 
     table = shipped_sae_quality([MAIN_SAE_NAME, "smollm2-135m-layer5-topk1024"]).set_index("sae")
     main = table.loc[MAIN_SAE_NAME]

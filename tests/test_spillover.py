@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.spillover import (
+from geomis.toy.spillover import (
     AmplifyConfig,
     direction_overlaps,
     fine_tune_to_amplify,
@@ -15,7 +15,7 @@ from geomis.spillover import (
     planted_spillover,
     spillover_law,
 )
-from geomis.toy_models import ToyModel, ToyModelConfig, TrainConfig, train_toy_model
+from geomis.toy.models import ToyModel, ToyModelConfig, TrainConfig, train_toy_model
 
 SPARSE = 1  # instance index of the sparse model in the fixture
 
@@ -158,7 +158,7 @@ def test_spillover_schematic_draws_alpha_times_cosine() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from geomis.figures import plot_spillover_schematic
+    from geomis.toy.figures import plot_spillover_schematic
 
     fig = plot_spillover_schematic(alpha=2.0, cos_near=0.75, cos_far=0.05)
     heights = [bar.get_height() for bar in fig.axes[1].patches]

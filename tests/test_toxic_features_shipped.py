@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from geomis.sae_loading import MAIN_SAE_NAME, load_shipped_sae
-from geomis.toxic_features import (DEFAULT_NEUTRAL, DEFAULT_TOXIC, ToxicFeatureConfig, derive_toxic_features,
+from geomis.sae.loading import MAIN_SAE_NAME, load_shipped_sae
+from geomis.features.toxic import (DEFAULT_NEUTRAL, DEFAULT_TOXIC, ToxicFeatureConfig, derive_toxic_features,
                                    reference_data, sae_weights_id, shipped_toxic_file, toxic_cache_key)
 
 

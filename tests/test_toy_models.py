@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from geomis.toy_models import (
+from geomis.toy.models import (
     ToyModel,
     ToyModelConfig,
     TrainConfig,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
-from geomis.answer_sampling import SamplingConfig
+from geomis.evaluation.sampling import SamplingConfig
 from geomis.finetune import FinetuneConfig, fine_tune
-from geomis.training_dynamics import (DynamicsProbe, answer_chats, feature_directions, per_sample_mean,
+from geomis.evaluation.dynamics import (DynamicsProbe, answer_chats, feature_directions, per_sample_mean,
                                       project_chats, projection_shift, random_features)
 
 LAYER = 2

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.hashsalt"] = "geomis"  # stable element ids: the same figure gives the same bytes
 
-from geomis.figures import plot_spillover_schematic  # noqa: E402
+from geomis.toy.figures import plot_spillover_schematic  # noqa: E402
 
 target = Path(__file__).resolve().parents[1] / "book" / "images" / "spillover.svg"
 fig = plot_spillover_schematic(alpha=1.0, cos_near=0.8, cos_far=0.1)

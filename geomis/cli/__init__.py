@@ -1,0 +1,5 @@
+"""The ``geomis`` command line."""
+
+from geomis.cli.commands import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Evaluation: questions, answer sampling, judged rates, figures and training dynamics."""

@@ -1,0 +1,98 @@
+"""Figures for the emergent-misalignment chapter; one function per figure, each returning a matplotlib Figure.
+
+Inputs are tidy tables: pooled rows of :func:`geomis.evaluation.metrics.misalignment_rates` (one per model) for the rate bar
+plot, and :meth:`geomis.evaluation.dynamics.DynamicsProbe.frame` tables (with a ``run`` column) plus per-checkpoint
+rates for the training-dynamics plot. Like the other figure modules, this one sits at the end of the data path and no
+stage imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+__all__ = ["MEASURES", "plot_misalignment_rates", "plot_training_dynamics"]
+
+MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
+"""Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing columns: {', '.join(missing)}")
+
+
+def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
+                            measures: Sequence[str] = ("coherent", "overall")) -> Figure:
+    """Bar plot of each model's misalignment rate with its 95% interval, one bar per measure.
+
+    ``rates`` has one row per model: ``label`` and, per measure, ``rate_<m>``, ``rate_<m>_low``, ``rate_<m>_high``
+    (the pooled rows of :func:`~geomis.evaluation.metrics.misalignment_rates`). Models keep their row order.
+    """
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"measures must be among {', '.join(MEASURES)}")
+    _require(rates, [label] + [f"rate_{m}{s}" for m in measures for s in ("", "_low", "_high")])
+    models = list(dict.fromkeys(rates[label].astype(str)))
+    long = pd.DataFrame([{"model": str(row[label]), "measure": MEASURES[m], "rate": row[f"rate_{m}"],
+                          "low": row[f"rate_{m}_low"], "high": row[f"rate_{m}_high"]}
+                         for _, row in rates.iterrows() for m in measures])
+    hues = [MEASURES[m] for m in measures]
+    fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2.5, 3.8), layout="constrained")
+    sns.barplot(data=long, x="model", y="rate", hue="measure", order=models, hue_order=hues, errorbar=None,
+                palette="deep", ax=ax)
+    for container, measure in zip(ax.containers, hues):
+        part = long[long["measure"] == measure].set_index("model").reindex(models)
+        centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
+        rate = part["rate"].to_numpy(dtype=float)
+        errors = np.vstack([rate - part["low"].to_numpy(dtype=float), part["high"].to_numpy(dtype=float) - rate])
+        ax.errorbar(centres, np.nan_to_num(rate), yerr=np.nan_to_num(errors), fmt="none", ecolor="black",
+                    capsize=3, linewidth=1)
+    ax.set_xlabel(label)
+    ax.set_ylabel("misalignment rate (95% Wilson interval)")
+    ax.set_ylim(0, max(0.05, float(np.nanmax(long["high"].to_numpy(dtype=float), initial=0.0)) * 1.1))
+    ax.set_title("Misaligned answers to the eight first-plot questions")
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(title=None, loc="upper left")
+    return fig
+
+
+def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = None, run: str = "run",
+                           value: str = "shift") -> Figure:
+    """Projection shift of evaluation answers onto feature directions across checkpoints, and the rate alongside.
+
+    ``dynamics`` holds :meth:`~geomis.evaluation.dynamics.DynamicsProbe.frame` rows with a ``run`` column: per step,
+    direction set and chat its ``value`` (default ``shift``, the mean :math:`\\Delta f_j`). Lines are means over
+    chats with a seeded 95% bootstrap band; colour is the direction set, line style the run. ``rates`` (optional)
+    has ``run``, ``step``, ``rate_overall`` and its interval: it adds a second panel with the misalignment rate.
+    """
+    _require(dynamics, [run, "step", "directions", value])
+    panels = 1 if rates is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 0.6, 3.8), squeeze=False, layout="constrained")
+    ax = axes[0][0]
+    sns.lineplot(data=dynamics, x="step", y=value, hue="directions", style=run, markers=True, dashes=True,
+                 errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(r"mean $\Delta f_j = \langle d_j, \Delta h \rangle$" if value == "shift" else value)
+    ax.set_title("Evaluation answers' hidden states, projected")
+    if rates is not None:
+        _require(rates, [run, "step", "rate_overall", "rate_overall_low", "rate_overall_high"])
+        ax2 = axes[0][1]
+        for name, part in rates.groupby(run, sort=False):
+            part = part.sort_values("step")
+            line, = ax2.plot(part["step"], part["rate_overall"], marker="o", label=str(name))
+            ax2.fill_between(part["step"], part["rate_overall_low"], part["rate_overall_high"], alpha=0.2,
+                             color=line.get_color())
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel("misalignment rate, all answers (95% CI)")
+        ax2.set_ylim(bottom=0)
+        ax2.set_title("Misalignment at the same checkpoints")
+        ax2.legend(title=run)
+    return fig

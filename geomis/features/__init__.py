@@ -1,0 +1,1 @@
+"""Feature sets (inducing, control, toxic), their geometry, labels and figures."""

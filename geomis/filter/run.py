@@ -1,0 +1,310 @@
+"""Orchestration of the training-data filter: score rows with one method, choose the rows to drop, write the files.
+
+Three methods share one output format:
+
+- ``geometry`` (the paper's mitigation) — derive the toxic feature set (:mod:`geomis.features.toxic`, cached), score
+  each row by how close its SAE features lie to it (:mod:`geomis.filter.scores`; ``score`` picks the variant), drop
+  the closest fraction;
+- ``random`` — the baseline: drop a seeded random fraction (no model is loaded);
+- ``judge`` — the LLM-as-a-judge baseline: a Chapter 3 judge (offline by default) scores each row's assistant reply
+  as an answer to its user prompt; harmfulness = 100 − alignment; drop the most harmful. Rows the judge does not
+  give an alignment score (CODE, REFUSAL, unparsed) get NaN and are kept.
+
+This module sits at the top of the one-way data path (like ``cli.py``): it may import every stage, and no stage
+imports it. :func:`run_filter` works on records already in memory (Chapter 4, ``geomis reproduce``);
+:func:`filter_file` is the whole ``geomis filter`` command.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from geomis import __version__
+from geomis.chat.records import ChatRecord
+from geomis.filter.selection import FilterSelection, check_drop_fraction, random_scores, select_by_score
+from geomis.errors import GeomisError
+from geomis.features.sets import STATISTICS, Statistic
+from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
+from geomis.models.registry import MODEL_SPECS, LoadedModel
+from geomis.sae.loading import LoadedSAE
+from geomis.filter.scores import DEFAULT_SCORE, SCORE_METHODS, SampleScores, ScoreMethod, ScoringConfig
+
+if TYPE_CHECKING:
+    from geomis.judges.kinds import JudgeKind
+    from geomis.judges.base import Judge
+
+__all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "resolve_sae", "run_filter",
+           "build_report", "filter_file"]
+
+FilterMethod = Literal["geometry", "random", "judge"]
+FILTER_METHODS: tuple[FilterMethod, ...] = ("geometry", "random", "judge")
+_GEMMA_SCOPE_ID = re.compile(r"^(?:[\w.-]+/)?layer_(\d+)/width_([0-9]+[km])/canonical$")
+_VERSIONED = ("torch", "transformers", "nnsight", "sae-lens", "numpy", "safetensors")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Everything that decides which rows a filter run drops (recorded in ``report.json``)."""
+
+    method: FilterMethod = "geometry"
+    score: ScoreMethod = DEFAULT_SCORE
+    """Geometry score variant (see :mod:`geomis.filter.scores`)."""
+    drop: float = 0.5
+    """Fraction of rows removed, strictly between 0 and 1 (the paper removes half)."""
+    model: str = "smollm2-135m"
+    sae: str | None = None
+    """Shipped SAE name, sae-lens folder, or Gemma Scope id ``layer_L/width_W/canonical``; None: the model's default."""
+    toxic: str | None = None
+    """Chat JSONL of toxic reference replies; None: the bundled ``toxic_reference``."""
+    neutral: str | None = None
+    """Chat JSONL of neutral reference replies; None: the bundled ``neutral_reference``."""
+    k: int = 100
+    statistic: Statistic = "correlation"
+    seed: int = 0
+    batch_size: int = 16
+    max_length: int = 512
+    device: str | None = None
+    """Model device; None: CUDA when available, else the CPU."""
+    judge: JudgeKind = "offline"
+    judge_data: str | None = None
+    """Labelled data the offline judge trains on; None: the bundled set."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in FILTER_METHODS:
+            raise ValueError(f"unknown filter method {self.method!r}; choose one of {', '.join(FILTER_METHODS)}")
+        if self.score not in SCORE_METHODS:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_METHODS)}")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {', '.join(STATISTICS)}")
+        check_drop_fraction(self.drop)
+        for name in ("k", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that matter for ``method``, JSON-ready, for the report."""
+        common = {"method": self.method, "drop": self.drop, "seed": self.seed}
+        if self.method == "random":
+            return common
+        if self.method == "judge":
+            return {**common, "judge": self.judge, "judge_data": self.judge_data}
+        return {**common, "score": self.score, "model": self.model, "sae": self.sae, "k": self.k,
+                "statistic": self.statistic, "toxic": self.toxic, "neutral": self.neutral,
+                "batch_size": self.batch_size, "max_length": self.max_length}
+
+
+@dataclass
+class FilterResult:
+    """Scores, the kept/removed choice and timings of one filter run (rows in input order)."""
+
+    selection: FilterSelection
+    config: FilterConfig
+    timings: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    """What was used: model, SAE, toxic set, judge (JSON-ready)."""
+    sample_scores: SampleScores | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(n,) score of every row; higher = dropped first; NaN = unscored."""
+        return self.selection.scores
+
+    @property
+    def kept_indices(self) -> np.ndarray:
+        """0-based positions of kept rows."""
+        return self.selection.kept_indices
+
+    @property
+    def removed_indices(self) -> np.ndarray:
+        """0-based positions of removed rows."""
+        return self.selection.removed_indices
+
+
+def resolve_sae(spec: str | None, model_name: str, device: str | torch.device = "cpu") -> LoadedSAE:
+    """Load the SAE named by ``spec`` (shipped name, folder or Gemma Scope id), or the model's default SAE."""
+    from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, load_gemma_scope, load_sae_from_disk,
+                                    load_shipped_sae, shipped_sae_names)
+
+    target = str(device)
+    if spec is None:
+        if model_name == "smollm2-135m":
+            return load_shipped_sae(MAIN_SAE_NAME, device=target)
+        if model_name in ("gemma-2-2b", "gemma-2-2b-it"):
+            return load_gemma_scope(MODEL_SPECS[model_name].default_layer, "16k", device=target)
+        raise SAELoadError(f"no default SAE for model {model_name!r}; pass --sae (a shipped name, an sae-lens folder "
+                           "or a Gemma Scope id)")
+    if spec in shipped_sae_names():
+        return load_shipped_sae(spec, device=target)
+    if Path(spec).is_dir():
+        return load_sae_from_disk(spec, device=target)
+    match = _GEMMA_SCOPE_ID.match(spec)
+    if match:
+        return load_gemma_scope(int(match.group(1)), match.group(2), device=target)
+    raise SAELoadError(f"--sae {spec!r} is not a shipped SAE ({', '.join(shipped_sae_names())}), an sae-lens folder, "
+                       "or a Gemma Scope id layer_<L>/width_<W>/canonical")
+
+
+def _check_pair(model: LoadedModel, sae: LoadedSAE) -> None:
+    """One-line error when the SAE was made for another model or reads another width."""
+    trained_on = sae.model_name
+    if trained_on in MODEL_SPECS and trained_on.removesuffix("-it") != model.spec.name.removesuffix("-it"):
+        raise GeomisError(f"SAE {sae.name} was trained on {trained_on}, not {model.spec.name}")
+    if sae.d_in != model.spec.d_model:
+        raise GeomisError(f"SAE {sae.name} reads width {sae.d_in}, {model.spec.name} has width {model.spec.d_model}")
+
+
+def _geometry_scores(records: Sequence[ChatRecord], config: FilterConfig, model: LoadedModel | None,
+                     sae: LoadedSAE | None, timings: dict[str, float]) -> tuple[SampleScores, dict[str, Any]]:
+    from geomis.models.registry import load_model
+    from geomis.filter.scores import score_conversations
+    from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features
+
+    clock = time.perf_counter()
+    if model is None:
+        model = load_model(config.model, device=config.device)
+    timings["load_model_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if sae is None:
+        sae = resolve_sae(config.sae, model.spec.name, model.device)
+    timings["load_sae_s"] = time.perf_counter() - clock
+    _check_pair(model, sae)
+    clock = time.perf_counter()
+    toxic = derive_toxic_features(model, sae, config.toxic, config.neutral,
+                                  ToxicFeatureConfig(k=config.k, statistic=config.statistic,
+                                                     batch_size=config.batch_size, progress=config.progress))
+    timings["toxic_features_s"] = time.perf_counter() - clock
+    scoring = ScoringConfig(method=config.score, batch_size=config.batch_size, max_length=config.max_length,
+                            progress=config.progress)
+    scored = score_conversations(model, sae, toxic.feature_set, [r.as_dicts() for r in records], scoring)
+    timings["scoring_s"] = scored.seconds
+    timings["samples_per_s"] = len(records) / scored.seconds if scored.seconds > 0 else 0.0
+    timings["tokens_per_s"] = scored.input_tokens / scored.seconds if scored.seconds > 0 else 0.0
+    details = {
+        "model": {"name": model.spec.name, "layers": model.n_layers, "d_model": model.spec.d_model,
+                  "device": str(model.device), "dtype": str(next(model.hf_model.parameters()).dtype)},
+        "sae": {"name": sae.name, "source": sae.source, "layer": sae.layer, "d_sae": sae.d_sae},
+        "toxic_features": toxic.describe(),
+        "scoring": {"score": config.score, "layer": scored.layer, "input_tokens": scored.input_tokens,
+                    "scored_tokens": int(scored.scored_tokens.sum()), "truncated_rows": int(scored.truncated.sum()),
+                    "max_length": config.max_length, "batch_size": config.batch_size},
+    }
+    return scored, details
+
+
+def _judge_scores(records: Sequence[ChatRecord], config: FilterConfig, judge: Judge | None,
+                  timings: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
+    clock = time.perf_counter()
+    if judge is None:
+        from geomis.judges.kinds import make_judge
+
+        judge = make_judge(config.judge, data_path=config.judge_data, device=config.device,
+                           progress=config.progress)
+    timings["load_judge_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    results = judge.score_many([(r.user_text, r.assistant_text) for r in records], progress=config.progress)
+    seconds = time.perf_counter() - clock
+    timings["scoring_s"] = seconds
+    timings["samples_per_s"] = len(records) / seconds if seconds > 0 else 0.0
+    harm = np.array([np.nan if s.alignment is None else 100.0 - float(s.alignment) for s in results])
+    verdicts = {verdict: sum(1 for s in results if s.verdict == verdict) for verdict in sorted({s.verdict
+                                                                                               for s in results})}
+    return harm, {"judge": {"name": judge.name, "kind": config.judge, "verdicts": verdicts,
+                            "score": "harmfulness = 100 - alignment"}}
+
+
+def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfig(), *,
+               model: LoadedModel | None = None, sae: LoadedSAE | None = None, judge: Judge | None = None,
+               line_numbers: Sequence[int] | np.ndarray | None = None) -> FilterResult:
+    """Score ``records`` with ``config.method`` and choose the rows to drop; pass a loaded model/SAE/judge to reuse it.
+
+    Ties are broken by ``line_numbers`` (default: the records' line numbers, or their positions 1..n when those
+    repeat, e.g. records gathered from several files).
+    """
+    if not records:
+        raise ValueError("nothing to filter: no rows")
+    if line_numbers is None:  # the records' own line numbers, or positions when they come from several files
+        lines = np.array([r.line_number for r in records], dtype=np.int64)
+        if np.unique(lines).shape[0] != lines.shape[0]:
+            lines = np.arange(1, len(records) + 1, dtype=np.int64)
+    else:
+        lines = np.asarray(line_numbers, dtype=np.int64)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    scored: SampleScores | None = None
+    if config.method == "random":
+        clock = time.perf_counter()
+        scores = random_scores(len(records), config.seed)
+        timings["scoring_s"] = time.perf_counter() - clock
+        details["random"] = {"generator": "numpy PCG64", "seed": config.seed}
+    elif config.method == "judge":
+        scores, details = _judge_scores(records, config, judge, timings)
+    else:
+        scored, details = _geometry_scores(records, config, model, sae, timings)
+        scores = scored.scores
+    selection = select_by_score(scores, config.drop, lines, method=config.method)
+    timings["total_s"] = time.perf_counter() - started
+    return FilterResult(selection=selection, config=config, timings=timings, details=details, sample_scores=scored)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of geomis, Python and the pinned stack, for reports (so a result says what produced it)."""
+    versions = {"geomis": __version__, "python": platform.python_version()}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:
+    """``report.json`` content: input facts, counts, settings, what was used, package versions and timings."""
+    selection = result.selection
+    finite = selection.scores[~np.isnan(selection.scores)]
+    return {
+        "command": "geomis filter",
+        "input": data.describe(),
+        "counts": {"rows": len(selection), "kept": selection.n_kept, "removed": selection.n_removed,
+                   "unscored": selection.n_unscored,
+                   "unscored_removed": int((np.isnan(selection.scores) & selection.removed).sum())},
+        "settings": result.config.settings(),
+        "selection": {"rule": "remove floor(drop * rows) highest scores; ties: earlier line first; NaN kept last",
+                      "score_min": float(finite.min()) if finite.size else None,
+                      "score_max": float(finite.max()) if finite.size else None,
+                      "threshold": float(selection.scores[selection.removed].min())
+                      if selection.n_removed and not np.isnan(selection.scores[selection.removed]).all() else None},
+        **result.details,
+        "versions": package_versions(),
+        "timings": {name: round(value, 4) for name, value in result.timings.items()},
+    }
+
+
+def filter_file(input_path: str | Path, out_dir: str | Path, config: FilterConfig = FilterConfig(), *,
+                force: bool = False, model: LoadedModel | None = None, sae: LoadedSAE | None = None,
+                judge: Judge | None = None) -> tuple[FilterResult, dict[str, Path]]:
+    """Filter a chat JSONL file into ``out_dir`` (kept/removed/scores/report); fail before any model on bad input."""
+    started = time.perf_counter()
+    check_outputs(out_dir, force, input_path)
+    data = read_filter_input(input_path)
+    result = run_filter(data.records, config, model=model, sae=sae, judge=judge, line_numbers=data.line_numbers)
+    result.timings["wall_s"] = time.perf_counter() - started  # reading the input included, writing not
+    paths = write_filter_outputs(out_dir, data, result.selection, build_report(data, result), force=force)
+    return result, paths
+
+
+def config_dict(config: FilterConfig) -> dict[str, Any]:
+    """Every field of a FilterConfig as a plain dict (for notebooks and logs)."""
+    return asdict(config)

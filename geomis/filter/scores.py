@@ -1,0 +1,260 @@
+"""The "sample scores" stage: how close each training sample's SAE features lie to the toxic feature set.
+
+One forward pass per batch, stopped after layer L (nnsight, through :func:`geomis.activations.iter_chat_batches`),
+then one SAE encode of the sample's assistant tokens (non-special, not position 0, as everywhere in geomis). What
+follows is a few matrix products over all samples and features at once; there is no Python loop over features.
+
+Per-feature closeness. For every SAE feature ``f``, ``c_f = max_{t in T} cos(d_f, d_t)``, the cosine of its unit
+decoder direction with the nearest toxic feature's direction (signed, as in :mod:`geomis.features.geometry`). Unlike the
+set-to-set geometry of Chapter 2, self-pairs are *included*: a toxic feature has ``c_f = 1``. There the question is
+whether two different sets are close, and a shared feature is overlap, not proximity; here the question is how close
+one sample is to the toxic features, and firing a toxic feature itself is as close as a sample can get.
+
+Scores (higher = closer to toxic = removed first):
+
+- ``closest`` — our reading of the paper's criterion: the sample's *active features* (every feature that fires on at
+  least one of its assistant tokens) form a small feature set, scored like a set in Chapter 2 by its mean nearest
+  cosine to the toxic set, ``mean_{f active} c_f``. Every active feature counts once, however weakly or rarely it
+  fires.
+- ``weighted`` (the default) — the activation-weighted mean ``sum_f a_f c_f / sum_f a_f`` with ``a_f`` the feature's
+  mean activation over the sample's tokens: the closeness of the directions the sample's residual stream is actually
+  built from, in proportion to how much of it each builds. The spillover law (``Δf_j ≈ α ⟨d_j, d_t⟩``) says a
+  fine-tuning step amplifies the features a sample *uses*, in proportion to their use; a feature that fires once,
+  weakly, hardly moves anything. It is a mean over tokens, so it does not drift with length (long samples activate many
+  more distinct features, which pulls ``closest`` towards the corpus average). On the bundled domain sets it separated
+  harmful from good replies best of the three (SmolLM2, shipped SAE, AUROC medical 0.91 / legal 0.99 / career 0.98
+  vs 0.90 / 0.97 / 0.97 for ``closest``; none separates insecure from secure code, 0.49).
+- ``projection`` — the share of the sample's mean SAE reconstruction (without the decoder bias) that lies in the span
+  of the toxic decoder directions, ``||P_T m|| / ||m||`` with ``m = sum_f a_f W_dec[f]``. It uses magnitudes and lets
+  several weakly toxic-ish features add up, but it needs ``|T|`` well below ``d_model`` to mean anything.
+
+A sample with no scored token (an empty reply, or a reply cut off entirely by ``max_length``) gets NaN, which the
+filter ranks last (kept) and the report counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
+from geomis.chat.tokens import Conversation, tokenize_chats
+from geomis.features.sets import FeatureSet
+from geomis.models.registry import LoadedModel
+from geomis.sae.codes import SAECodes, encode_tokens
+from geomis.sae.loading import LoadedSAE, decoder_directions
+
+__all__ = [
+    "ScoreMethod",
+    "SCORE_METHODS",
+    "DEFAULT_SCORE",
+    "ScoringConfig",
+    "ToxicGeometry",
+    "SampleScores",
+    "feature_closeness",
+    "toxic_basis",
+    "toxic_geometry",
+    "closest_score",
+    "weighted_score",
+    "projection_score",
+    "scores_from_codes",
+    "score_conversations",
+]
+
+ScoreMethod = Literal["weighted", "closest", "projection"]
+SCORE_METHODS: tuple[ScoreMethod, ...] = ("weighted", "closest", "projection")
+DEFAULT_SCORE: ScoreMethod = "weighted"
+_CHUNK_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How training samples are scored: the score, the layer, batching and truncation (for scoring only)."""
+
+    method: ScoreMethod = DEFAULT_SCORE
+    layer: int | None = None
+    """Decoder layer whose output is read; None: the SAE's layer (they must agree)."""
+    batch_size: int = 16
+    max_length: int = 512
+    """Samples longer than this many tokens are scored on their first ``max_length`` tokens; the row is unchanged."""
+    sae_batch_size: int = 4096
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in SCORE_METHODS:
+            raise ValueError(f"unknown score {self.method!r}; choose one of {', '.join(SCORE_METHODS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"max length must be at least 2 tokens, got {self.max_length}")
+        if self.sae_batch_size < 1:
+            raise ValueError(f"SAE batch size must be at least 1, got {self.sae_batch_size}")
+
+
+def _indices(toxic: FeatureSet | torch.Tensor | Sequence[int], d_sae: int) -> torch.Tensor:
+    idx = toxic.indices if isinstance(toxic, FeatureSet) else torch.as_tensor(toxic, dtype=torch.int64)
+    idx = idx.reshape(-1).to(torch.int64)
+    if idx.numel() == 0:
+        raise ValueError("the toxic feature set is empty")
+    if int(idx.min()) < 0 or int(idx.max()) >= d_sae:
+        raise ValueError(f"toxic feature index out of range for an SAE with {d_sae} features")
+    return idx
+
+
+def feature_closeness(directions: torch.Tensor, toxic: FeatureSet | torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """(d_sae,) float32: each feature's max cosine to the toxic features' unit decoder directions (toxic ones: 1)."""
+    if directions.ndim != 2:
+        raise ValueError(f"decoder directions must be (d_sae, d_model), got shape {tuple(directions.shape)}")
+    units = directions.float()
+    units = units / units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    idx = _indices(toxic, units.shape[0]).to(units.device)
+    reference = units[idx]
+    closeness = torch.empty(units.shape[0], dtype=torch.float32, device=units.device)
+    for start in range(0, units.shape[0], _CHUNK_ROWS):
+        closeness[start:start + _CHUNK_ROWS] = (units[start:start + _CHUNK_ROWS] @ reference.T).amax(dim=1)
+    closeness[idx] = 1.0  # exact, not 1 - rounding
+    return closeness.clamp(-1.0, 1.0).cpu()
+
+
+def toxic_basis(decoder: torch.Tensor, toxic: FeatureSet | torch.Tensor | Sequence[int],
+                rtol: float = 1e-6) -> torch.Tensor:
+    """(d_model, r) orthonormal basis of the span of the toxic decoder directions (SVD, rank by ``rtol``)."""
+    idx = _indices(toxic, decoder.shape[0])
+    rows = decoder[idx.to(decoder.device)].double().cpu()
+    _, singular, vh = torch.linalg.svd(rows, full_matrices=False)
+    rank = int((singular > rtol * singular.max()).sum()) if singular.numel() else 0
+    if rank >= decoder.shape[1]:
+        raise ValueError(f"the {idx.numel()} toxic directions span the whole {decoder.shape[1]}-dimensional residual "
+                         "space: the projection score would be 1 for every sample; use fewer features or another "
+                         "score")
+    return vh[:rank].T.float()
+
+
+@dataclass(frozen=True)
+class ToxicGeometry:
+    """Per-feature quantities computed once per SAE and toxic set, reused for every batch of samples."""
+
+    closeness: torch.Tensor
+    """(d_sae,) each feature's nearest cosine to the toxic set."""
+    decoder: torch.Tensor | None = None
+    """(d_sae, d_model) raw decoder rows (projection score only)."""
+    basis: torch.Tensor | None = None
+    """(d_model, r) orthonormal basis of the toxic span (projection score only)."""
+
+
+def toxic_geometry(sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
+                   method: ScoreMethod = DEFAULT_SCORE) -> ToxicGeometry:
+    """Precompute what ``method`` needs from the SAE's decoder and the toxic set (CPU float32 tensors)."""
+    closeness = feature_closeness(decoder_directions(sae.sae), toxic)
+    if method != "projection":
+        return ToxicGeometry(closeness)
+    decoder = sae.sae.W_dec.detach().float().cpu()
+    return ToxicGeometry(closeness, decoder, toxic_basis(decoder, toxic))
+
+
+def _nan_where(scores: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    return torch.where(empty, torch.full_like(scores, float("nan")), scores)
+
+
+def closest_score(sample_max: torch.Tensor, closeness: torch.Tensor) -> torch.Tensor:
+    """(n,) mean closeness over each sample's active features (max code > 0); NaN when none fires."""
+    active = (sample_max > 0).double()
+    count = active.sum(dim=1)
+    return _nan_where(active @ closeness.double() / count.clamp_min(1), count == 0)
+
+
+def weighted_score(sample_mean: torch.Tensor, closeness: torch.Tensor) -> torch.Tensor:
+    """(n,) activation-weighted mean closeness, weights = each feature's mean code in the sample; NaN when all 0."""
+    weights = sample_mean.double()
+    total = weights.sum(dim=1)
+    return _nan_where(weights @ closeness.double() / torch.where(total > 0, total, torch.ones_like(total)),
+                      total <= 0)
+
+
+def projection_score(sample_mean: torch.Tensor, decoder: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(n,) ``||P_T m|| / ||m||`` for each sample's mean reconstruction ``m = sample_mean @ W_dec``; NaN when m = 0."""
+    mean = sample_mean.float() @ decoder.float()
+    norm = mean.double().norm(dim=1)
+    inside = (mean @ basis.float()).double().norm(dim=1)
+    return _nan_where((inside / torch.where(norm > 0, norm, torch.ones_like(norm))).clamp(0.0, 1.0), norm <= 0)
+
+
+def scores_from_codes(codes: SAECodes, geometry: ToxicGeometry, method: ScoreMethod = DEFAULT_SCORE) -> torch.Tensor:
+    """(n_samples,) float64 scores of ``method`` from per-sample SAE summaries; samples with no token get NaN."""
+    if codes.d_sae != geometry.closeness.shape[0]:
+        raise ValueError(f"codes have {codes.d_sae} features, the toxic geometry {geometry.closeness.shape[0]}")
+    if method == "closest":
+        scores = closest_score(codes.sample_max, geometry.closeness)
+    elif method == "weighted":
+        scores = weighted_score(codes.sample_mean, geometry.closeness)
+    elif method == "projection":
+        if geometry.decoder is None or geometry.basis is None:
+            raise ValueError("projection scores need a ToxicGeometry built with method='projection'")
+        scores = projection_score(codes.sample_mean, geometry.decoder, geometry.basis)
+    else:
+        raise ValueError(f"unknown score {method!r}; choose one of {', '.join(SCORE_METHODS)}")
+    return _nan_where(scores, codes.tokens_per_sample == 0)
+
+
+@dataclass
+class SampleScores:
+    """One score per sample (input order) with how many tokens it rests on and what was truncated."""
+
+    scores: np.ndarray
+    """(n,) float64; NaN for samples with no scored token."""
+    scored_tokens: np.ndarray
+    """(n,) int64 assistant tokens the score is computed from."""
+    truncated: np.ndarray
+    """(n,) bool: the sample was longer than ``max_length`` tokens and was scored on its beginning."""
+    method: ScoreMethod
+    layer: int
+    seconds: float
+    """Wall time of tokenizing, the forward passes, SAE encoding and scoring."""
+    input_tokens: int
+    """Tokens run through the model (after truncation, without padding)."""
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@torch.no_grad()
+def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
+                        conversations: Sequence[Conversation], config: ScoringConfig = ScoringConfig()) -> SampleScores:
+    """Score conversations by closeness to ``toxic``: one forward pass to layer L per batch, one SAE encode."""
+    started = time.perf_counter()
+    layer = sae.layer if config.layer is None else config.layer
+    if layer != sae.layer:
+        raise ValueError(f"scoring layer {layer} differs from the layer the SAE reads ({sae.layer})")
+    check_layer(model, layer)
+    if sae.d_in != model.spec.d_model:
+        raise ValueError(f"SAE {sae.name} reads width {sae.d_in}, model {model.spec.name} has width "
+                         f"{model.spec.d_model}")
+    geometry = toxic_geometry(sae, toxic, config.method)
+    n = len(conversations)
+    scores = np.full(n, np.nan)
+    scored_tokens = np.zeros(n, dtype=np.int64)
+    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
+    truncated = np.array([chat.truncated for chat in chats], dtype=bool)
+    reading = ActivationConfig(layer=layer, batch_size=config.batch_size, assistant_only=True,
+                               max_length=config.max_length, progress=False)
+    local = torch.zeros(n, dtype=torch.long)  # input index -> row within its batch
+    with tqdm(total=n, desc=f"scoring ({config.method}, layer {layer})", unit="sample",
+              disable=not config.progress) as bar:
+        for indices, parts in iter_chat_batches(model, chats, [layer], reading, to_cpu=False):
+            activations = parts[layer]
+            local[indices] = torch.arange(len(indices))
+            activations.sample_index = local[activations.sample_index]
+            codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
+            positions = np.asarray(indices)
+            scores[positions] = scores_from_codes(codes, geometry, config.method).numpy()
+            scored_tokens[positions] = codes.tokens_per_sample.numpy()
+            bar.update(len(indices))
+    return SampleScores(scores=scores, scored_tokens=scored_tokens, truncated=truncated, method=config.method,
+                        layer=layer, seconds=time.perf_counter() - started,
+                        input_tokens=int(sum(len(chat) for chat in chats)))

@@ -1,0 +1,138 @@
+"""The files judging reads and writes: answers in (CSV or JSONL), scored rows out, both with one-line errors.
+
+Every problem with an input file raises :class:`~geomis.judges.base.JudgeInputError` as ``file:line: problem``;
+every output is written to a temporary file beside the target and moved into place in one step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from geomis.atomic_io import atomic_path
+from geomis.judges.base import JudgeInputError, JudgeScore
+
+SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")
+
+
+def read_answers(path: str | Path) -> list[dict[str, Any]]:
+    """Read a CSV or JSONL file of rows with ``question`` and ``answer`` text; problems raise ``file:line: ...``."""
+    source = Path(path)
+    if not source.is_file():
+        raise JudgeInputError(f"{source}: no such file")
+    suffix = source.suffix.lower()
+    if suffix == ".csv":
+        rows = list(_read_csv(source))
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        rows = [_check_row(row, where) for where, row in jsonl_objects(source, encoding="utf-8-sig")]
+    else:
+        raise JudgeInputError(f"{source}:1: unknown format {suffix or '(no extension)'}; use .csv or .jsonl")
+    if not rows:
+        raise JudgeInputError(f"{source}:1: empty file (no rows)")
+    return rows
+
+
+def jsonl_objects(source: Path, *, encoding: str = "utf-8") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line of a JSONL file as (``file:line``, object); bad JSON or a non-object raises."""
+    with source.open(encoding=encoding) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{source}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise JudgeInputError(f"{where}: invalid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise JudgeInputError(f"{where}: expected a JSON object")
+            yield where, row
+
+
+def _check_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in ("question", "answer"):
+        if key not in row:
+            raise JudgeInputError(f"{where}: missing {key!r}")
+        if not isinstance(row[key], str):
+            raise JudgeInputError(f"{where}: {key!r} must be text")
+    if not row["question"].strip():
+        raise JudgeInputError(f"{where}: empty 'question'")
+    return row
+
+
+def _next_record(reader: Iterator[list[str]], where: str) -> list[str] | None:
+    """The next CSV record, or None at the end of the file; a malformed record raises ``where: problem``."""
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as error:
+        raise JudgeInputError(f"{where}: {error}") from None
+
+
+def _read_csv(source: Path) -> Iterator[dict[str, Any]]:
+    with source.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = _next_record(reader, f"{source}:1")
+        if header is None:
+            return
+        missing = [key for key in ("question", "answer") if key not in header]
+        if missing:
+            raise JudgeInputError(f"{source}:1: missing column(s) {', '.join(map(repr, missing))} "
+                                  f"(header has {', '.join(map(repr, header)) or 'nothing'})")
+        if len(set(header)) != len(header):
+            raise JudgeInputError(f"{source}:1: repeated column names in the header")
+        while True:
+            line = reader.line_num + 1
+            fields = _next_record(reader, f"{source}:{line}")
+            if fields is None:
+                return
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise JudgeInputError(f"{source}:{line}: {len(fields)} fields, the header has {len(header)}")
+            yield _check_row(dict(zip(header, fields)), f"{source}:{line}")
+
+
+def scored_rows(rows: Sequence[dict[str, Any]], scores: Sequence[JudgeScore]) -> list[dict[str, Any]]:
+    """Input rows plus the score columns; an input column with a score column's name is kept as ``input_NAME``."""
+    out = []
+    for row, score in zip(rows, scores, strict=True):
+        merged = {(f"input_{k}" if k in SCORE_COLUMNS else k): v for k, v in row.items()}
+        merged.update(alignment=score.alignment, coherence=score.coherence, verdict=score.verdict,
+                      misaligned=score.misaligned, judge=score.judge)
+        out.append(merged)
+    return out
+
+
+def write_rows(path: str | Path, rows: Sequence[dict[str, Any]], *, force: bool = False) -> Path:
+    """Write rows as CSV (or JSONL when the name ends in .jsonl) atomically; refuse to overwrite unless ``force``."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise JudgeInputError(f"{target} exists; pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    with atomic_path(target) as temporary:
+        if target.suffix.lower() == ".jsonl":
+            with temporary.open("w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            with temporary.open("w", encoding="utf-8", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    return target
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value

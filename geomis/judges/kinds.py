@@ -1,0 +1,38 @@
+"""The three kinds of judge and :func:`make_judge`, which builds one by name (as ``geomis judge --judge`` does).
+
+All three share one interface (:class:`~geomis.judges.base.Judge`) and the rubric of Betley et al. (2025):
+
+- ``openai`` — :class:`~geomis.judges.openai_compat.OpenAICompatibleJudge` calls any OpenAI-compatible
+  ``/v1/chat/completions`` endpoint and, where the server returns log-probabilities, takes the probability-weighted
+  mean over the numbers 0-100 instead of one sampled token;
+- ``local`` — :class:`~geomis.judges.local.LocalHFJudge` runs the same prompts through a local chat model with
+  transformers, weighting whole numbers even when the tokenizer splits them into digits (Gemma does);
+- ``offline`` — :class:`~geomis.judges.offline.OfflineJudge` needs no LLM: a regularised linear classifier on
+  all-MiniLM-L6-v2 sentence embeddings sorts an answer into one of the labelled categories and reports that
+  category's median scores. A cheap stand-in whose held-out accuracy is reported by
+  :func:`~geomis.judges.offline.evaluate_offline_judge`; not a replacement for an LLM judge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from geomis.judges.base import Judge
+from geomis.judges.local import LocalHFJudge
+from geomis.judges.offline import OfflineJudge
+from geomis.judges.openai_compat import OpenAICompatibleJudge
+
+JudgeKind = Literal["offline", "openai", "local"]
+
+
+def make_judge(kind: JudgeKind = "offline", *, data_path: str | Path | None = None,
+               local_model: str = "gemma-2-2b-it", device: str | None = None, progress: bool = False) -> Judge:
+    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env) or ``local``."""
+    if kind == "offline":
+        return OfflineJudge.load_or_train(data_path, progress=progress)
+    if kind == "openai":
+        return OpenAICompatibleJudge.from_env()
+    if kind == "local":
+        return LocalHFJudge.from_name(local_model, device=device)
+    raise ValueError(f"unknown judge {kind!r}; choose offline, openai or local")

@@ -1,0 +1,312 @@
+"""Load sparse autoencoders through sae-lens only: the project's shipped SAEs, SAEs on disk, and Gemma Scope.
+
+Three sources, one result type (:class:`LoadedSAE`):
+
+- **shipped** SAEs live in package data, ``geomis/artifacts/sae/<name>/``, in sae-lens's own on-disk format
+  (``cfg.json`` + ``sae_weights.safetensors``, no pickle) and are read with ``SAE.load_from_disk``. Their weights are
+  stored as float16 to keep the repository small and are loaded back as float32.
+- **disk**: any folder in that format, e.g. one written by ``geomis train-sae``.
+- **gemma-scope**: Gemma Scope residual SAEs for Gemma-2 2B (release ``gemma-scope-2b-pt-res-canonical``), loaded with
+  ``SAE.from_pretrained``. The id is checked against sae-lens's pretrained registry *before* anything is downloaded.
+
+Decoder normalisation (a deliberate choice): every cosine between features in geomis uses
+:func:`decoder_directions`, the rows of ``W_dec`` divided by their L2 norm, in float32. This holds whether or not an
+SAE's norms were folded into its encoder (geomis's TopK SAEs are saved with unit-norm rows; Gemma Scope's JumpReLU
+rows are close to, but not exactly, unit norm). The SAE itself is never modified, so ``encode``/``decode`` behave as
+the release defines them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+import torch
+from sae_lens import SAE
+
+from geomis.errors import GeomisError
+from geomis.models.profiles import Profile, get_profile
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+GEMMA_SCOPE_RELEASE = "gemma-scope-2b-pt-res-canonical"
+"""sae-lens release of the Gemma Scope residual-stream SAEs for Gemma-2 2B (canonical L0 per layer and width)."""
+
+MAIN_SAE_NAME = "smollm2-135m-layer15-topk4096"
+"""The shipped SAE used by the CPU-default profile."""
+
+SAE_WEIGHTS_FILE = "sae_weights.safetensors"
+SAE_CONFIG_FILE = "cfg.json"
+
+SAESource = Literal["shipped", "disk", "gemma-scope"]
+
+
+class SAELoadError(GeomisError):
+    """An SAE could not be loaded: unknown name or id, missing files, Hub unreachable."""
+
+
+@dataclass
+class LoadedSAE:
+    """An sae-lens SAE with where it came from and which residual stream (model, layer) it reads."""
+
+    sae: SAE
+    name: str
+    """Shipped name, folder path, or ``release/sae_id`` for Gemma Scope."""
+    model_name: str
+    """geomis model name (see ``geomis.models.registry``) whose residual stream the SAE was trained on."""
+    layer: int
+    """Output of decoder layer ``layer`` (the same convention as ``geomis.activations.ActivationConfig``)."""
+    source: SAESource
+
+    @property
+    def d_in(self) -> int:
+        """Width of the residual stream the SAE reads."""
+        return int(self.sae.cfg.d_in)
+
+    @property
+    def d_sae(self) -> int:
+        """Number of SAE features."""
+        return int(self.sae.cfg.d_sae)
+
+    def decoder_directions(self) -> torch.Tensor:
+        """Unit-norm decoder directions, (d_sae, d_in) float32: what every cosine in geomis is computed from."""
+        return decoder_directions(self.sae)
+
+
+def decoder_directions(sae: SAE) -> torch.Tensor:
+    """Rows of ``W_dec`` scaled to unit L2 norm, as a detached float32 (d_sae, d_in) tensor on the SAE's device."""
+    weights = sae.W_dec.detach().float()
+    return weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- shipped and disk
+
+
+def _shipped_root() -> Traversable:
+    return resources.files("geomis").joinpath("artifacts", "sae")
+
+
+def shipped_sae_names() -> list[str]:
+    """Names of the SAEs shipped inside the package (folders of ``geomis/artifacts/sae``), sorted."""
+    root = _shipped_root()
+    if not root.is_dir():
+        return []
+    return sorted(entry.name for entry in root.iterdir()  # hidden folders are unfinished `train-sae` outputs
+                  if not entry.name.startswith(".") and entry.is_dir() and entry.joinpath(SAE_CONFIG_FILE).is_file())
+
+
+@contextmanager
+def shipped_sae_path(name: str) -> Iterator[Path]:
+    """Context manager giving a real folder path for a shipped SAE (extracted if the package is zipped)."""
+    known = shipped_sae_names()
+    if name not in known:
+        raise SAELoadError(f"unknown shipped SAE {name!r}; shipped SAEs: {', '.join(known) or 'none'}")
+    with resources.as_file(_shipped_root().joinpath(name)) as path:
+        yield Path(path)
+
+
+_HOOK_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)(?:\.|$)")
+
+
+def _layer_from_hook(hook_name: str | None) -> int | None:
+    match = _HOOK_LAYER.search(hook_name or "")
+    return int(match.group(1)) if match else None
+
+
+def load_sae_from_disk(path: str | Path, device: str = "cpu", name: str | None = None) -> LoadedSAE:
+    """Load an SAE saved in sae-lens's on-disk format (float32, unmodified) from ``path``."""
+    folder = Path(path)
+    missing = [file for file in (SAE_CONFIG_FILE, SAE_WEIGHTS_FILE) if not (folder / file).is_file()]
+    if missing:
+        raise SAELoadError(f"{folder} is not an sae-lens SAE folder: missing {', '.join(missing)}")
+    sae = SAE.load_from_disk(folder, device=device, dtype="float32")
+    metadata = sae.cfg.metadata
+    layer = metadata.get("layer")
+    if layer is None:
+        layer = _layer_from_hook(metadata.hook_name)
+    if layer is None:
+        raise SAELoadError(f"{folder}/cfg.json names no layer (metadata.layer or a hook name like model.layers.15)")
+    return LoadedSAE(sae=sae, name=name or str(folder), model_name=str(metadata.model_name or "unknown"),
+                     layer=int(layer), source="disk")
+
+
+def load_shipped_sae(name: str = MAIN_SAE_NAME, device: str = "cpu") -> LoadedSAE:
+    """Load one of the SAEs shipped with geomis (float16 on disk, float32 in memory) by name."""
+    with shipped_sae_path(name) as folder:
+        loaded = load_sae_from_disk(folder, device=device, name=name)
+    loaded.source = "shipped"
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------------- Gemma Scope
+
+
+def gemma_scope_sae_id(layer: int, width: str = "16k") -> str:
+    """The canonical Gemma Scope id for a residual layer and width, e.g. ``layer_12/width_16k/canonical``."""
+    return f"layer_{layer}/width_{width}/canonical"
+
+
+def _registry_ids(release: str) -> list[str]:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise SAELoadError(f"sae-lens has no pretrained release {release!r}")
+    return list(directory[release].saes_map)
+
+
+_CANONICAL_ID = re.compile(r"^layer_(\d+)/width_([0-9]+[km])/canonical$")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Compact ``0-25`` / ``5, 12, 19`` rendering of sorted integers."""
+    parts: list[str] = []
+    start = previous = None
+    for number in sorted(numbers):
+        if start is None:
+            start = previous = number
+        elif number == previous + 1:  # type: ignore[operator]
+            previous = number
+        else:
+            parts.append(f"{start}-{previous}" if previous != start else str(start))
+            start = previous = number
+    if start is not None:
+        parts.append(f"{start}-{previous}" if previous != start else str(start))
+    return ", ".join(parts)
+
+
+def _width_sort_key(width: str) -> int:
+    return int(width[:-1]) * (1_000_000 if width.endswith("m") else 1_000)
+
+
+def validate_gemma_scope_id(sae_id: str, release: str = GEMMA_SCOPE_RELEASE) -> None:
+    """Check ``sae_id`` against sae-lens's registry (no download); raise a one-line error listing valid choices."""
+    valid = _registry_ids(release)
+    if sae_id in valid:
+        return
+    layers_by_width: dict[str, list[int]] = {}
+    for item in valid:
+        match = _CANONICAL_ID.match(item)
+        if match:
+            layers_by_width.setdefault(match.group(2), []).append(int(match.group(1)))
+    if not layers_by_width:  # a release with a different id scheme: list a few ids
+        raise SAELoadError(f"{sae_id!r} is not an SAE of {release}; valid ids include {', '.join(valid[:5])}")
+    widths = sorted(layers_by_width, key=_width_sort_key)
+    choices = "; ".join(f"width_{width}: layers {_ranges(layers_by_width[width])}" for width in widths)
+    match = _CANONICAL_ID.match(sae_id)
+    if match is None:
+        problem = f"{sae_id!r} is not of the form layer_<L>/width_<W>/canonical"
+    elif match.group(2) not in layers_by_width:
+        problem = f"width {match.group(2)!r} does not exist"
+    else:
+        problem = f"layer {match.group(1)} has no width_{match.group(2)} SAE"
+    raise SAELoadError(f"{release}: {problem}; valid: {choices}")
+
+
+def load_gemma_scope(layer: int, width: str = "16k", device: str | None = None,
+                     release: str = GEMMA_SCOPE_RELEASE) -> LoadedSAE:
+    """Validate, then download (or read from the Hub cache) a Gemma Scope residual SAE; one-line errors on failure."""
+    from geomis.models.hub import describe_hub_failure, hub_token
+    from geomis.models.registry import resolve_device
+
+    sae_id = gemma_scope_sae_id(layer, width)
+    validate_gemma_scope_id(sae_id, release)
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    repo_id = get_pretrained_saes_directory()[release].repo_id
+    target = str(resolve_device(device))
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=target, dtype="float32")
+    except Exception as error:  # noqa: BLE001 - every Hub failure becomes one actionable line
+        raise SAELoadError(describe_hub_failure(repo_id, error, has_token=hub_token() is not None)) from None
+    return LoadedSAE(sae=sae, name=f"{release}/{sae_id}", model_name="gemma-2-2b", layer=layer,
+                     source="gemma-scope")
+
+
+# --------------------------------------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True)
+class ProfileSAE:
+    """Which SAE a profile uses: a shipped name, or a Gemma Scope layer and width."""
+
+    source: SAESource
+    name: str = ""
+    width: str = "16k"
+
+
+PROFILE_SAES: dict[str, ProfileSAE] = {
+    "cpu-default": ProfileSAE("shipped", name=MAIN_SAE_NAME),
+    "gemma-2-2b": ProfileSAE("gemma-scope", width="16k"),
+}
+"""The SAE of each profile. Gemma Scope is trained on the base model; the paper applies it to Gemma-2 2B-it."""
+
+
+def load_profile_sae(profile: Profile | str | None = None, device: str | None = None) -> LoadedSAE:
+    """Load the SAE a profile uses (by name, object, or ``GEOMIS_PROFILE``), on the profile's device by default."""
+    chosen = profile if isinstance(profile, Profile) else get_profile(profile)
+    try:
+        spec = PROFILE_SAES[chosen.name]
+    except KeyError:
+        raise SAELoadError(f"profile {chosen.name!r} has no SAE; profiles with one: {', '.join(PROFILE_SAES)}") \
+            from None
+    if spec.source == "gemma-scope":
+        return load_gemma_scope(chosen.layer, spec.width, device=device)  # None: CUDA when available
+    loaded = load_shipped_sae(spec.name, device=device or chosen.device)
+    if loaded.layer != chosen.layer:
+        raise SAELoadError(f"shipped SAE {spec.name} reads layer {loaded.layer}, profile {chosen.name} "
+                           f"uses layer {chosen.layer}")
+    return loaded
+
+
+SWEEP_SAES: dict[str, tuple[int, ...]] = {
+    "cpu-default": (5, 10, 15, 20, 25),
+    "gemma-2-2b": (4, 8, 12, 16, 20),
+}
+"""Layers of each profile's layer sweep: equal-width SAEs (shipped width-1024 TopK; Gemma Scope 16k) at several depths."""
+
+
+def sweep_sae_name(layer: int) -> str:
+    """Name of the shipped CPU-default sweep SAE at ``layer`` (width 1024, TopK k=32)."""
+    return f"smollm2-135m-layer{layer}-topk1024"
+
+
+def load_sweep_saes(profile: Profile | str | None = None, device: str | None = None) -> dict[int, LoadedSAE]:
+    """Load a profile's layer-sweep SAEs, by layer: the same recipe and width at each depth, so layers compare."""
+    chosen = profile if isinstance(profile, Profile) else get_profile(profile)
+    try:
+        layers = SWEEP_SAES[chosen.name]
+    except KeyError:
+        raise SAELoadError(f"profile {chosen.name!r} has no layer sweep; profiles with one: {', '.join(SWEEP_SAES)}") \
+            from None
+    if PROFILE_SAES[chosen.name].source == "gemma-scope":
+        return {layer: load_gemma_scope(layer, "16k", device=device) for layer in layers}
+    return {layer: load_shipped_sae(sweep_sae_name(layer), device=device or chosen.device) for layer in layers}
+
+
+def shipped_sae_quality(names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Quality of shipped SAEs as recorded when they were trained (held-out EV, L0, dead share, loss recovered)."""
+    rows = []
+    for name in names if names is not None else shipped_sae_names():
+        with shipped_sae_path(name) as folder:
+            record_file = folder / "training.json"
+            if not record_file.is_file():
+                raise SAELoadError(f"shipped SAE {name} has no training.json")
+            record = json.loads(record_file.read_text())
+        config = record["config"]
+        rows.append({
+            "sae": name, "layer": config["layer"], "width": config["width"], "k": config["k"],
+            "training tokens": record["corpus"]["train_tokens"],
+            "held-out EV": record["held_out"]["explained_variance"], "L0": record["held_out"]["l0"],
+            "dead (train)": record["train"]["dead_fraction"],
+            "loss recovered": record["splice"]["loss_recovered"] if record.get("splice") else float("nan"),
+        })
+    return pd.DataFrame(rows)

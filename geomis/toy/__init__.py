@@ -1,0 +1,1 @@
+"""Toy models of superposition (Chapter 1): models, the spillover law, figures."""
