@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -87,3 +88,11 @@ def test_book_build_is_strict_and_reads_the_root_config(tmp_path) -> None:
     command = build_command(BookBuild(root=ROOT), tmp_path / "_config.yml")
     assert {"-W", "-n", "--keep-going"} <= set(command)
     assert str(ROOT / "_toc.yml") in command
+
+
+def test_book_build_command_really_runs_jupyter_book(tmp_path) -> None:
+    """``python -m jupyter_book.cli.main`` exits 0 without doing anything; the command must reach jupyter-book."""
+    command = build_command(BookBuild(root=ROOT), tmp_path / "_config.yml")
+    interpreter = command[:command.index("build")]
+    result = subprocess.run([*interpreter, "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Jupyter Book" in result.stdout, (result.stdout, result.stderr)
