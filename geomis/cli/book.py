@@ -2,6 +2,7 @@
 
 Notebooks are executed inside the build (Jupyter Book's ``execute_notebooks: force`` set through a temporary copy of
 ``_config.yml``), so the outputs in ``book/*.ipynb`` stay as committed and the fresh ones land in ``_build/html``.
+The site's MathJax is fetched first (``geomis.cli.mathjax``: pinned, from npm, cached), with or without execution.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from geomis.cli.mathjax import ensure_mathjax
 from geomis.errors import GeomisError
 
 
@@ -52,7 +54,8 @@ def build_command(build: BookBuild, config_path: Path) -> list[str]:
 
 
 def build_book(build: BookBuild) -> Path:
-    """Build the site (executing chapters when asked) and return the folder of its ``index.html``."""
+    """Fetch MathJax, build the site (executing chapters when asked) and return the folder of its ``index.html``."""
+    print(f"geomis: {ensure_mathjax(build.root).summary()}", file=sys.stderr)
     started = time.time() - 1.0  # file times may be rounded down to the second
     config = yaml.safe_load((build.root / "_config.yml").read_text(encoding="utf-8"))
     if build.execute:
