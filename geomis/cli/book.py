@@ -69,6 +69,6 @@ def build_book(build: BookBuild) -> Path:
     if result.returncode != 0:
         raise GeomisError(f"jupyter-book build failed with exit code {result.returncode} (see the log above)")
     site = build.root / "_build" / "html"
-    if not (site / "index.html").is_file() or (site / "index.html").stat().st_mtime < started:
-        raise GeomisError(f"jupyter-book exited 0 but wrote no {site / 'index.html'}")
+    if not any(page.stat().st_mtime >= started for page in site.rglob("*.html")):  # --all rewrites every page
+        raise GeomisError(f"jupyter-book exited 0 but wrote no page in {site}")
     return site
