@@ -3,7 +3,9 @@ server, with its title, every image loaded, math typeset by the site's own MathJ
 chapter pages, nothing fetched from outside the site and no console errors.
 
 The site is built here (without executing notebooks) into a temporary folder, so the test does not depend on an
-earlier build. Full-page screenshots go to test-artifacts/screenshots/<page>.png.
+earlier build; MathJax is fetched first by the same step every build runs (`geomis.cli.mathjax`: the pinned npm
+tarball, checked, unpacked into _build/static/mathjax/), and the test skips with the reason when npm or the registry
+is not available. Full-page screenshots go to test-artifacts/screenshots/<page>.png.
 
 Needs the `playwright` package (in the `dev` extra) and a Chromium: the system one (Debian: `apt-get install
 chromium`; `.ci/run` installs it when it runs as root with apt), `GEOMIS_CHROMIUM=/path/to/chrome`, or a browser
@@ -27,6 +29,8 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+
+from geomis.cli.mathjax import PIN, MathJaxFetchError, ensure_mathjax
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -114,7 +118,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Build the book without execution into a temporary folder and serve it on 127.0.0.1; yield its base URL."""
+    """Fetch MathJax, build the book without execution into a temporary folder and serve it on 127.0.0.1."""
+    try:
+        print(f"test_browser: {ensure_mathjax(ROOT).summary()}")
+    except MathJaxFetchError as error:
+        print(f"test_browser: skipped: {error}")
+        pytest.skip(f"cannot fetch the site's MathJax: {error}")
     out = tmp_path_factory.mktemp("site")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(ROOT),
@@ -242,6 +251,7 @@ def test_page_renders_offline_without_errors(page: str, browser, site: str) -> N
             assert math["containers"] >= math["math"]
             scripts = tab.evaluate("() => Array.from(document.scripts).map(s => s.src).filter(Boolean)")
             assert any(urlparse(src).netloc == local_host and "mathjax" in src for src in scripts), scripts
+            assert tab.evaluate("() => MathJax.version") == PIN.version, "not the MathJax pinned in geomis/cli/mathjax.py"
 
         if _source(page).suffix == ".ipynb":
             expected = f"{COLAB}/{page}.ipynb"

@@ -4,9 +4,12 @@ the CLI answers with one-line errors, and the book build command is the strict o
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -87,3 +90,26 @@ def test_book_build_is_strict_and_reads_the_root_config(tmp_path) -> None:
     command = build_command(BookBuild(root=ROOT), tmp_path / "_config.yml")
     assert {"-W", "-n", "--keep-going"} <= set(command)
     assert str(ROOT / "_toc.yml") in command
+
+
+def test_book_build_command_really_runs_jupyter_book(tmp_path) -> None:
+    """``python -m jupyter_book.cli.main`` exits 0 without doing anything; the command must reach jupyter-book."""
+    command = build_command(BookBuild(root=ROOT), tmp_path / "_config.yml")
+    interpreter = command[:command.index("build")]
+    result = subprocess.run([*interpreter, "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Jupyter Book" in result.stdout, (result.stdout, result.stderr)
+
+
+def test_a_build_that_writes_no_page_is_an_error(monkeypatch, tmp_path, capsys) -> None:
+    from geomis.cli import book
+
+    for name in ("_config.yml", "_toc.yml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    stale = tmp_path / "_build" / "html" / "index.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an earlier build")
+    os.utime(stale, (0, 0))
+    monkeypatch.setattr(book, "ensure_mathjax", lambda root: SimpleNamespace(summary=lambda: "MathJax (test)"))
+    monkeypatch.setattr(book.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0))
+    assert main(["book", str(tmp_path), "--no-execute"]) == 2
+    assert "wrote no page" in capsys.readouterr().err

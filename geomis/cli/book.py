@@ -2,6 +2,7 @@
 
 Notebooks are executed inside the build (Jupyter Book's ``execute_notebooks: force`` set through a temporary copy of
 ``_config.yml``), so the outputs in ``book/*.ipynb`` stay as committed and the fresh ones land in ``_build/html``.
+The site's MathJax is fetched first (``geomis.cli.mathjax``: pinned, from npm, cached), with or without execution.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from geomis.cli.mathjax import ensure_mathjax
 from geomis.errors import GeomisError
 
 
@@ -29,6 +32,10 @@ class BookBuild:
     timeout_s: int = 3600
 
 
+JUPYTER_BOOK_MAIN = "import sys; from jupyter_book.cli.main import main; sys.exit(main())"
+"""What the ``jupyter-book`` script runs (``python -m jupyter_book.cli.main`` has no ``__main__`` and does nothing)."""
+
+
 def find_book_root(start: Path) -> Path:
     """Return the nearest folder at or above ``start`` holding ``_config.yml`` and ``_toc.yml``."""
     for folder in (start.resolve(), *start.resolve().parents):
@@ -39,7 +46,7 @@ def find_book_root(start: Path) -> Path:
 
 def build_command(build: BookBuild, config_path: Path) -> list[str]:
     """The ``jupyter-book build`` command line for ``build`` using the config file at ``config_path``."""
-    command = [sys.executable, "-m", "jupyter_book.cli.main", "build", str(build.root),
+    command = [sys.executable, "-c", JUPYTER_BOOK_MAIN, "build", str(build.root),
                "--config", str(config_path), "--toc", str(build.root / "_toc.yml"), "--all"]
     if build.strict:
         command += ["-W", "-n", "--keep-going"]
@@ -47,7 +54,9 @@ def build_command(build: BookBuild, config_path: Path) -> list[str]:
 
 
 def build_book(build: BookBuild) -> Path:
-    """Build the site (executing chapters when asked) and return the folder of its ``index.html``."""
+    """Fetch MathJax, build the site (executing chapters when asked) and return the folder of its ``index.html``."""
+    print(f"geomis: {ensure_mathjax(build.root).summary()}", file=sys.stderr)
+    started = time.time() - 1.0  # file times may be rounded down to the second
     config = yaml.safe_load((build.root / "_config.yml").read_text(encoding="utf-8"))
     if build.execute:
         execute = config.setdefault("execute", {})
@@ -59,4 +68,7 @@ def build_book(build: BookBuild) -> Path:
         result = subprocess.run(build_command(build, config_path), cwd=build.root, env=env)
     if result.returncode != 0:
         raise GeomisError(f"jupyter-book build failed with exit code {result.returncode} (see the log above)")
-    return build.root / "_build" / "html"
+    site = build.root / "_build" / "html"
+    if not any(page.stat().st_mtime >= started for page in site.rglob("*.html")):  # --all rewrites every page
+        raise GeomisError(f"jupyter-book exited 0 but wrote no page in {site}")
+    return site
