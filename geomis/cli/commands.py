@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geomis import __version__
-from geomis.errors import GeomisError
+from geomis.errors import ConfigError, GeomisError, OutputExistsError, check_creatable
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -41,7 +41,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise GeomisError(f"{out} exists; pass --force to overwrite it")
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    check_creatable(out)
     rows = read_answers(args.answers)
     if args.judge == "offline":
         print("geomis: loading the offline judge (trained once on the labelled data, then cached)", file=sys.stderr)
@@ -63,6 +64,8 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output(out, args.force)  # fail before loading anything
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = SAETrainingConfig(
@@ -92,13 +95,13 @@ SCORE_METHODS: tuple[str, ...] = ("weighted", "closest", "projection")
 
 
 def _positive_int(value: str, option: str) -> int:
-    """Parse a whole number >= 1 for ``option``; a one-line ValueError otherwise."""
+    """Parse a whole number >= 1 for ``option``; a one-line ConfigError otherwise."""
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"{option} must be a whole number, got {value!r}") from None
+        raise ConfigError(f"{option} must be a whole number, got {value!r}") from None
     if number < 1:
-        raise ValueError(f"{option} must be at least 1, got {number}")
+        raise ConfigError(f"{option} must be at least 1, got {number}")
     return number
 
 
@@ -109,13 +112,13 @@ def _drop_and_seed(args: argparse.Namespace) -> tuple[float, int]:
     try:
         drop = check_drop_fraction(float(args.drop))
     except ValueError:
-        raise ValueError(f"--drop must be a number strictly between 0 and 1, got {args.drop!r}") from None
+        raise ConfigError(f"--drop must be a number strictly between 0 and 1, got {args.drop!r}") from None
     try:
         seed = int(args.seed)
     except ValueError:
-        raise ValueError(f"--seed must be a whole number, got {args.seed!r}") from None
+        raise ConfigError(f"--seed must be a whole number, got {args.seed!r}") from None
     if seed < 0:
-        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+        raise ConfigError(f"--seed must be a whole number >= 0, got {seed}")
     return drop, seed
 
 
@@ -126,7 +129,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     batch_size = _positive_int(args.batch_size, "--batch-size")
     max_length = _positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
-        raise ValueError("--toxic and --neutral go together: pass both reference files or neither")
+        raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
     check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
     read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
 
@@ -153,7 +156,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = out / "results.json"
     if results.exists() and not args.force:
-        raise GeomisError(f"{results} exists; pass --force to run again and replace it")
+        raise OutputExistsError(f"{results} exists; pass --force to run again and replace it")
     from geomis.experiments.reproduce import reproduce_config, results_table, run_reproduction, write_results
     from geomis.settings import run_size
 
@@ -184,6 +187,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
               f"{reduction}")
     print(f"wrote {path}")
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-blank line of an error's message, or its type's name when the message is empty."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,13 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; user errors print one line and exit with status 2, never a traceback."""
+    """Run the command line: a user error (:class:`GeomisError`) prints one line and exits with status 2; any other
+    exception is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (GeomisError, ValueError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"geomis: error: {message}", file=sys.stderr)
+    except GeomisError as error:
+        print(f"geomis: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("geomis: interrupted", file=sys.stderr)

@@ -32,7 +32,7 @@ import torch
 from geomis import __version__
 from geomis.chat.records import ChatRecord
 from geomis.filter.selection import FilterSelection, check_drop_fraction, random_scores, select_by_score
-from geomis.errors import GeomisError
+from geomis.errors import ConfigError, GeomisError
 from geomis.features.sets import STATISTICS, Statistic
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
 from geomis.models.registry import MODEL_SPECS, LoadedModel
@@ -82,15 +82,15 @@ class FilterConfig:
 
     def __post_init__(self) -> None:
         if self.method not in FILTER_METHODS:
-            raise ValueError(f"unknown filter method {self.method!r}; choose one of {', '.join(FILTER_METHODS)}")
+            raise ConfigError(f"unknown filter method {self.method!r}; choose one of {', '.join(FILTER_METHODS)}")
         if self.score not in SCORE_METHODS:
-            raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_METHODS)}")
+            raise ConfigError(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_METHODS)}")
         if self.statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {', '.join(STATISTICS)}")
+            raise ConfigError(f"unknown statistic {self.statistic!r}; choose one of {', '.join(STATISTICS)}")
         check_drop_fraction(self.drop)
         for name in ("k", "batch_size", "max_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
 
     def settings(self) -> dict[str, Any]:
         """The settings that matter for ``method``, JSON-ready, for the report."""

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
 from geomis.chat.tokens import Conversation, tokenize_chats
+from geomis.errors import ConfigError
 from geomis.features.sets import FeatureSet
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import SAECodes, encode_tokens
@@ -88,13 +89,13 @@ class ScoringConfig:
 
     def __post_init__(self) -> None:
         if self.method not in SCORE_METHODS:
-            raise ValueError(f"unknown score {self.method!r}; choose one of {', '.join(SCORE_METHODS)}")
+            raise ConfigError(f"unknown score {self.method!r}; choose one of {', '.join(SCORE_METHODS)}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_length < 2:
-            raise ValueError(f"max length must be at least 2 tokens, got {self.max_length}")
+            raise ConfigError(f"max length must be at least 2 tokens, got {self.max_length}")
         if self.sae_batch_size < 1:
-            raise ValueError(f"SAE batch size must be at least 1, got {self.sae_batch_size}")
+            raise ConfigError(f"SAE batch size must be at least 1, got {self.sae_batch_size}")
 
 
 def _indices(toxic: FeatureSet | torch.Tensor | Sequence[int], d_sae: int) -> torch.Tensor:

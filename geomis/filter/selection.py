@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geomis.errors import ConfigError
+
 __all__ = [
     "FilterSelection", "check_drop_fraction", "n_to_remove", "random_scores", "select_by_score", "select_random",
 ]
@@ -76,13 +78,13 @@ class FilterSelection:
 
 
 def check_drop_fraction(drop: float) -> float:
-    """Return ``drop`` as a float if it is a number strictly between 0 and 1; raise a one-line ValueError otherwise."""
+    """Return ``drop`` as a float if it is a number strictly between 0 and 1; raise a one-line ConfigError otherwise."""
     try:
         value = float(drop)
     except (TypeError, ValueError):
-        raise ValueError(f"drop fraction must be a number strictly between 0 and 1, got {drop!r}") from None
+        raise ConfigError(f"drop fraction must be a number strictly between 0 and 1, got {drop!r}") from None
     if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise ValueError(f"drop fraction must be strictly between 0 and 1, got {drop!r}")
+        raise ConfigError(f"drop fraction must be strictly between 0 and 1, got {drop!r}")
     return value
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from geomis.errors import ConfigError
 from geomis.judges.base import Judge
 from geomis.judges.local import LocalHFJudge
 from geomis.judges.offline import OfflineJudge
@@ -35,4 +36,4 @@ def make_judge(kind: JudgeKind = "offline", *, data_path: str | Path | None = No
         return OpenAICompatibleJudge.from_env()
     if kind == "local":
         return LocalHFJudge.from_name(local_model, device=device)
-    raise ValueError(f"unknown judge {kind!r}; choose offline, openai or local")
+    raise ConfigError(f"unknown judge {kind!r}; choose offline, openai or local")

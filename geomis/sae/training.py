@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from geomis.activations import ActivationConfig, TokenActivations, iter_residual_batches, token_selection
 from geomis.chat.records import bundled_dataset_names, load_bundled
 from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, tokenize_chats
-from geomis.errors import GeomisError
+from geomis.errors import ConfigError, GeomisError
 from geomis.models.registry import LoadedModel
 from geomis.sae.loading import SAE_WEIGHTS_FILE, LoadedSAE, load_sae_from_disk
 
@@ -94,15 +94,15 @@ class SAETrainingConfig:
 
     def __post_init__(self) -> None:
         if self.width < 1 or not 1 <= self.k <= self.width:
-            raise ValueError(f"need 1 <= k <= width, got k={self.k}, width={self.width}")
+            raise ConfigError(f"need 1 <= k <= width, got k={self.k}, width={self.width}")
         if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"tokens must be positive, got {self.tokens}")
+            raise ConfigError(f"tokens must be positive, got {self.tokens}")
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
+            raise ConfigError("epochs, batch_size and lr must be positive")
         if not 0 < self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.save_dtype not in ("float16", "float32"):
-            raise ValueError(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
+            raise ConfigError(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
 
 
 # ------------------------------------------------------------------------------------------------------- corpus
