@@ -15,14 +15,11 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geomis.judges.replies import MIN_NUMERIC_MASS, ParsedReply, combine_replies, parse_judge_reply, weighted_score
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, progress_bar
-
-if TYPE_CHECKING:
-    import openai
 
 BASE_URL_ENV = "GEOMIS_JUDGE_BASE_URL"
 MODEL_ENV = "GEOMIS_JUDGE_MODEL"
@@ -171,13 +168,13 @@ class OpenAICompatibleJudge(Judge):
         self._openai = _import_openai()
         self._client = self._make_client(base_url, credentials)
 
-    def _make_client(self, base_url: str, credentials: tuple[str, str] | None) -> openai.OpenAI:
+    def _make_client(self, base_url: str, credentials: tuple[str, str] | None) -> Any:
         """The SDK client: explicit timeouts and retries; credentials from the URL as HTTP basic auth, URL kept bare."""
         sdk = self._openai
         http_client = sdk.DefaultHttpx2Client(auth=credentials) if credentials else None
-        return sdk.OpenAI(api_key=self._key.reveal() or "no-key", base_url=base_url, max_retries=self.config.max_retries,
-                          timeout=sdk.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s),
-                          http_client=http_client)
+        timeout = sdk.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
+        return sdk.OpenAI(api_key=self._key.reveal() or "no-key", base_url=base_url, timeout=timeout,
+                          max_retries=self.config.max_retries, http_client=http_client)
 
     def __repr__(self) -> str:
         return (f"OpenAICompatibleJudge(model={self.config.model!r}, base_url={self.config.display_url!r}, "
@@ -198,7 +195,7 @@ class OpenAICompatibleJudge(Judge):
             text = text.replace(secret, "<hidden>")
         return text
 
-    def _failure(self, error: Exception) -> JudgeError:
+    def _failure(self, error: Any) -> JudgeError:
         """One line for an SDK error: the HTTP status and the server's message, or why no answer came; no secret."""
         sdk, attempts = self._openai, self.config.max_retries + 1
         tries = f" after {attempts} attempts" if attempts > 1 else ""
