@@ -35,9 +35,10 @@ from geomis.chat.records import ChatRecord, load_bundled
 from geomis.errors import ConfigError, OutputExistsError
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
+from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
-from geomis.judges.kinds import JudgeKind, make_judge
+from geomis.judges.kinds import DEFAULT_JUDGE, JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
 from geomis.experiments.overlap import DOMAIN_DATASETS
 
@@ -118,9 +119,9 @@ class ReproduceConfig:
     """SAE for the geometry filter: a shipped name, an sae-lens folder or a Gemma Scope id (default: the model's)."""
     device: str = "cpu"
     data: MixedDataConfig = field(default_factory=MixedDataConfig)
-    drop: float = 0.5
+    drop: float = DEFAULT_DROP
     """Fraction of the mixed set each filter removes (the paper's main setting: 0.5)."""
-    geometry_score: str = "weighted"
+    geometry_score: ScoreMethod = DEFAULT_SCORE
     random_seeds: tuple[int, ...] = (0, 1, 2)
     """Random removal is repeated with these seeds (one fine-tune each)."""
     include_judge_filter: bool = True
@@ -131,7 +132,7 @@ class ReproduceConfig:
         n_samples=20, temperature=0.7, top_p=0.9, max_new_tokens=80, progress=False))
     """Chapter 3's sampling: 20 answers per question at T=0.7, top-p 0.9, at most 80 new tokens."""
     questions: QuestionSetName = "first-plot"
-    judge: JudgeKind = "offline"
+    judge: JudgeKind = DEFAULT_JUDGE
     judge_data: str | None = None
     """Labelled JSONL the offline judge trains on (default: the bundled set)."""
     seed: int = 0

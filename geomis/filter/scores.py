@@ -37,7 +37,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +46,7 @@ from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
 from geomis.chat.tokens import Conversation, tokenize_chats
 from geomis.errors import ConfigError
 from geomis.features.sets import FeatureSet
+from geomis.filter.config import DEFAULT_SCORE, SCORE_METHODS, ScoreMethod
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import SAECodes, encode_tokens
 from geomis.sae.loading import LoadedSAE, decoder_directions
@@ -68,9 +68,6 @@ __all__ = [
     "score_conversations",
 ]
 
-ScoreMethod = Literal["weighted", "closest", "projection"]
-SCORE_METHODS: tuple[ScoreMethod, ...] = ("weighted", "closest", "projection")
-DEFAULT_SCORE: ScoreMethod = "weighted"
 _CHUNK_ROWS = 8192
 
 
