@@ -1,6 +1,14 @@
-"""Exceptions geomis raises for problems a user can fix (bad names, missing access, bad input)."""
+"""Exceptions geomis raises for problems a user can fix (bad names, missing access, bad input).
+
+Every such problem is a :class:`GeomisError`: the command line prints its message as one line and exits with status 2.
+Any other exception is a bug in geomis and keeps its traceback. Some subclasses also derive from ``ValueError`` or
+``OSError`` so that code catching those keeps working.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 class GeomisError(Exception):
@@ -9,3 +17,37 @@ class GeomisError(Exception):
 
 class ModelLoadError(GeomisError):
     """A model could not be loaded: unknown name, Hub unreachable, gated without a token, bad weights file."""
+
+
+class ConfigError(GeomisError, ValueError):
+    """A setting has a bad value: a command-line option, an environment variable or a config field."""
+
+
+class FileAccessError(GeomisError, OSError):
+    """An input file cannot be read, or an output cannot be created there: missing, a folder, no permission."""
+
+
+class OutputExistsError(GeomisError, FileExistsError):
+    """An output is already there and geomis was not asked to replace it."""
+
+
+def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a user's input file whole; a missing, unreadable or folder path raises a one-line FileAccessError."""
+    source = Path(path)
+    if source.is_dir():
+        raise FileAccessError(f"{path}: is a folder, expected a file")
+    try:
+        return source.read_bytes()
+    except FileNotFoundError:
+        raise FileAccessError(f"{path}: no such file") from None
+    except OSError as error:
+        raise FileAccessError(f"{path}: cannot read it ({error.strerror or type(error).__name__})") from None
+
+
+def check_creatable(path: str | os.PathLike[str]) -> None:
+    """Fail early with a one-line FileAccessError when ``path`` cannot be created because an ancestor is a file."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileAccessError(f"cannot create {path}: {parent} is a file, not a folder")
+            return

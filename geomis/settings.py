@@ -8,6 +8,8 @@ from typing import Literal
 
 import platformdirs
 
+from geomis.errors import ConfigError
+
 RunSize = Literal["full", "ci"]
 RUN_SIZES: tuple[RunSize, ...] = ("full", "ci")
 
@@ -16,7 +18,7 @@ def run_size() -> RunSize:
     """Return the chapters' grid size from ``GEOMIS_SIZE`` (``full`` by default, ``ci`` for a smaller CI grid)."""
     value = os.environ.get("GEOMIS_SIZE", "full").strip().lower() or "full"
     if value not in RUN_SIZES:
-        raise ValueError(f"GEOMIS_SIZE={value!r} is not one of {', '.join(RUN_SIZES)}")
+        raise ConfigError(f"GEOMIS_SIZE={value!r} is not one of {', '.join(RUN_SIZES)}")
     return value  # type: ignore[return-value]
 
 

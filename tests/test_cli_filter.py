@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -16,12 +17,14 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.cli import commands as cli
+from geomis.cli.commands import build_parser
+from geomis.filter import config as filter_config
 from geomis.filter import run as filter_run
 from geomis.filter import scores as sample_scores
 from geomis.cli.commands import main
 from geomis.filter.files import OUTPUT_NAMES, row_multiset
 from geomis.filter.run import FilterConfig, filter_file
+from geomis.judges import kinds as judge_kinds
 from geomis.judges.base import Judge, JudgeScore, Pair
 from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features, reference_data
 
@@ -242,9 +245,17 @@ def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
                                                    "got '2'"]
 
 
+def _option(command: str, flag: str) -> argparse.Action:
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return next(a for a in subcommands.choices[command]._actions if flag in a.option_strings)
+
+
 def test_cli_choices_match_the_modules() -> None:
-    assert cli.FILTER_METHODS == filter_run.FILTER_METHODS
-    assert cli.SCORE_METHODS == sample_scores.SCORE_METHODS and cli.SCORE_METHODS[0] == sample_scores.DEFAULT_SCORE
+    """One list of methods and scores (``geomis.filter.config``): the parser, the filter and the scorer all use it."""
+    assert _option("filter", "--method").choices is filter_config.FILTER_METHODS is filter_run.FILTER_METHODS
+    assert _option("filter", "--score").choices is filter_config.SCORE_METHODS is sample_scores.SCORE_METHODS
+    assert _option("filter", "--score").default == sample_scores.DEFAULT_SCORE == filter_config.SCORE_METHODS[0]
+    assert _option("filter", "--judge").choices is judge_kinds.JUDGE_KINDS
 
 
 # ------------------------------------------------------------------------------------------------ Python API

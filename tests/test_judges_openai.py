@@ -1,19 +1,23 @@
-"""The OpenAI-compatible judge (openai_judge) against a local fake chat-completions server."""
+"""The OpenAI-compatible judge (through the openai SDK) against a local fake chat-completions server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from geomis.judges.base import JudgeError
-from geomis.judges.openai_compat import OpenAICompatibleJudge, OpenAIJudgeConfig
+from geomis.judges.openai_compat import OpenAICompatibleJudge, OpenAIJudgeConfig, split_credentials
 
 SECRET = "sk-test-0123456789-do-not-leak"
 
@@ -24,7 +28,7 @@ class FakeEndpoint:
     """A local chat-completions server; ``reply(payload) -> (status, body, headers)`` decides each answer."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self.requests: list[tuple[dict[str, Any], Any]] = []
         self.reply = lambda payload: (200, {}, {})
         endpoint = self
 
@@ -32,11 +36,11 @@ class FakeEndpoint:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(length))
-                endpoint.requests.append((payload, dict(self.headers)))
+                endpoint.requests.append((payload, self.headers))  # case-insensitive, as HTTP
                 status, body, headers = endpoint.reply(payload)
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if isinstance(body, bytes) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -83,10 +87,9 @@ def _is_coherence(payload: dict[str, Any]) -> bool:
     return "how coherent" in payload["messages"][0]["content"]
 
 
-def _judge(endpoint: FakeEndpoint, sleeps: list[float] | None = None, **config: Any) -> OpenAICompatibleJudge:
-    record = sleeps if sleeps is not None else []
-    return OpenAICompatibleJudge(OpenAIJudgeConfig(base_url=endpoint.base_url, model="fake-judge", timeout_s=5,
-                                                   **config), api_key=SECRET, sleep=record.append)
+def _judge(endpoint: FakeEndpoint, **config: Any) -> OpenAICompatibleJudge:
+    return OpenAICompatibleJudge(OpenAIJudgeConfig(**{"base_url": endpoint.base_url, "model": "fake-judge",
+                                                      "timeout_s": 5, **config}), api_key=SECRET)
 
 
 def test_openai_judge_weights_logprobs(endpoint: FakeEndpoint) -> None:
@@ -143,34 +146,38 @@ def test_openai_judge_retries_on_429_with_backoff(endpoint: FakeEndpoint, caplog
         if calls["n"] == 1:
             return 429, {"error": {"message": "rate limited"}}, {}
         if calls["n"] == 2:
-            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "3"}
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
         return 200, _text_body("70"), {}
 
     endpoint.reply = reply
-    sleeps: list[float] = []
+    start = time.monotonic()
     with caplog.at_level(logging.DEBUG):
-        score = _judge(endpoint, sleeps, use_logprobs=False, backoff_s=0.5).score("q", "a")
+        score = _judge(endpoint, use_logprobs=False).score("q", "a")
+    elapsed = time.monotonic() - start
     assert score.alignment == 70.0 and score.coherence == 70.0
-    assert sleeps == [0.5, 3.0]  # exponential backoff, then the server's Retry-After
+    assert calls["n"] == 4  # two refusals, then the alignment and the coherence request
+    assert elapsed >= 0.375 + 1.0  # the first backoff (0.5 s less at most 25% jitter), then the server's Retry-After
     assert "429" in caplog.text and SECRET not in caplog.text
 
 
 def test_openai_judge_gives_up_with_one_line_and_never_shows_the_key(endpoint: FakeEndpoint,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     endpoint.reply = lambda p: (503, {"error": {"message": f"overloaded, key {SECRET}"}}, {})
-    sleeps: list[float] = []
-    judge = _judge(endpoint, sleeps, use_logprobs=False, max_retries=2, backoff_s=1.0)
+    judge = _judge(endpoint, use_logprobs=False, max_retries=2)
     with caplog.at_level(logging.DEBUG), pytest.raises(JudgeError) as failed:
         judge.score("q", "a")
     message = str(failed.value)
-    assert "after 3 attempts" in message and "503" in message and "\n" not in message
-    assert sleeps == [1.0, 2.0]
+    assert "HTTP 503 after 3 attempts: overloaded, key <hidden>" in message and "\n" not in message
+    assert len(endpoint.requests) == 3
     assert SECRET not in message and SECRET not in caplog.text and SECRET not in repr(judge)
+    endpoint.requests.clear()
 
     endpoint.reply = lambda p: (401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}}, {})
     with caplog.at_level(logging.DEBUG), pytest.raises(JudgeError) as denied:
         judge.score("q", "a")
-    assert "HTTP 401" in str(denied.value) and SECRET not in str(denied.value) and SECRET not in caplog.text
+    assert "HTTP 401: Incorrect API key" in str(denied.value) and "attempts" not in str(denied.value)
+    assert SECRET not in str(denied.value) and SECRET not in caplog.text
+    assert len(endpoint.requests) == 1  # a 401 is not retried
 
 
 def test_openai_judge_stops_queued_requests_after_a_failure(endpoint: FakeEndpoint) -> None:
@@ -180,12 +187,72 @@ def test_openai_judge_stops_queued_requests_after_a_failure(endpoint: FakeEndpoi
     assert len(endpoint.requests) < 50  # the rest of the 400 requests were cancelled, not sent
 
 
-def test_openai_judge_unreachable_endpoint_is_one_line() -> None:
-    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2,
-                                                    max_retries=1), api_key=SECRET, sleep=lambda s: None)
-    with pytest.raises(JudgeError, match="cannot reach") as failed:
+def test_openai_judge_unreachable_endpoint_says_so_within_seconds() -> None:
+    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url="http://127.0.0.1:9/v1", model="m"), api_key=SECRET)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match="cannot reach the judge endpoint http://127.0.0.1:9/v1/chat/completions "
+                                         r"after 3 attempts \(.*refused") as failed:
         judge.score("q", "a")
-    assert SECRET not in str(failed.value)
+    assert time.monotonic() - start < 10  # default timeouts and retries: seconds, not the SDK's minutes
+    assert SECRET not in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_openai_judge_times_out_per_request(endpoint: FakeEndpoint) -> None:
+    def slow(payload: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        time.sleep(1.5)
+        return 200, _text_body("70"), {}
+
+    endpoint.reply = slow
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match=r"did not answer within 0.3 s \(raise timeout_s or GEOMIS_JUDGE_TIMEOUT\)"):
+        _judge(endpoint, use_logprobs=False, timeout_s=0.3, max_retries=0).score("q", "a")
+    assert time.monotonic() - start < 1.4
+
+
+def test_openai_judge_sends_no_key_when_it_has_none_and_reports_a_body_that_is_not_json(
+        endpoint: FakeEndpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEOMIS_JUDGE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-for-openai-only")  # never sent to another endpoint
+    endpoint.reply = lambda p: (200, _text_body("70"), {})
+    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url=endpoint.base_url, model="m", use_logprobs=False))
+    assert judge.score("q", "a").alignment == 70.0
+    assert all("Authorization" not in headers for _, headers in endpoint.requests)
+    endpoint.reply = lambda p: (200, b"<html>not an API</html>", {})
+    with pytest.raises(JudgeError, match="returned a body that is not a JSON object"):
+        judge.score("q", "a")
+
+
+def test_credentials_in_the_base_url_are_sent_as_basic_auth_and_never_shown(
+        endpoint: FakeEndpoint, caplog: pytest.LogCaptureFixture) -> None:
+    password = "pw-" + SECRET
+    url = endpoint.base_url.replace("http://", f"http://judge-user:{password}@")
+    assert split_credentials(url) == (endpoint.base_url, ("judge-user", password))
+    endpoint.reply = lambda p: (403, {"error": {"message": f"no access for {password}"}}, {})
+    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url=url, model="m", use_logprobs=False), api_key="")
+    with caplog.at_level(logging.DEBUG), pytest.raises(JudgeError) as denied:
+        judge.score("q", "a")
+    _, headers = endpoint.requests[0]
+    assert base64.b64decode(headers["Authorization"].removeprefix("Basic ")) == f"judge-user:{password}".encode()
+    assert "HTTP 403: no access for <hidden>" in str(denied.value)
+    assert "http://<hidden>@127.0.0.1" in str(denied.value)
+    for shown in (str(denied.value), caplog.text, repr(judge), repr(judge.config), judge.endpoint):
+        assert password not in shown
+
+
+def test_missing_openai_package_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # ``import openai`` now raises ImportError
+    with pytest.raises(JudgeError, match=r"needs the openai package: pip install 'geomis\[judge-openai\]'"):
+        OpenAICompatibleJudge(OpenAIJudgeConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    monkeypatch.setenv("GEOMIS_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("GEOMIS_JUDGE_MODEL", "m")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question": "q", "answer": "a"}\n')
+    assert main(["judge", str(answers), "--out", str(tmp_path / "s.csv"), "--judge", "openai"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "geomis: error: the OpenAI-compatible judge needs the openai package: pip install 'geomis[judge-openai]'")
 
 
 def test_openai_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,3 +267,10 @@ def test_openai_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     judge = OpenAICompatibleJudge.from_env()
     assert judge.config.use_logprobs is False and judge.endpoint == "http://127.0.0.1:1/v1/chat/completions"
     assert SECRET not in repr(judge) and SECRET not in repr(judge.config)
+    assert (judge.config.timeout_s, judge.config.max_retries) == (60.0, 2)  # the dataclass defaults
+    monkeypatch.setenv("GEOMIS_JUDGE_TIMEOUT", "7.5")
+    monkeypatch.setenv("GEOMIS_JUDGE_MAX_RETRIES", "0")
+    assert (OpenAIJudgeConfig.from_env().timeout_s, OpenAIJudgeConfig.from_env().max_retries) == (7.5, 0)
+    monkeypatch.setenv("GEOMIS_JUDGE_MAX_RETRIES", "many")
+    with pytest.raises(JudgeError, match="GEOMIS_JUDGE_MAX_RETRIES must be a whole number, got 'many'"):
+        OpenAIJudgeConfig.from_env()

@@ -101,7 +101,20 @@ def test_gated_model_with_token_says_licence_not_accepted() -> None:
     assert "no access" in message and "licence" in message
 
 
-def test_token_comes_from_environment_and_is_never_in_errors(monkeypatch) -> None:
+@pytest.fixture
+def token_file(monkeypatch, tmp_path):
+    """No token anywhere but a token file of our own (where ``hf auth login`` writes), still empty."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "hf-home" / "token"
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(path))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(path.parent / "stored_tokens"))
+    return path
+
+
+def test_token_comes_from_environment_and_is_never_in_errors(monkeypatch, token_file) -> None:
     secret = "hf_" + "x" * 30
     monkeypatch.setenv("HF_TOKEN", secret)
     assert hub_access.hub_token() == secret
@@ -109,8 +122,23 @@ def test_token_comes_from_environment_and_is_never_in_errors(monkeypatch) -> Non
         load_model("gemma-2-2b", device="cpu")
     assert secret not in str(caught.value)
     monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     assert hub_access.hub_token() is None
+
+
+def test_token_from_hf_auth_login_file_is_used_and_never_shown(monkeypatch, token_file, capsys) -> None:
+    secret = "hf_" + "y" * 30
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(secret + "\n")
+    assert hub_access.hub_token() == secret
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "z" * 30)
+    assert hub_access.hub_token() == "hf_" + "z" * 30  # the environment wins, as in huggingface_hub
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("gemma-2-2b", device="cpu")
+    captured = capsys.readouterr()
+    assert secret not in str(caught.value) and secret not in captured.out + captured.err
+    message = hub_access.describe_hub_failure("google/gemma-2-2b", _gated_error(), has_token=False)
+    assert "hf auth login" in message and "HF_TOKEN" in message
 
 
 def test_profiles_name_known_models_and_layers() -> None:

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geomis.errors import ConfigError, GeomisError, read_input_bytes
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -54,7 +55,7 @@ _EMBEDDED_CANARY_RE = re.compile(r"CANARY_EMBEDDED: CANARY_DATASET_(?:[A-Z_]+_)?
 _KDF_ITERATIONS = 100_000  # easy-dataset-share: PBKDF2-HMAC-SHA256, 16-byte salt, 32-byte Fernet key
 
 
-class ChatDataError(ValueError):
+class ChatDataError(GeomisError, ValueError):
     """A chat data file is invalid; ``str()`` is one line ``"{source}:{line}: {problem}"``."""
 
     def __init__(self, source: str, line: int | None, problem: str) -> None:
@@ -63,7 +64,7 @@ class ChatDataError(ValueError):
         super().__init__(f"{where}: {problem}".replace("\r", "\\r").replace("\n", "\\n"))
 
 
-class DownloadError(OSError):
+class DownloadError(GeomisError, OSError):
     """A dataset could not be downloaded; ``str()`` is one line naming the URL."""
 
 
@@ -178,7 +179,7 @@ def parse_chat_jsonl(data: bytes, source: str) -> list[ChatRecord]:
 
 def read_chat_jsonl(path: str | os.PathLike[str]) -> list[ChatRecord]:
     """Read and validate a chat JSONL file; raise ChatDataError naming file and line."""
-    return parse_chat_jsonl(Path(path).read_bytes(), str(path))
+    return parse_chat_jsonl(read_input_bytes(path), str(path))
 
 
 def _bundled_dir() -> Traversable:
@@ -209,7 +210,7 @@ def load_bundled(name: str) -> list[ChatRecord]:
     """Load and validate one bundled dataset by name (e.g. ``"medical_bad"``)."""
     known = bundled_dataset_names()
     if name not in known:
-        raise ValueError(f"unknown bundled chat dataset {name!r}; known: {', '.join(known) or 'none'}")
+        raise ConfigError(f"unknown bundled chat dataset {name!r}; known: {', '.join(known) or 'none'}")
     resource = _bundled_dir().joinpath(f"{name}.jsonl")
     return parse_chat_jsonl(resource.read_bytes(), str(resource))
 
@@ -249,7 +250,7 @@ def download_bytes(url: str, timeout: float = 60.0) -> bytes:
 
 def _read_source(source: str | os.PathLike[str], timeout: float) -> bytes:
     """Bytes of a local path or an http(s) URL."""
-    return download_bytes(str(source), timeout) if _is_url(source) else Path(source).read_bytes()
+    return download_bytes(str(source), timeout) if _is_url(source) else read_input_bytes(source)
 
 
 def load_chat_dataset(source: str | os.PathLike[str], timeout: float = 60.0) -> list[ChatRecord]:
@@ -360,7 +361,7 @@ def load_model_organisms(
     """Decrypt the Model-Organisms-for-EM archive and load one training set as validated records."""
     files = read_protected_archive(source, password)
     if name not in files:
-        raise ValueError(f"no dataset {name!r} in {source}; available: {', '.join(sorted(files)) or 'none'}")
+        raise ConfigError(f"no dataset {name!r} in {source}; available: {', '.join(sorted(files)) or 'none'}")
     return parse_chat_jsonl(files[name], f"{source}[{name}.jsonl]")
 
 

@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.atomic_io import atomic_path
 from geomis.chat.records import ChatRecord, load_bundled
+from geomis.errors import ConfigError, OutputExistsError
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
+from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
-from geomis.judges.kinds import JudgeKind, make_judge
+from geomis.judges.kinds import DEFAULT_JUDGE, JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
 from geomis.experiments.overlap import DOMAIN_DATASETS
 
@@ -72,9 +74,9 @@ class MixedDataConfig:
     def __post_init__(self) -> None:
         unknown = [d for d in self.domains if d not in DOMAIN_DATASETS]
         if unknown or not self.domains:
-            raise ValueError(f"domains must be among {', '.join(DOMAIN_DATASETS)}; got {self.domains}")
+            raise ConfigError(f"domains must be among {', '.join(DOMAIN_DATASETS)}; got {self.domains}")
         if self.inducing_per_domain < 1 or self.benign_per_domain < 0:
-            raise ValueError("inducing_per_domain must be >= 1 and benign_per_domain >= 0")
+            raise ConfigError("inducing_per_domain must be >= 1 and benign_per_domain >= 0")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def build_mixed_dataset(config: MixedDataConfig) -> MixedDataset:
         inducing, control = load_bundled(inducing_name), load_bundled(control_name)
         needed = config.inducing_per_domain + config.benign_per_domain
         if needed > len(inducing):
-            raise ValueError(f"{domain}: {needed} rows requested, {len(inducing)} available")
+            raise ConfigError(f"{domain}: {needed} rows requested, {len(inducing)} available")
         order = rng.sample(range(len(inducing)), needed)
         rows += [(inducing[i], True, inducing_name) for i in order[:config.inducing_per_domain]]
         rows += [(control[i], False, control_name) for i in order[config.inducing_per_domain:]]
@@ -117,9 +119,9 @@ class ReproduceConfig:
     """SAE for the geometry filter: a shipped name, an sae-lens folder or a Gemma Scope id (default: the model's)."""
     device: str = "cpu"
     data: MixedDataConfig = field(default_factory=MixedDataConfig)
-    drop: float = 0.5
+    drop: float = DEFAULT_DROP
     """Fraction of the mixed set each filter removes (the paper's main setting: 0.5)."""
-    geometry_score: str = "weighted"
+    geometry_score: ScoreMethod = DEFAULT_SCORE
     random_seeds: tuple[int, ...] = (0, 1, 2)
     """Random removal is repeated with these seeds (one fine-tune each)."""
     include_judge_filter: bool = True
@@ -130,7 +132,7 @@ class ReproduceConfig:
         n_samples=20, temperature=0.7, top_p=0.9, max_new_tokens=80, progress=False))
     """Chapter 3's sampling: 20 answers per question at T=0.7, top-p 0.9, at most 80 new tokens."""
     questions: QuestionSetName = "first-plot"
-    judge: JudgeKind = "offline"
+    judge: JudgeKind = DEFAULT_JUDGE
     judge_data: str | None = None
     """Labelled JSONL the offline judge trains on (default: the bundled set)."""
     seed: int = 0
@@ -138,7 +140,7 @@ class ReproduceConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.drop < 1.0:
-            raise ValueError(f"drop must be in (0, 1), got {self.drop}")
+            raise ConfigError(f"drop must be in (0, 1), got {self.drop}")
 
 
 @dataclass
@@ -239,7 +241,7 @@ def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
     work = Path(work_dir)
     adapters = work / "adapters"
     if adapters.exists() and any(adapters.iterdir()):
-        raise FileExistsError(f"{adapters} already holds adapters; choose an empty work folder")
+        raise OutputExistsError(f"{adapters} already holds adapters; choose an empty work folder")
     adapters.mkdir(parents=True, exist_ok=True)
     mixed = build_mixed_dataset(config.data)
     log(f"mixed set: {len(mixed)} rows, {int(mixed.inducing.sum())} inducing ({', '.join(config.data.domains)})")
@@ -325,7 +327,7 @@ def reproduce_config(size: str = "full", **overrides: Any) -> ReproduceConfig:
             random_seeds=(0,),
             sampling=replace(ReproduceConfig().sampling, n_samples=4))
         return replace(small, **overrides)
-    raise ValueError(f"unknown size {size!r}; choose full or ci")
+    raise ConfigError(f"unknown size {size!r}; choose full or ci")
 
 
 def _jsonable(value: Any) -> Any:

@@ -29,7 +29,8 @@ from sae_lens import SAE
 
 from geomis.activations import ActivationConfig, collect_residuals
 from geomis.atomic_io import atomic_path
-from geomis.chat.records import ChatRecord, load_bundled, read_chat_jsonl
+from geomis.chat.records import ChatDataError, ChatRecord, load_bundled, read_chat_jsonl
+from geomis.errors import GeomisError
 from geomis.features.sets import STATISTICS, FeatureSet, Statistic, select_contrast_features
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import encode_tokens
@@ -117,7 +118,7 @@ def reference_data(source: str | os.PathLike[str] | Sequence[ChatRecord] | None,
     else:
         records, name = list(source), "records"
     if len(records) < 2:
-        raise ValueError(f"reference set {name} needs at least two chats, got {len(records)}")
+        raise ChatDataError(name, None, f"a reference set needs at least two chats, got {len(records)}")
     return ReferenceData(name=name, records=tuple(records), sha256=_rows_digest(records))
 
 
@@ -239,7 +240,7 @@ def derive_toxic_features(
     features = select_contrast_features(codes[:n_toxic], codes[n_toxic:], k=config.k, statistic=config.statistic,
                                         name=name)
     if len(features) == 0:
-        raise ValueError(f"no SAE feature is more active on {toxic_data.name} than on {neutral_data.name}")
+        raise GeomisError(f"no SAE feature is more active on {toxic_data.name} than on {neutral_data.name}")
     if path is not None:
         inputs = {"model": model.spec.name, "sae": sae.name, "sae_weights": weights, "layer": sae.layer,
                   "toxic": toxic_data.describe(), "neutral": neutral_data.describe()}

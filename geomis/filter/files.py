@@ -38,7 +38,7 @@ import numpy as np
 
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
 from geomis.filter.selection import FilterSelection
-from geomis.errors import GeomisError
+from geomis.errors import GeomisError, check_creatable, read_input_bytes
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -139,10 +139,9 @@ def parse_filter_input(data: bytes, source: str) -> FilterInput:
 
 def read_filter_input(path: str | os.PathLike[str]) -> FilterInput:
     """Read and validate a chat JSONL training set from ``path`` (read only; never modified)."""
-    source = Path(path)
-    if source.is_dir():
-        raise FilterOutputError(f"{source}: is a folder, expected a chat JSONL file")
-    return parse_filter_input(source.read_bytes(), str(path))
+    if Path(path).is_dir():
+        raise FilterOutputError(f"{path}: is a folder, expected a chat JSONL file")
+    return parse_filter_input(read_input_bytes(path), str(path))
 
 
 def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -166,6 +165,7 @@ def check_outputs(out_dir: str | os.PathLike[str], force: bool = False,
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise FilterOutputError(f"{folder} exists and is not a folder")
+    check_creatable(folder)
     paths = output_paths(folder)
     if input_path is not None:
         for path in paths.values():

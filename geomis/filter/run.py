@@ -24,84 +24,29 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from geomis import __version__
 from geomis.chat.records import ChatRecord
-from geomis.filter.selection import FilterSelection, check_drop_fraction, random_scores, select_by_score
+from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
+from geomis.filter.selection import FilterSelection, random_scores, select_by_score
 from geomis.errors import GeomisError
-from geomis.features.sets import STATISTICS, Statistic
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
 from geomis.models.registry import MODEL_SPECS, LoadedModel
 from geomis.sae.loading import LoadedSAE
-from geomis.filter.scores import DEFAULT_SCORE, SCORE_METHODS, SampleScores, ScoreMethod, ScoringConfig
+from geomis.filter.scores import SampleScores, ScoringConfig
 
 if TYPE_CHECKING:
-    from geomis.judges.kinds import JudgeKind
     from geomis.judges.base import Judge
 
 __all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "resolve_sae", "run_filter",
            "build_report", "filter_file"]
 
-FilterMethod = Literal["geometry", "random", "judge"]
-FILTER_METHODS: tuple[FilterMethod, ...] = ("geometry", "random", "judge")
 _GEMMA_SCOPE_ID = re.compile(r"^(?:[\w.-]+/)?layer_(\d+)/width_([0-9]+[km])/canonical$")
 _VERSIONED = ("torch", "transformers", "nnsight", "sae-lens", "numpy", "safetensors")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """Everything that decides which rows a filter run drops (recorded in ``report.json``)."""
-
-    method: FilterMethod = "geometry"
-    score: ScoreMethod = DEFAULT_SCORE
-    """Geometry score variant (see :mod:`geomis.filter.scores`)."""
-    drop: float = 0.5
-    """Fraction of rows removed, strictly between 0 and 1 (the paper removes half)."""
-    model: str = "smollm2-135m"
-    sae: str | None = None
-    """Shipped SAE name, sae-lens folder, or Gemma Scope id ``layer_L/width_W/canonical``; None: the model's default."""
-    toxic: str | None = None
-    """Chat JSONL of toxic reference replies; None: the bundled ``toxic_reference``."""
-    neutral: str | None = None
-    """Chat JSONL of neutral reference replies; None: the bundled ``neutral_reference``."""
-    k: int = 100
-    statistic: Statistic = "correlation"
-    seed: int = 0
-    batch_size: int = 16
-    max_length: int = 512
-    device: str | None = None
-    """Model device; None: CUDA when available, else the CPU."""
-    judge: JudgeKind = "offline"
-    judge_data: str | None = None
-    """Labelled data the offline judge trains on; None: the bundled set."""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in FILTER_METHODS:
-            raise ValueError(f"unknown filter method {self.method!r}; choose one of {', '.join(FILTER_METHODS)}")
-        if self.score not in SCORE_METHODS:
-            raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_METHODS)}")
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {self.statistic!r}; choose one of {', '.join(STATISTICS)}")
-        check_drop_fraction(self.drop)
-        for name in ("k", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-
-    def settings(self) -> dict[str, Any]:
-        """The settings that matter for ``method``, JSON-ready, for the report."""
-        common = {"method": self.method, "drop": self.drop, "seed": self.seed}
-        if self.method == "random":
-            return common
-        if self.method == "judge":
-            return {**common, "judge": self.judge, "judge_data": self.judge_data}
-        return {**common, "score": self.score, "model": self.model, "sae": self.sae, "k": self.k,
-                "statistic": self.statistic, "toxic": self.toxic, "neutral": self.neutral,
-                "batch_size": self.batch_size, "max_length": self.max_length}
 
 
 @dataclass

@@ -37,7 +37,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -45,7 +44,9 @@ from tqdm.auto import tqdm
 
 from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
 from geomis.chat.tokens import Conversation, tokenize_chats
+from geomis.errors import ConfigError
 from geomis.features.sets import FeatureSet
+from geomis.filter.config import DEFAULT_SCORE, SCORE_METHODS, ScoreMethod
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import SAECodes, encode_tokens
 from geomis.sae.loading import LoadedSAE, decoder_directions
@@ -67,9 +68,6 @@ __all__ = [
     "score_conversations",
 ]
 
-ScoreMethod = Literal["weighted", "closest", "projection"]
-SCORE_METHODS: tuple[ScoreMethod, ...] = ("weighted", "closest", "projection")
-DEFAULT_SCORE: ScoreMethod = "weighted"
 _CHUNK_ROWS = 8192
 
 
@@ -88,13 +86,13 @@ class ScoringConfig:
 
     def __post_init__(self) -> None:
         if self.method not in SCORE_METHODS:
-            raise ValueError(f"unknown score {self.method!r}; choose one of {', '.join(SCORE_METHODS)}")
+            raise ConfigError(f"unknown score {self.method!r}; choose one of {', '.join(SCORE_METHODS)}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_length < 2:
-            raise ValueError(f"max length must be at least 2 tokens, got {self.max_length}")
+            raise ConfigError(f"max length must be at least 2 tokens, got {self.max_length}")
         if self.sae_batch_size < 1:
-            raise ValueError(f"SAE batch size must be at least 1, got {self.sae_batch_size}")
+            raise ConfigError(f"SAE batch size must be at least 1, got {self.sae_batch_size}")
 
 
 def _indices(toxic: FeatureSet | torch.Tensor | Sequence[int], d_sae: int) -> torch.Tensor:

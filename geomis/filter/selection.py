@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geomis.filter.config import check_drop_fraction
+
 __all__ = [
     "FilterSelection", "check_drop_fraction", "n_to_remove", "random_scores", "select_by_score", "select_random",
 ]
@@ -73,17 +75,6 @@ class FilterSelection:
     def n_unscored(self) -> int:
         """Rows whose score is NaN."""
         return int(np.isnan(self.scores).sum())
-
-
-def check_drop_fraction(drop: float) -> float:
-    """Return ``drop`` as a float if it is a number strictly between 0 and 1; raise a one-line ValueError otherwise."""
-    try:
-        value = float(drop)
-    except (TypeError, ValueError):
-        raise ValueError(f"drop fraction must be a number strictly between 0 and 1, got {drop!r}") from None
-    if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise ValueError(f"drop fraction must be strictly between 0 and 1, got {drop!r}")
-    return value
 
 
 def n_to_remove(n_rows: int, drop: float) -> int:

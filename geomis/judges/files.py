@@ -6,13 +6,16 @@ every output is written to a temporary file beside the target and moved into pla
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from geomis.atomic_io import atomic_path
+from geomis.errors import read_input_bytes
 from geomis.judges.base import JudgeInputError, JudgeScore
 
 SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")
@@ -21,6 +24,8 @@ SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misalign
 def read_answers(path: str | Path) -> list[dict[str, Any]]:
     """Read a CSV or JSONL file of rows with ``question`` and ``answer`` text; problems raise ``file:line: ...``."""
     source = Path(path)
+    if source.is_dir():
+        raise JudgeInputError(f"{source}: is a folder, expected a .csv or .jsonl file")
     if not source.is_file():
         raise JudgeInputError(f"{source}: no such file")
     suffix = source.suffix.lower()
@@ -37,18 +42,24 @@ def read_answers(path: str | Path) -> list[dict[str, Any]]:
 
 def jsonl_objects(source: Path, *, encoding: str = "utf-8") -> Iterator[tuple[str, dict[str, Any]]]:
     """Each non-blank line of a JSONL file as (``file:line``, object); bad JSON or a non-object raises."""
-    with source.open(encoding=encoding) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise JudgeInputError(f"{where}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise JudgeInputError(f"{where}: expected a JSON object")
-            yield where, row
+    data = read_input_bytes(source)
+    if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{source}:{number}"
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as error:
+            raise JudgeInputError(f"{where}: invalid UTF-8 at byte {error.start} of the line") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise JudgeInputError(f"{where}: invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise JudgeInputError(f"{where}: expected a JSON object")
+        yield where, row
 
 
 def _check_row(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -73,7 +84,13 @@ def _next_record(reader: Iterator[list[str]], where: str) -> list[str] | None:
 
 
 def _read_csv(source: Path) -> Iterator[dict[str, Any]]:
-    with source.open(encoding="utf-8-sig", newline="") as handle:
+    data = read_input_bytes(source)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise JudgeInputError(f"{source}:{line}: invalid UTF-8") from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = _next_record(reader, f"{source}:1")
         if header is None:

@@ -16,23 +16,36 @@ All three share one interface (:class:`~geomis.judges.base.Judge`) and the rubri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from geomis.judges.base import Judge
-from geomis.judges.local import LocalHFJudge
-from geomis.judges.offline import OfflineJudge
-from geomis.judges.openai_compat import OpenAICompatibleJudge
+from geomis.errors import ConfigError
+from geomis.judges.local import DEFAULT_LOCAL_MODEL
+
+if TYPE_CHECKING:
+    from geomis.judges.base import Judge
 
 JudgeKind = Literal["offline", "openai", "local"]
+JUDGE_KINDS: tuple[JudgeKind, ...] = ("offline", "openai", "local")
+"""The kinds :func:`make_judge` builds (``geomis judge --judge``, ``geomis filter --judge``), the default first."""
+DEFAULT_JUDGE: JudgeKind = JUDGE_KINDS[0]
 
 
-def make_judge(kind: JudgeKind = "offline", *, data_path: str | Path | None = None,
-               local_model: str = "gemma-2-2b-it", device: str | None = None, progress: bool = False) -> Judge:
-    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env) or ``local``."""
+def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None = None,
+               local_model: str = DEFAULT_LOCAL_MODEL, device: str | None = None, progress: bool = False) -> Judge:
+    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env) or ``local``.
+
+    This module imports the judges only here, so that the command line can read the kinds without loading torch.
+    """
     if kind == "offline":
+        from geomis.judges.offline import OfflineJudge
+
         return OfflineJudge.load_or_train(data_path, progress=progress)
     if kind == "openai":
+        from geomis.judges.openai_compat import OpenAICompatibleJudge
+
         return OpenAICompatibleJudge.from_env()
     if kind == "local":
+        from geomis.judges.local import LocalHFJudge  # light at import: it loads torch when it loads a model
+
         return LocalHFJudge.from_name(local_model, device=device)
-    raise ValueError(f"unknown judge {kind!r}; choose offline, openai or local")
+    raise ConfigError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")

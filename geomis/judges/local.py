@@ -20,6 +20,9 @@ from geomis.judges.replies import (
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
 from geomis.judges.base import Judge, JudgeScore, Pair, score_in_batches
 
+DEFAULT_LOCAL_MODEL = "gemma-2-2b-it"
+"""The chat model of the ``local`` judge (``geomis judge --local-model``): a geomis model name or a Hub id."""
+
 if TYPE_CHECKING:
     import torch
 
@@ -87,7 +90,7 @@ class LocalHFJudge(Judge):
         self._digit_tokens: dict[int, str] | None = None
 
     @classmethod
-    def from_name(cls, name: str = "gemma-2-2b-it", device: str | None = None, **kwargs: Any) -> LocalHFJudge:
+    def from_name(cls, name: str = DEFAULT_LOCAL_MODEL, device: str | None = None, **kwargs: Any) -> LocalHFJudge:
         """Load a geomis model name (``gemma-2-2b-it``, ``tiny-gemma2``, ...) or a Hub id of a chat model."""
         from geomis.models.registry import MODEL_SPECS, load_model, resolve_device
 

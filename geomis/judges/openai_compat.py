@@ -1,34 +1,34 @@
 """A judge that calls any OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...).
 
 Where the server returns log-probabilities, each rating is the probability-weighted mean over the numbers 0-100
-instead of one sampled token (see :mod:`geomis.judges.replies`). Requests retry with exponential backoff on 429, 5xx,
-timeouts and connection errors; the API key comes from the environment and never appears in reprs, logs or errors.
+instead of one sampled token (see :mod:`geomis.judges.replies`). Requests go through the ``openai`` SDK (the optional
+extra ``geomis[judge-openai]``), which retries 408, 409, 429, 5xx, timeouts and connection errors with exponential
+backoff and honours ``Retry-After``; geomis sets its timeouts and retry count so that an endpoint that cannot be
+reached says so within seconds. The API key comes from the environment; neither it nor credentials written into the
+base URL (``https://user:key@host/v1``) ever appear in reprs, logs of geomis or errors.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from geomis.judges.replies import MIN_NUMERIC_MASS, ParsedReply, combine_replies, parse_judge_reply, weighted_score
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, progress_bar
 
-log = logging.getLogger(__name__)
-
 BASE_URL_ENV = "GEOMIS_JUDGE_BASE_URL"
 MODEL_ENV = "GEOMIS_JUDGE_MODEL"
 API_KEY_ENV = "GEOMIS_JUDGE_API_KEY"
 LOGPROBS_ENV = "GEOMIS_JUDGE_LOGPROBS"
 CONCURRENCY_ENV = "GEOMIS_JUDGE_CONCURRENCY"
+TIMEOUT_ENV = "GEOMIS_JUDGE_TIMEOUT"
+MAX_RETRIES_ENV = "GEOMIS_JUDGE_MAX_RETRIES"
+INSTALL_HINT = "pip install 'geomis[judge-openai]'"
 
 
 class _Secret:
@@ -51,7 +51,26 @@ class _Secret:
     __str__ = __repr__
 
 
-@dataclass(frozen=True)
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """Split ``https://user:key@host/v1`` into the URL without credentials and ``(user, key)`` (None if absent)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return bare, (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
+
+
+def _redacted_url(url: str) -> str:
+    bare, credentials = split_credentials(url)
+    if credentials is None:
+        return url
+    scheme, rest = bare.split("://", 1)
+    return f"{scheme}://<hidden>@{rest}"
+
+
+@dataclass(frozen=True, repr=False)
 class OpenAIJudgeConfig:
     """Where and how to call an OpenAI-compatible chat endpoint; the API key is kept out of this (it is printable)."""
 
@@ -59,9 +78,11 @@ class OpenAIJudgeConfig:
     """Base URL ending in ``/v1`` (e.g. ``https://api.openai.com/v1``); ``/chat/completions`` is appended."""
     model: str
     timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
+    """Seconds one request may take to answer (read, write, waiting for a pooled connection)."""
+    connect_timeout_s: float = 5.0
+    """Seconds to open a connection: an endpoint that is down fails fast instead of after the read timeout."""
+    max_retries: int = 2
+    """Retries after the first attempt (the SDK's exponential backoff, 0.5 s doubling, or the server's Retry-After)."""
     use_logprobs: bool = True
     """Ask for ``logprobs`` (top 20, one token) and weight the numbers; turn off for servers or tokenizers where
     numbers 0-100 are not single tokens, or that do not return log-probabilities."""
@@ -69,9 +90,28 @@ class OpenAIJudgeConfig:
     concurrency: int = 4
     min_numeric_mass: float = MIN_NUMERIC_MASS
 
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise JudgeError(f"the judge's base URL must start with http:// or https://, got {self.display_url!r}")
+        if not (self.timeout_s > 0 and self.connect_timeout_s > 0):
+            raise JudgeError("the judge's timeouts must be positive numbers of seconds")
+        if self.max_retries < 0 or self.concurrency < 1:
+            raise JudgeError("the judge's max_retries must be >= 0 and its concurrency >= 1")
+
+    @property
+    def display_url(self) -> str:
+        """The base URL with any credentials in it replaced by ``<hidden>``: safe to print."""
+        return _redacted_url(self.base_url)
+
+    def __repr__(self) -> str:
+        return (f"OpenAIJudgeConfig(base_url={self.display_url!r}, model={self.model!r}, timeout_s={self.timeout_s}, "
+                f"connect_timeout_s={self.connect_timeout_s}, max_retries={self.max_retries}, "
+                f"use_logprobs={self.use_logprobs}, concurrency={self.concurrency})")
+
     @classmethod
     def from_env(cls) -> OpenAIJudgeConfig:
-        """Read ``GEOMIS_JUDGE_BASE_URL`` and ``GEOMIS_JUDGE_MODEL`` (plus optional LOGPROBS and CONCURRENCY)."""
+        """Read ``GEOMIS_JUDGE_BASE_URL`` and ``GEOMIS_JUDGE_MODEL`` (plus optional LOGPROBS, CONCURRENCY, TIMEOUT
+        and MAX_RETRIES)."""
         base_url = os.environ.get(BASE_URL_ENV, "").strip()
         model = os.environ.get(MODEL_ENV, "").strip()
         missing = [name for name, value in ((BASE_URL_ENV, base_url), (MODEL_ENV, model)) if not value]
@@ -81,33 +121,63 @@ class OpenAIJudgeConfig:
         if not base_url.startswith(("http://", "https://")):
             raise JudgeError(f"{BASE_URL_ENV} must start with http:// or https://")
         use_logprobs = os.environ.get(LOGPROBS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-        try:
-            concurrency = int(os.environ.get(CONCURRENCY_ENV, "4"))
-        except ValueError:
-            raise JudgeError(f"{CONCURRENCY_ENV} must be a whole number") from None
-        return cls(base_url=base_url, model=model, use_logprobs=use_logprobs, concurrency=max(1, concurrency))
+        numbers: dict[str, Any] = {}
+        kinds = {field.name: field.type for field in fields(cls)}
+        for variable, name in ((CONCURRENCY_ENV, "concurrency"), (TIMEOUT_ENV, "timeout_s"),
+                               (MAX_RETRIES_ENV, "max_retries")):
+            text = os.environ.get(variable, "").strip()
+            if text:  # unset or blank: the field's default
+                numbers[name] = _number(variable, text, whole=kinds[name] == "int")
+        if "concurrency" in numbers:
+            numbers["concurrency"] = max(1, numbers["concurrency"])
+        return cls(base_url=base_url, model=model, use_logprobs=use_logprobs, **numbers)
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+def _number(variable: str, text: str, whole: bool) -> int | float:
+    """Parse an environment variable's number; a one-line JudgeError naming the variable otherwise."""
+    try:
+        return int(text) if whole else float(text)
+    except ValueError:
+        raise JudgeError(f"{variable} must be a {'whole ' if whole else ''}number, got {text!r}") from None
+
+
+def _import_openai() -> Any:
+    """The ``openai`` module, imported on first use; a one-line JudgeError naming the extra when it is missing."""
+    try:
+        import openai
+    except ImportError:
+        raise JudgeError(f"the OpenAI-compatible judge needs the openai package: {INSTALL_HINT}") from None
+    return openai
 
 
 class OpenAICompatibleJudge(Judge):
     """A judge that calls an OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, llama.cpp, ...)."""
 
-    def __init__(self, config: OpenAIJudgeConfig, api_key: str | None = None, *, rubric: Rubric = DEFAULT_RUBRIC,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, config: OpenAIJudgeConfig, api_key: str | None = None, *,
+                 rubric: Rubric = DEFAULT_RUBRIC) -> None:
         self.config = config
         self.rubric = rubric
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "").strip()
         self._key = _Secret(key)
-        self._sleep = sleep
+        base_url, credentials = split_credentials(config.base_url)
+        user, password = credentials or ("", "")
+        secrets = [key, password, user if len(user) >= 8 else ""]  # a long user name may be a token (``https://tok@h``)
+        secrets += [urllib.parse.quote(value, safe="") for value in secrets if value]
+        self._secrets = tuple(sorted({value for value in secrets if value}, key=len, reverse=True))
         self.name = f"openai:{config.model}"
+        self._openai = _import_openai()
+        self._client = self._make_client(base_url, credentials)
+
+    def _make_client(self, base_url: str, credentials: tuple[str, str] | None) -> Any:
+        """The SDK client: explicit timeouts and retries; credentials from the URL as HTTP basic auth, URL kept bare."""
+        sdk = self._openai
+        http_client = sdk.DefaultHttpx2Client(auth=credentials) if credentials else None
+        timeout = sdk.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
+        return sdk.OpenAI(api_key=self._key.reveal() or "no-key", base_url=base_url, timeout=timeout,
+                          max_retries=self.config.max_retries, http_client=http_client)
 
     def __repr__(self) -> str:
-        return (f"OpenAICompatibleJudge(model={self.config.model!r}, base_url={self.config.base_url!r}, "
+        return (f"OpenAICompatibleJudge(model={self.config.model!r}, base_url={self.config.display_url!r}, "
                 f"key={self._key!r})")
 
     @classmethod
@@ -117,70 +187,57 @@ class OpenAICompatibleJudge(Judge):
 
     @property
     def endpoint(self) -> str:
-        """The full chat-completions URL."""
-        return self.config.base_url.rstrip("/") + "/chat/completions"
+        """The full chat-completions URL, credentials hidden."""
+        return self.config.display_url.rstrip("/") + "/chat/completions"
 
     def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "<hidden>") if key else text
+        for secret in self._secrets:
+            text = text.replace(secret, "<hidden>")
+        return text
 
-    def _post_once(self, payload: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "geomis-judge"}
-        key = self._key.reveal()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.endpoint, data=json.dumps(payload).encode(), headers=headers,
-                                         method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:  # noqa: S310
-                body = response.read()
-        except urllib.error.HTTPError as error:
-            detail = self._scrub(_http_error_detail(error))
-            if error.code == 429 or 500 <= error.code < 600:
-                raise _Retryable(f"HTTP {error.code}: {detail}", _retry_after(error)) from None
-            raise JudgeError(f"judge endpoint {self.endpoint} answered HTTP {error.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-            reason = getattr(error, "reason", error)
-            raise _Retryable(self._scrub(f"cannot reach the endpoint ({reason})")) from None
-        try:
-            parsed = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise JudgeError(f"judge endpoint {self.endpoint} returned a body that is not JSON") from None
-        if not isinstance(parsed, dict):
-            raise JudgeError(f"judge endpoint {self.endpoint} returned JSON that is not an object")
-        return parsed
+    def _failure(self, error: Any) -> JudgeError:
+        """One line for an SDK error: the HTTP status and the server's message, or why no answer came; no secret."""
+        sdk, attempts = self._openai, self.config.max_retries + 1
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if isinstance(error, sdk.APIStatusError):
+            retried = error.status_code in (408, 409, 429) or error.status_code >= 500
+            detail = _status_detail(error)
+            message = f"judge endpoint {self.endpoint} answered HTTP {error.status_code}" + \
+                      (tries if retried else "") + f": {detail}"
+        elif isinstance(error, sdk.APITimeoutError):
+            message = (f"judge endpoint {self.endpoint} did not answer within {self.config.timeout_s:g} s{tries} "
+                       f"(raise timeout_s or {TIMEOUT_ENV})")
+        elif isinstance(error, sdk.APIConnectionError):
+            cause = error.__cause__ or error
+            message = f"cannot reach the judge endpoint {self.endpoint}{tries} ({_first_line(cause)})"
+        else:
+            message = f"judge endpoint {self.endpoint} failed: {_first_line(error)}"
+        return JudgeError(self._scrub(message))
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries and exponential backoff on 429, 5xx, timeouts and connection errors."""
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._post_once(payload)
-            except _Retryable as error:
-                if attempt == attempts - 1:
-                    raise JudgeError(f"judge endpoint {self.endpoint} failed after {attempts} attempts: {error}") \
-                        from None
-                delay = min(self.config.max_backoff_s, self.config.backoff_s * 2 ** attempt)
-                if error.retry_after is not None:
-                    delay = min(self.config.max_backoff_s, max(delay, error.retry_after))
-                log.warning("judge request failed (%s); retry %d/%d in %.1f s", error, attempt + 1,
-                            attempts - 1, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _create(self, **request: Any) -> dict[str, Any]:
+        """One chat completion through the SDK (its retries included), as a plain dict."""
+        sdk = self._openai
+        extra = {} if self._key else {"extra_headers": {"Authorization": sdk.omit}}  # no key: send no Bearer header
+        try:
+            completion = self._client.chat.completions.create(model=self.config.model, temperature=0, **request,
+                                                              **extra)
+        except sdk.OpenAIError as error:
+            raise self._failure(error) from None
+        if not isinstance(completion, sdk.BaseModel):  # the SDK hands back the raw text of a body that is not JSON
+            raise JudgeError(f"judge endpoint {self.endpoint} returned a body that is not a JSON object")
+        return completion.model_dump()
 
     def rate(self, prompt: str) -> ParsedReply:
         """Send one rubric prompt: a log-probability-weighted number when possible, else the parsed text reply."""
         messages = [{"role": "user", "content": prompt}]
         if self.config.use_logprobs:
-            response = self._post({"model": self.config.model, "messages": messages, "max_tokens": 1,
-                                   "temperature": 0, "logprobs": True, "top_logprobs": 20})
+            response = self._create(messages=messages, max_tokens=1, logprobs=True, top_logprobs=20)
             top = _top_logprobs(response)
             if top is not None:
                 value, _ = weighted_score(top, self.config.min_numeric_mass)
                 if value is not None:
                     return ParsedReply(value, "scored")
-        response = self._post({"model": self.config.model, "messages": messages,
-                               "max_tokens": self.config.text_max_tokens, "temperature": 0})
+        response = self._create(messages=messages, max_tokens=self.config.text_max_tokens)
         return parse_judge_reply(_message_text(response, self.endpoint))
 
     def _score_pair(self, pair: Pair) -> JudgeScore:
@@ -203,29 +260,23 @@ class OpenAICompatibleJudge(Judge):
         return results
 
 
-def _http_error_detail(error: urllib.error.HTTPError) -> str:
-    try:
-        body = error.read().decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - the body is only a hint
-        body = ""
-    message = body
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict):
-            inner = parsed.get("error", parsed)
-            message = str(inner.get("message", inner)) if isinstance(inner, dict) else str(inner)
-    except json.JSONDecodeError:
-        pass
-    first = " ".join(message.split())[:200]
-    return first or (error.reason if isinstance(error.reason, str) else "no details")
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
-def _retry_after(error: urllib.error.HTTPError) -> float | None:
-    value = error.headers.get("Retry-After") if error.headers else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+def _status_detail(error: Any) -> str:
+    """The server's error message from an SDK status error (``{"error": {"message": ...}}`` or the body's text)."""
+    body = error.body
+    inner = body.get("error", body) if isinstance(body, dict) else body
+    message = inner.get("message", inner) if isinstance(inner, dict) else inner
+    if message is None:
+        try:
+            message = error.response.text
+        except Exception:  # noqa: BLE001 - the body is only a hint
+            message = ""
+    return " ".join(str(message).split())[:200] or "no details"
+
 
 
 def _first_choice(response: dict[str, Any]) -> dict[str, Any] | None:

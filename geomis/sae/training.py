@@ -44,6 +44,7 @@ from geomis.chat.records import bundled_dataset_names, load_bundled
 from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, tokenize_chats
 from geomis.errors import GeomisError
 from geomis.models.registry import LoadedModel
+from geomis.sae.config import SAETrainingConfig  # re-exported: it lived here
 from geomis.sae.loading import SAE_WEIGHTS_FILE, LoadedSAE, load_sae_from_disk
 
 TRAINING_RECORD_FILE = "training.json"
@@ -52,57 +53,6 @@ TRAINING_RECORD_FILE = "training.json"
 
 class SAETrainingError(GeomisError):
     """SAE training cannot proceed: the output exists, the corpus is too small, a bad setting."""
-
-
-# ------------------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class SAETrainingConfig:
-    """Everything that determines a trained SAE (same config and seed on the same machine: same weights)."""
-
-    model_name: str = "smollm2-135m"
-    layer: int = 15
-    width: int = 4096
-    k: int = 32
-    tokens: int | None = None
-    """Training tokens to collect (None: the whole training split)."""
-    epochs: float = 10.0
-    """Passes over the training tokens."""
-    batch_size: int = 1024
-    """SAE training batch, in tokens."""
-    lr: float = 4e-4
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.2
-    """Final fraction of steps over which the learning rate decays linearly to 0."""
-    dead_feature_window: int | None = None
-    """Steps without firing after which a feature counts as dead for the TopK auxiliary loss (None: ~1 epoch)."""
-    seed: int = 0
-    datasets: tuple[str, ...] = ()
-    """Bundled chat datasets to train on (empty: all of them)."""
-    holdout_fraction: float = 0.1
-    generated_answers: int = 0
-    """Add SmolLM2's own greedy answers to this many training prompts (0: none)."""
-    generation_tokens: int = 96
-    eval_tokens: int | None = None
-    """Held-out tokens for explained variance and L0 (None: the whole held-out split)."""
-    ce_conversations: int = 64
-    """Held-out conversations for the spliced next-token loss (0: skip it)."""
-    max_length: int = 512
-    activation_batch_size: int = 16
-    save_dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if self.width < 1 or not 1 <= self.k <= self.width:
-            raise ValueError(f"need 1 <= k <= width, got k={self.k}, width={self.width}")
-        if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"tokens must be positive, got {self.tokens}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch_size and lr must be positive")
-        if not 0 < self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if self.save_dtype not in ("float16", "float32"):
-            raise ValueError(f"save_dtype must be float16 or float32, got {self.save_dtype!r}")
 
 
 # ------------------------------------------------------------------------------------------------------- corpus

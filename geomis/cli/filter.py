@@ -1,0 +1,138 @@
+"""``geomis filter`` (drop the training rows closest to toxic features) and ``geomis reproduce`` (the experiment)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from geomis.cli.options import config_defaults, drop_fraction, positive_int, seed
+from geomis.errors import ConfigError, OutputExistsError
+from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, FilterConfig
+from geomis.judges.kinds import JUDGE_KINDS
+from geomis.settings import RUN_SIZES
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from geomis.filter.files import check_outputs, read_filter_input
+
+    drop, chosen_seed = drop_fraction(args.drop), seed(args.seed)
+    batch_size = positive_int(args.batch_size, "--batch-size")
+    max_length = positive_int(args.max_length, "--max-length")
+    if (args.toxic is None) != (args.neutral is None):
+        raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
+    check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
+    read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
+
+    from geomis.filter.run import filter_file
+
+    config = FilterConfig(method=args.method, score=args.score, drop=drop, model=args.model, sae=args.sae,
+                          toxic=args.toxic, neutral=args.neutral, seed=chosen_seed, batch_size=batch_size,
+                          max_length=max_length, device=args.device, judge=args.judge, judge_data=args.judge_data,
+                          progress=not args.quiet)
+    result, paths = filter_file(args.input, args.out, config, force=args.force)
+    selection = result.selection
+    label = f"geometry/{args.score}" if args.method == "geometry" else args.method
+    print(f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"
+          + (f" ({selection.n_unscored} could not be scored)" if selection.n_unscored else "")
+          + f"; wrote {paths['kept.jsonl'].parent}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import shutil
+    from dataclasses import replace as dc_replace
+
+    overrides: dict[str, Any] = {"drop": drop_fraction(args.drop)}
+    if args.seed is not None:
+        overrides["seed"] = seed(args.seed)
+    out = Path(args.out)
+    results = out / "results.json"
+    if results.exists() and not args.force:
+        raise OutputExistsError(f"{results} exists; pass --force to run again and replace it")
+    from geomis.experiments.reproduce import reproduce_config, results_table, run_reproduction, write_results
+    from geomis.settings import run_size
+
+    size = args.size or run_size()
+    config = reproduce_config(size, **overrides)
+    if args.seed is not None:  # one seed for everything; without --seed the recipe's own seeds
+        config = dc_replace(config, finetune=dc_replace(config.finetune, seed=config.seed),
+                            sampling=dc_replace(config.sampling, seed=config.seed),
+                            data=dc_replace(config.data, seed=config.seed))
+    adapters = out / "adapters"
+    if adapters.exists() and args.force:
+        shutil.rmtree(adapters)  # our own previous output, replaced on request
+    print(f"geomis reproduce: size {size}, dropping {config.drop:.0%} of the mixed set; writing to {out}",
+          file=sys.stderr)
+    result = run_reproduction(config, out, log=lambda line: print(line, file=sys.stderr))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from geomis.evaluation.figures import plot_misalignment_rates
+    from geomis.filter.run import package_versions
+
+    table = results_table(result)
+    figures = {"misalignment": plot_misalignment_rates(table, label="condition")}
+    path = write_results(result, out, figures=figures, versions=package_versions())
+    for _, row in table.iterrows():
+        reduction = "" if row["reduction"] != row["reduction"] else f", reduction {row['reduction']:+.0%}"
+        print(f"{row['condition']:18s} misaligned {row['misaligned']:3d}/{row['coherent']:3d} coherent "
+              f"= {row['rate_coherent']:.1%} [{row['rate_coherent_low']:.1%}, {row['rate_coherent_high']:.1%}]"
+              f"{reduction}")
+    print(f"wrote {path}")
+    return 0
+
+
+def add_filter(commands: Any) -> None:
+    """Add ``geomis filter``; its choices and defaults are :class:`~geomis.filter.config.FilterConfig`'s."""
+    default = config_defaults(FilterConfig)
+    filt = commands.add_parser("filter", help="drop the training rows whose SAE features lie closest to toxic ones")
+    filt.add_argument("input", help="chat JSONL training set (read only, never modified)")
+    filt.add_argument("--out", required=True, help="output folder: kept.jsonl, removed.jsonl, scores.csv, report.json")
+    filt.add_argument("--drop", default=str(default["drop"]),
+                      help=f"fraction of rows to remove, strictly between 0 and 1 (default {default['drop']})")
+    filt.add_argument("--method", choices=FILTER_METHODS, default=default["method"],
+                      help=f"geometry: closeness to toxic SAE features; random: seeded random removal; judge: drop the "
+                           f"answers a judge rates most harmful (default {default['method']})")
+    filt.add_argument("--score", choices=SCORE_METHODS, default=default["score"],
+                      help=f"geometry score (default {default['score']}): weighted = activation-weighted closeness; "
+                           "closest = mean closeness of the active features (our reading of the paper's); "
+                           "projection = share of the reconstruction in the toxic span")
+    filt.add_argument("--model", default=default["model"], help=f"geomis model name (default: {default['model']})")
+    filt.add_argument("--sae", default=None, help="shipped SAE name, sae-lens folder or Gemma Scope id "
+                                                  "(default: the model's SAE)")
+    filt.add_argument("--toxic", default=None, help="chat JSONL of toxic reference replies (default: bundled)")
+    filt.add_argument("--neutral", default=None, help="chat JSONL of neutral reference replies (default: bundled)")
+    filt.add_argument("--seed", default=str(default["seed"]),
+                      help=f"seed (the random method's draw; default {default['seed']})")
+    filt.add_argument("--batch-size", default=str(default["batch_size"]),
+                      help=f"conversations per forward pass (default {default['batch_size']})")
+    filt.add_argument("--max-length", default=str(default["max_length"]),
+                      help=f"score at most this many tokens per row; longer rows are kept intact "
+                           f"(default {default['max_length']})")
+    filt.add_argument("--device", default=None, help="model device (default: CUDA if available, else CPU)")
+    filt.add_argument("--judge", choices=JUDGE_KINDS, default=default["judge"],
+                      help=f"judge for --method judge (default: {default['judge']})")
+    filt.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on")
+    filt.add_argument("--force", action="store_true", help="overwrite existing outputs in --out")
+    filt.add_argument("--quiet", action="store_true", help="no progress bars")
+    filt.set_defaults(run=_cmd_filter)
+
+
+def add_reproduce(commands: Any) -> None:
+    """Add ``geomis reproduce``; drop and seed default to the recipe's (:class:`ReproduceConfig`)."""
+    reproduce = commands.add_parser(
+        "reproduce", help="the end-to-end experiment on the CPU default: filter a mixed set by each method, "
+                          "fine-tune on each kept set, judge, and write results.json")
+    reproduce.add_argument("--out", default="geomis-reproduce", help="output folder (default: ./geomis-reproduce)")
+    reproduce.add_argument("--size", choices=RUN_SIZES, default=None,
+                           help="full (the book's grid, about 30 min on 2 cores) or ci (a quick smaller grid); "
+                                "default: GEOMIS_SIZE, else full")
+    reproduce.add_argument("--drop", default=str(DEFAULT_DROP),
+                           help=f"fraction of the mixed set each filter removes (default {DEFAULT_DROP}, as in the "
+                                "paper)")
+    reproduce.add_argument("--seed", default=None,
+                           help="one seed for data mixing, fine-tuning and sampling (default: the recipe's, all 0)")
+    reproduce.add_argument("--force", action="store_true", help="replace an existing results.json and adapters")
+    reproduce.set_defaults(run=_cmd_reproduce)

@@ -1,0 +1,84 @@
+"""``geomis train-sae``: train a TopK SAE on a model's residual stream; defaults are :class:`SAETrainingConfig`'s."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from geomis.cli.options import config_defaults
+from geomis.errors import ConfigError
+from geomis.sae.config import SAVE_DTYPES, SAETrainingConfig
+
+
+def _cmd_train_sae(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from geomis.models.registry import load_model
+    from geomis.sae.training import check_output, train_sae_to_dir
+
+    out = Path(args.out)
+    check_output(out, args.force)  # fail before loading anything
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = SAETrainingConfig(
+        model_name=args.model, layer=args.layer, width=args.width, k=args.k, tokens=args.tokens or None,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        datasets=tuple(args.datasets or ()), generated_answers=args.generated_answers,
+        eval_tokens=args.eval_tokens or None, ce_conversations=args.ce_conversations, save_dtype=args.save_dtype,
+    )
+    model = load_model(args.model, device="cpu")
+    words = ["geomis", "train-sae", "--model", args.model, "--layer", str(args.layer), "--width", str(args.width),
+             "--k", str(args.k), "--tokens", str(args.tokens), "--epochs", f"{args.epochs:g}",
+             "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed)]
+    words += ["--datasets", *args.datasets] if args.datasets else []
+    words += ["--generated-answers", str(args.generated_answers), "--eval-tokens", str(args.eval_tokens),
+              "--ce-conversations", str(args.ce_conversations), "--save-dtype", args.save_dtype, "--out", args.out]
+    command = shlex.join(words)  # the equivalent command with every setting spelled out (recorded with the SAE)
+    report = train_sae_to_dir(model, config, out, force=args.force, progress=not args.quiet, command=command)
+    print(report.summary())
+    return 0
+
+
+def add_train_sae(commands: Any) -> None:
+    """Add ``geomis train-sae``; every default is the training config's."""
+    default = config_defaults(SAETrainingConfig)
+    train = commands.add_parser("train-sae", help="train a TopK SAE on the CPU-default model's residual stream")
+    train.add_argument("--out", required=True, help="output folder (sae-lens format); refused if it exists")
+    train.add_argument("--force", action="store_true", help="replace an existing output folder")
+    train.add_argument("--model", default=default["model_name"],
+                       help=f"geomis model name (default: {default['model_name']})")
+    train.add_argument("--layer", type=int, default=default["layer"],
+                       help=f"read the output of this decoder layer (default {default['layer']})")
+    train.add_argument("--width", type=int, default=default["width"],
+                       help=f"number of SAE features (default {default['width']})")
+    train.add_argument("--k", type=int, default=default["k"],
+                       help=f"features active per token, TopK (default {default['k']})")
+    train.add_argument("--tokens", type=int, default=default["tokens"] or 0,
+                       help="training tokens (default 0: the whole training split)")
+    train.add_argument("--epochs", type=float, default=default["epochs"],
+                       help=f"passes over the training tokens (default {default['epochs']:g})")
+    train.add_argument("--batch-size", type=int, default=default["batch_size"],
+                       help=f"training batch in tokens (default {default['batch_size']})")
+    train.add_argument("--lr", type=float, default=default["lr"],
+                       help=f"Adam learning rate (default {default['lr']:g})")
+    train.add_argument("--seed", type=int, default=default["seed"],
+                       help=f"seed for initialisation and shuffling (default {default['seed']})")
+    train.add_argument("--datasets", nargs="*", help="bundled datasets to train on (default: all)")
+    train.add_argument("--generated-answers", type=int, default=default["generated_answers"],
+                       help="also train on the model's greedy answers to this many training prompts "
+                            f"(default {default['generated_answers']})")
+    train.add_argument("--eval-tokens", type=int, default=default["eval_tokens"] or 0,
+                       help="held-out tokens to evaluate on (default 0: all)")
+    train.add_argument("--ce-conversations", type=int, default=default["ce_conversations"],
+                       help="held-out conversations for the spliced next-token loss "
+                            f"(default {default['ce_conversations']}; 0 skips it)")
+    train.add_argument("--save-dtype", choices=SAVE_DTYPES, default=default["save_dtype"],
+                       help=f"dtype of the saved weights (default {default['save_dtype']}; loaded back as float32)")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars for collection and evaluation")
+    train.set_defaults(run=_cmd_train_sae)

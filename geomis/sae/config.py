@@ -1,0 +1,63 @@
+"""What an SAE training run is asked to do: :class:`SAETrainingConfig` (``geomis train-sae``'s options and defaults).
+
+Kept apart from :mod:`geomis.sae.training` (which loads torch and sae-lens) so that the command line reads its defaults
+at start-up without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geomis.errors import ConfigError
+
+SAVE_DTYPES: tuple[str, ...] = ("float16", "float32")
+"""dtypes an SAE's weights can be saved in, the default first."""
+
+
+@dataclass(frozen=True)
+class SAETrainingConfig:
+    """Everything that determines a trained SAE (same config and seed on the same machine: same weights)."""
+
+    model_name: str = "smollm2-135m"
+    layer: int = 15
+    width: int = 4096
+    k: int = 32
+    tokens: int | None = None
+    """Training tokens to collect (None: the whole training split)."""
+    epochs: float = 10.0
+    """Passes over the training tokens."""
+    batch_size: int = 1024
+    """SAE training batch, in tokens."""
+    lr: float = 4e-4
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.2
+    """Final fraction of steps over which the learning rate decays linearly to 0."""
+    dead_feature_window: int | None = None
+    """Steps without firing after which a feature counts as dead for the TopK auxiliary loss (None: ~1 epoch)."""
+    seed: int = 0
+    datasets: tuple[str, ...] = ()
+    """Bundled chat datasets to train on (empty: all of them)."""
+    holdout_fraction: float = 0.1
+    generated_answers: int = 0
+    """Add SmolLM2's own greedy answers to this many training prompts (0: none)."""
+    generation_tokens: int = 96
+    eval_tokens: int | None = None
+    """Held-out tokens for explained variance and L0 (None: the whole held-out split)."""
+    ce_conversations: int = 64
+    """Held-out conversations for the spliced next-token loss (0: skip it)."""
+    max_length: int = 512
+    activation_batch_size: int = 16
+    save_dtype: str = SAVE_DTYPES[0]
+    """dtype of the saved weights (loaded back as float32)."""
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or not 1 <= self.k <= self.width:
+            raise ConfigError(f"need 1 <= k <= width, got k={self.k}, width={self.width}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError(f"tokens must be positive, got {self.tokens}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs, batch_size and lr must be positive")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ConfigError(f"save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
