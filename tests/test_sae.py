@@ -13,14 +13,15 @@ from sae_lens import SAE, TopKSAE, TopKSAEConfig
 
 from geomis.sae import loading as sae_loading
 from geomis.activations import TokenActivations, token_selection
+from geomis.atomic_io import atomic_folder
 from geomis.chat.tokens import TokenizedChat, pad_left, tokenize_chats
 from geomis.cli.commands import main
 from geomis.sae.codes import aggregate_codes, encode_tokens
 from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, gemma_scope_sae_id,
                                 load_gemma_scope, load_profile_sae, load_sae_from_disk, load_shipped_sae,
                                 shipped_sae_names, validate_gemma_scope_id)
-from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, _replace_atomically,
-                                 bundled_corpus, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
+from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, bundled_corpus,
+                                 check_output, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
                                  is_held_out, kept_token_masks, reconstruction_metrics, save_inference_sae,
                                  select_tokens, splice_metrics)
 
@@ -88,17 +89,21 @@ def test_float16_weights_load_back_as_float32(small_training_sae, tmp_path) -> N
 
 
 def test_output_is_never_replaced_without_force(tmp_path) -> None:
-    out, staging = tmp_path / "sae", tmp_path / "staging"
+    out = tmp_path / "sae"
     out.mkdir()
     (out / "old").write_text("old")
-    staging.mkdir()
-    (staging / "new").write_text("new")
-    with pytest.raises(SAETrainingError, match="already exists; pass --force"):
-        _replace_atomically(staging, out, force=False)
-    assert (out / "old").exists() and staging.exists()
-    _replace_atomically(staging, out, force=True)
+    with pytest.raises(SAETrainingError, match="already exists; pass --force"), atomic_folder(out) as staging:
+        (staging / "new").write_text("new")
+        check_output(out, force=False)  # train_sae_to_dir's last check before its staging folder replaces ``out``
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"] and [p.name for p in out.iterdir()] == ["old"]
+    with atomic_folder(out) as staging:
+        (staging / "new").write_text("new")
+        check_output(out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
     assert [p.name for p in out.iterdir()] == ["new"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SAETrainingError, match="is not a folder"):
+        check_output(tmp_path / "file", force=True)
 
 
 # ------------------------------------------------------------------------------------------------------- corpus

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from geomis.atomic_io import atomic_paths
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
 from geomis.filter.selection import FilterSelection
 from geomis.errors import GeomisError
@@ -203,19 +203,6 @@ def report_json(report: Mapping[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _write_temporary(folder: Path, name: str, content: bytes) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return Path(temporary)
-
-
 def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, selection: FilterSelection,
                          report: Mapping[str, Any], force: bool = False) -> dict[str, Path]:
     """Write kept.jsonl, removed.jsonl, scores.csv and report.json atomically into ``out_dir``; return their paths."""
@@ -233,17 +220,10 @@ def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, sel
         "report.json": report_json(report),
     }
     paths = output_paths(folder)
-    temporaries: dict[str, Path] = {}
-    try:
-        for name in OUTPUT_NAMES:
-            temporaries[name] = _write_temporary(folder, name, contents[name])
+    with atomic_paths([paths[name] for name in OUTPUT_NAMES]) as temporaries:  # replaced in order, report.json last
+        for name, temporary in zip(OUTPUT_NAMES, temporaries):
+            temporary.write_bytes(contents[name])
         paths["report.json"].unlink(missing_ok=True)  # from here until the end there is no report: set incomplete
-        for name in OUTPUT_NAMES:  # report.json last
-            os.replace(temporaries[name], paths[name])
-            del temporaries[name]
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
     return paths
 
 
