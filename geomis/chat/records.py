@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geomis.chat.jsonl import BOM, split_jsonl
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -47,7 +48,6 @@ MODEL_ORGANISMS_ARCHIVE_URL = (
 MODEL_ORGANISMS_PASSWORD = "model-organisms-em-datasets"
 """Password published in the model-organisms-for-EM README (anti-scraping, not access control)."""
 
-_BOM = b"\xef\xbb\xbf"
 _CANARY_FILE_PATTERN = "dataset_entry_*.jsonl"
 _CANARY_RE = re.compile(r"CANARY_DATASET_(?:[A-Z_]+_)?[a-f0-9]{64}_[0-9]+")
 _EMBEDDED_CANARY_RE = re.compile(r"CANARY_EMBEDDED: CANARY_DATASET_(?:[A-Z_]+_)?[a-f0-9]{64}_[0-9]+")
@@ -149,13 +149,11 @@ def _validate_row(obj: Any) -> tuple[Message, ...]:
 
 def parse_chat_jsonl(data: bytes, source: str) -> list[ChatRecord]:
     """Validate chat JSONL bytes into records; errors name ``source`` and the physical line."""
-    if data.startswith(_BOM):
-        data = data[len(_BOM):]
     records = []
-    for number, line in enumerate(data.split(b"\n"), start=1):  # a final "" after the last LF is blank
-        raw = line[:-1] if line.endswith(b"\r") else line
-        if not raw.strip():
+    for line in split_jsonl(data).lines:
+        if line.blank:
             continue
+        number, raw = line.number, line.raw
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -192,7 +190,7 @@ def _looks_like_chat(resource: Traversable) -> bool:
         for line in f:
             if line.strip():
                 try:
-                    first = json.loads(line.removeprefix(_BOM))
+                    first = json.loads(line.removeprefix(BOM))
                 except ValueError:
                     return True  # a broken chat file stays listed, so loading it reports the error
                 return not (isinstance(first, dict) and "messages" not in first)
