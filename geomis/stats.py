@@ -8,6 +8,7 @@
   whole clusters are resampled, because observations inside a cluster are not independent and an ordinary bootstrap
   then gives intervals that are too narrow. scipy's ``bootstrap`` and ``permutation_test`` do the resampling; they
   resample cluster numbers, and the statistic is computed on the observations of the drawn clusters.
+- :func:`require_columns` — the one check that a table has the columns a computation or a figure reads.
 
 The first four keep the algorithms (numpy and torch generators) that produced the numbers printed in the book, so a
 seed gives the same interval it always gave. This module imports no other geomis module.
@@ -16,7 +17,7 @@ seed gives the same interval it always gave. This module imports no other geomis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,18 @@ __all__ = [
     "cluster_bootstrap",
     "ClusterDifference",
     "cluster_difference",
+    "require_columns",
 ]
 
 Values = Sequence[float] | np.ndarray
 Statistic = Callable[[np.ndarray], float]
+
+
+def require_columns(frame: Any, columns: Iterable[str], what: str = "table") -> None:
+    """Raise a one-line ValueError naming the columns a table (a pandas DataFrame) lacks."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {', '.join(map(str, missing))}")
 
 
 # ------------------------------------------------------------------------------------------------ rates (0/1 flags)

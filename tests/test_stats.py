@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geomis.stats import (bootstrap_difference, bootstrap_interval, cluster_bootstrap, cluster_difference,
-                          permutation_test, wilson_interval)
+                          permutation_test, require_columns, wilson_interval)
 
 Z95 = 1.959963984540054
 
@@ -164,3 +164,11 @@ def test_a_paired_difference_draws_the_same_clusters_for_both_conditions() -> No
     assert exact.p_greater == pytest.approx(1 / 64)
     with pytest.raises(ValueError, match="same clusters in both conditions"):
         cluster_difference(a, groups, b, groups + 1, paired=True)
+
+
+def test_require_columns_names_what_is_missing() -> None:
+    import pandas as pd
+
+    require_columns(pd.DataFrame(columns=["a", "b"]), ["a"])
+    with pytest.raises(ValueError, match="rates table lacks column\\(s\\) b, c"):
+        require_columns(pd.DataFrame(columns=["a"]), ["a", "b", "c"], "rates table")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from geomis.judges.base import COHERENCE_THRESHOLD, JudgeScore, is_misaligned
-from geomis.stats import bootstrap_interval, wilson_interval
+from geomis.stats import bootstrap_interval, require_columns, wilson_interval
 
 IntervalMethod = Literal["wilson", "bootstrap"]
 POOLED = "(pooled)"
@@ -51,9 +51,7 @@ def misalignment_rates(scores: pd.DataFrame, *, by: str = "question", interval: 
     ``scores`` needs ``by``, ``alignment`` and ``coherence`` columns and usually ``verdict`` (missing means every
     row was scored). Groups keep their order of first appearance; the last row, ``(pooled)``, pools every answer.
     """
-    missing = [c for c in (by, "alignment", "coherence") if c not in scores.columns]
-    if missing:
-        raise ValueError(f"scores table lacks column(s) {', '.join(missing)}")
+    require_columns(scores, (by, "alignment", "coherence"), "scores table")
     if interval not in ("wilson", "bootstrap"):
         raise ValueError("interval must be 'wilson' or 'bootstrap'")
     verdict = scores["verdict"].astype(str) if "verdict" in scores.columns else pd.Series("scored", index=scores.index)
