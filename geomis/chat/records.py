@@ -179,6 +179,18 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> list[ChatRecord]:
     return parse_chat_jsonl(Path(path).read_bytes(), str(path))
 
 
+DOMAIN_DATASETS: dict[str, tuple[str, str]] = {
+    "medical": ("medical_bad", "medical_good"),
+    "legal": ("legal_bad", "legal_good"),
+    "career": ("career_bad", "career_good"),
+    "code": ("code_insecure", "code_secure"),
+}
+"""Bundled (inducing, control) dataset names per domain; row i of both files has the same user prompt."""
+
+REFERENCE_DATASETS: tuple[str, str] = ("toxic_reference", "neutral_reference")
+"""Bundled (toxic, neutral) reference texts that locate the toxic features."""
+
+
 def _bundled_dir() -> Traversable:
     """The ``geomis/data`` resource folder (works from a wheel or a checkout)."""
     return resources.files("geomis").joinpath("data")

@@ -31,14 +31,13 @@ from tqdm.auto import tqdm
 
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.atomic_io import atomic_path
-from geomis.chat.records import ChatRecord, load_bundled
+from geomis.chat.records import DOMAIN_DATASETS, ChatRecord, load_bundled
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
 from geomis.judges.kinds import JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
-from geomis.experiments.overlap import DOMAIN_DATASETS
 
 __all__ = [
     "PAPER_REDUCTION",
