@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geomis"
 
 # Units are the subpackages and the top-level modules; their order is the order of the data path.
 STAGES: list[tuple[str, set[str]]] = [
-    ("infrastructure", {"errors", "settings", "atomic_io", "stats"}),
+    ("infrastructure", {"errors", "settings", "atomic_io", "stats", "provenance"}),
     ("models", {"models"}),
     ("toy models (Chapter 1)", {"toy"}),
     ("texts and tokens", {"chat"}),

@@ -17,25 +17,23 @@ imports it. :func:`run_filter` works on records already in memory (Chapter 4, ``
 
 from __future__ import annotations
 
-import platform
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from geomis import __version__
 from geomis.chat.records import ChatRecord
 from geomis.filter.selection import FilterSelection, check_drop_fraction, random_scores, select_by_score
 from geomis.errors import GeomisError
 from geomis.features.sets import STATISTICS, Statistic
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
 from geomis.models.registry import MODEL_SPECS, LoadedModel
+from geomis.provenance import package_versions
 from geomis.sae.loading import LoadedSAE
 from geomis.filter.scores import DEFAULT_SCORE, SCORE_METHODS, SampleScores, ScoreMethod, ScoringConfig
 
@@ -49,7 +47,6 @@ __all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "re
 FilterMethod = Literal["geometry", "random", "judge"]
 FILTER_METHODS: tuple[FilterMethod, ...] = ("geometry", "random", "judge")
 _GEMMA_SCOPE_ID = re.compile(r"^(?:[\w.-]+/)?layer_(\d+)/width_([0-9]+[km])/canonical$")
-_VERSIONED = ("torch", "transformers", "nnsight", "sae-lens", "numpy", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -257,17 +254,6 @@ def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfi
     selection = select_by_score(scores, config.drop, lines, method=config.method)
     timings["total_s"] = time.perf_counter() - started
     return FilterResult(selection=selection, config=config, timings=timings, details=details, sample_scores=scored)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of geomis, Python and the pinned stack, for reports (so a result says what produced it)."""
-    versions = {"geomis": __version__, "python": platform.python_version()}
-    for package in _VERSIONED:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:
