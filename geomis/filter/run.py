@@ -130,17 +130,12 @@ class FilterResult:
 
 def resolve_sae(spec: str | None, model_name: str, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load the SAE named by ``spec`` (shipped name, folder or Gemma Scope id), or the model's default SAE."""
-    from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, load_gemma_scope, load_sae_from_disk,
+    from geomis.sae.loading import (SAELoadError, load_default_sae, load_gemma_scope, load_sae_from_disk,
                                     load_shipped_sae, shipped_sae_names)
 
     target = str(device)
     if spec is None:
-        if model_name == "smollm2-135m":
-            return load_shipped_sae(MAIN_SAE_NAME, device=target)
-        if model_name in ("gemma-2-2b", "gemma-2-2b-it"):
-            return load_gemma_scope(MODEL_SPECS[model_name].default_layer, "16k", device=target)
-        raise SAELoadError(f"no default SAE for model {model_name!r}; pass --sae (a shipped name, an sae-lens folder "
-                           "or a Gemma Scope id)")
+        return load_default_sae(model_name, device=target)
     if spec in shipped_sae_names():
         return load_shipped_sae(spec, device=target)
     if Path(spec).is_dir():
