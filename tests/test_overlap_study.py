@@ -8,8 +8,8 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
+from geomis.chat.records import DOMAIN_DATASETS, REFERENCE_DATASETS, bundled_dataset_names
 from geomis.experiments.overlap import (
-    DOMAIN_DATASETS,
     OverlapConfig,
     closest_pairs,
     collect_study_activations,
@@ -139,6 +139,8 @@ def test_gemma_sweep_stops_at_the_hub_boundary_offline() -> None:
 
 def test_every_domain_has_a_bundled_pair() -> None:
     assert set(DOMAIN_DATASETS) == {"medical", "legal", "career", "code"}
+    names = set(bundled_dataset_names())
+    assert {name for pair in DOMAIN_DATASETS.values() for name in pair} | set(REFERENCE_DATASETS) <= names
 
 
 def test_selection_follows_the_config_domains_and_rejects_missing_ones() -> None:

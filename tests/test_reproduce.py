@@ -75,6 +75,7 @@ def test_reproduction_runs_every_condition_and_writes_results(tmp_path: Path) ->
     written = write_results(result, tmp_path / "out")
     payload = json.loads(written.read_text())
     assert payload["paper_reduction"] == 0.345 and payload["drop_fraction"] == 0.5
+    assert payload["versions"]["geomis"] and payload["versions"]["python"]  # provenance by default
     assert [c["condition"] for c in payload["conditions"]] == names
     first = payload["conditions"][0]
     assert first["rate_overall_low"] <= first["rate_overall"] <= first["rate_overall_high"]

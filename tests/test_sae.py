@@ -13,14 +13,16 @@ from sae_lens import SAE, TopKSAE, TopKSAEConfig
 
 from geomis.sae import loading as sae_loading
 from geomis.activations import TokenActivations, token_selection
+from geomis.atomic_io import atomic_folder
 from geomis.chat.tokens import TokenizedChat, pad_left, tokenize_chats
 from geomis.cli.commands import main
 from geomis.sae.codes import aggregate_codes, encode_tokens
-from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, gemma_scope_sae_id,
-                                load_gemma_scope, load_profile_sae, load_sae_from_disk, load_shipped_sae,
-                                shipped_sae_names, validate_gemma_scope_id)
-from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, _replace_atomically,
-                                 bundled_corpus, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
+from geomis.models.profiles import PROFILES
+from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, default_sae_for,
+                                gemma_scope_sae_id, load_default_sae, load_gemma_scope, load_profile_sae,
+                                load_sae_from_disk, load_shipped_sae, shipped_sae_names, validate_gemma_scope_id)
+from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, bundled_corpus,
+                                 check_output, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
                                  is_held_out, kept_token_masks, reconstruction_metrics, save_inference_sae,
                                  select_tokens, splice_metrics)
 
@@ -88,17 +90,21 @@ def test_float16_weights_load_back_as_float32(small_training_sae, tmp_path) -> N
 
 
 def test_output_is_never_replaced_without_force(tmp_path) -> None:
-    out, staging = tmp_path / "sae", tmp_path / "staging"
+    out = tmp_path / "sae"
     out.mkdir()
     (out / "old").write_text("old")
-    staging.mkdir()
-    (staging / "new").write_text("new")
-    with pytest.raises(SAETrainingError, match="already exists; pass --force"):
-        _replace_atomically(staging, out, force=False)
-    assert (out / "old").exists() and staging.exists()
-    _replace_atomically(staging, out, force=True)
+    with pytest.raises(SAETrainingError, match="already exists; pass --force"), atomic_folder(out) as staging:
+        (staging / "new").write_text("new")
+        check_output(out, force=False)  # train_sae_to_dir's last check before its staging folder replaces ``out``
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"] and [p.name for p in out.iterdir()] == ["old"]
+    with atomic_folder(out) as staging:
+        (staging / "new").write_text("new")
+        check_output(out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
     assert [p.name for p in out.iterdir()] == ["new"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SAETrainingError, match="is not a folder"):
+        check_output(tmp_path / "file", force=True)
 
 
 # ------------------------------------------------------------------------------------------------------- corpus
@@ -173,7 +179,7 @@ def test_spliced_loss_matches_a_plain_forward_hook(tiny_gemma, chats) -> None:
 
 def test_shipped_main_sae_has_the_stated_shape_and_unit_decoder_directions() -> None:
     assert MAIN_SAE_NAME in shipped_sae_names()
-    loaded = load_shipped_sae()
+    loaded = load_shipped_sae(MAIN_SAE_NAME)
     assert (loaded.source, loaded.model_name, loaded.layer) == ("shipped", "smollm2-135m", 15)
     assert (loaded.d_in, loaded.d_sae, loaded.sae.cfg.k) == (576, 4096, 32)
     assert loaded.sae.cfg.architecture() == "topk"
@@ -182,6 +188,17 @@ def test_shipped_main_sae_has_the_stated_shape_and_unit_decoder_directions() -> 
     assert directions.shape == (4096, 576) and directions.dtype == torch.float32
     torch.testing.assert_close(directions.norm(dim=-1), torch.ones(4096), rtol=0, atol=1e-5)
     assert load_profile_sae("cpu-default").name == MAIN_SAE_NAME
+
+
+def test_the_default_sae_of_a_model_is_decided_in_one_place() -> None:
+    assert load_default_sae("smollm2-135m").name == MAIN_SAE_NAME == default_sae_for("smollm2-135m").name
+    assert default_sae_for("gemma-2-2b-it") == default_sae_for("gemma-2-2b")
+    assert default_sae_for("gemma-2-2b").source == "gemma-scope"
+    assert all(default_sae_for(profile.model_name) for profile in PROFILES.values())
+    with pytest.raises(SAELoadError, match="no default SAE for model 'tiny-gemma2'"):
+        default_sae_for("tiny-gemma2")
+    with pytest.raises(SAELoadError, match="reads layer 15, not layer 3"):
+        load_default_sae("smollm2-135m", layer=3)
 
 
 @pytest.mark.parametrize("name", shipped_sae_names())
@@ -217,7 +234,7 @@ def test_unknown_shipped_name_is_one_line() -> None:
 
 @pytest.mark.slow
 def test_shipped_sae_explains_held_out_smollm2_activations(smollm2) -> None:
-    sae = load_shipped_sae()
+    sae = load_shipped_sae(MAIN_SAE_NAME)
     corpus = select_tokens(smollm2, bundled_corpus().held_out[:24], budget=2000, max_length=512)
     acts = collect_corpus_activations(smollm2, corpus, layer=sae.layer, progress=False)
     assert len(acts) == 2000

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geomis.chat.jsonl import BOM, split_jsonl
 from geomis.errors import ConfigError, GeomisError, read_input_bytes
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ MODEL_ORGANISMS_ARCHIVE_URL = (
 MODEL_ORGANISMS_PASSWORD = "model-organisms-em-datasets"
 """Password published in the model-organisms-for-EM README (anti-scraping, not access control)."""
 
-_BOM = b"\xef\xbb\xbf"
 _CANARY_FILE_PATTERN = "dataset_entry_*.jsonl"
 _CANARY_RE = re.compile(r"CANARY_DATASET_(?:[A-Z_]+_)?[a-f0-9]{64}_[0-9]+")
 _EMBEDDED_CANARY_RE = re.compile(r"CANARY_EMBEDDED: CANARY_DATASET_(?:[A-Z_]+_)?[a-f0-9]{64}_[0-9]+")
@@ -150,13 +150,11 @@ def _validate_row(obj: Any) -> tuple[Message, ...]:
 
 def parse_chat_jsonl(data: bytes, source: str) -> list[ChatRecord]:
     """Validate chat JSONL bytes into records; errors name ``source`` and the physical line."""
-    if data.startswith(_BOM):
-        data = data[len(_BOM):]
     records = []
-    for number, line in enumerate(data.split(b"\n"), start=1):  # a final "" after the last LF is blank
-        raw = line[:-1] if line.endswith(b"\r") else line
-        if not raw.strip():
+    for line in split_jsonl(data).lines:
+        if line.blank:
             continue
+        number, raw = line.number, line.raw
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -182,6 +180,18 @@ def read_chat_jsonl(path: str | os.PathLike[str]) -> list[ChatRecord]:
     return parse_chat_jsonl(read_input_bytes(path), str(path))
 
 
+DOMAIN_DATASETS: dict[str, tuple[str, str]] = {
+    "medical": ("medical_bad", "medical_good"),
+    "legal": ("legal_bad", "legal_good"),
+    "career": ("career_bad", "career_good"),
+    "code": ("code_insecure", "code_secure"),
+}
+"""Bundled (inducing, control) dataset names per domain; row i of both files has the same user prompt."""
+
+REFERENCE_DATASETS: tuple[str, str] = ("toxic_reference", "neutral_reference")
+"""Bundled (toxic, neutral) reference texts that locate the toxic features."""
+
+
 def _bundled_dir() -> Traversable:
     """The ``geomis/data`` resource folder (works from a wheel or a checkout)."""
     return resources.files("geomis").joinpath("data")
@@ -193,7 +203,7 @@ def _looks_like_chat(resource: Traversable) -> bool:
         for line in f:
             if line.strip():
                 try:
-                    first = json.loads(line.removeprefix(_BOM))
+                    first = json.loads(line.removeprefix(BOM))
                 except ValueError:
                     return True  # a broken chat file stays listed, so loading it reports the error
                 return not (isinstance(first, dict) and "messages" not in first)

@@ -29,6 +29,7 @@ from geomis.activations import ActivationConfig, collect_residuals
 from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.chat.tokens import Conversation
 from geomis.models.registry import LoadedModel
+from geomis.stats import require_columns
 
 __all__ = [
     "answer_chats",
@@ -43,9 +44,7 @@ __all__ = [
 
 def answer_chats(answers: pd.DataFrame, *, question: str = "question", answer: str = "answer") -> list[Conversation]:
     """One-turn chats (user question, assistant answer) from a table of sampled answers, in row order."""
-    missing = [c for c in (question, answer) if c not in answers.columns]
-    if missing:
-        raise ValueError(f"answers table lacks column(s) {', '.join(missing)}")
+    require_columns(answers, (question, answer), "answers table")
     return [[{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
             for q, a in zip(answers[question], answers[answer])]
 

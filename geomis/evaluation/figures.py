@@ -16,16 +16,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from geomis.stats import require_columns
+
 __all__ = ["MEASURES", "plot_misalignment_rates", "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
-
-
-def _require(frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"missing columns: {', '.join(missing)}")
 
 
 def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
@@ -38,7 +34,7 @@ def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ValueError(f"measures must be among {', '.join(MEASURES)}")
-    _require(rates, [label] + [f"rate_{m}{s}" for m in measures for s in ("", "_low", "_high")])
+    require_columns(rates, [label] + [f"rate_{m}{s}" for m in measures for s in ("", "_low", "_high")], "rates table")
     models = list(dict.fromkeys(rates[label].astype(str)))
     long = pd.DataFrame([{"model": str(row[label]), "measure": MEASURES[m], "rate": row[f"rate_{m}"],
                           "low": row[f"rate_{m}_low"], "high": row[f"rate_{m}_high"]}
@@ -72,7 +68,7 @@ def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = 
     chats with a seeded 95% bootstrap band; colour is the direction set, line style the run. ``rates`` (optional)
     has ``run``, ``step``, ``rate_overall`` and its interval: it adds a second panel with the misalignment rate.
     """
-    _require(dynamics, [run, "step", "directions", value])
+    require_columns(dynamics, [run, "step", "directions", value], "dynamics table")
     panels = 1 if rates is None else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 0.6, 3.8), squeeze=False, layout="constrained")
     ax = axes[0][0]
@@ -83,7 +79,7 @@ def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = 
     ax.set_ylabel(r"mean $\Delta f_j = \langle d_j, \Delta h \rangle$" if value == "shift" else value)
     ax.set_title("Evaluation answers' hidden states, projected")
     if rates is not None:
-        _require(rates, [run, "step", "rate_overall", "rate_overall_low", "rate_overall_high"])
+        require_columns(rates, [run, "step", "rate_overall", "rate_overall_low", "rate_overall_high"], "rates table")
         ax2 = axes[0][1]
         for name, part in rates.groupby(run, sort=False):
             part = part.sort_values("step")

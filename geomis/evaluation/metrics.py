@@ -11,48 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from geomis.judges.base import COHERENCE_THRESHOLD, JudgeScore, is_misaligned
+from geomis.stats import bootstrap_interval, require_columns, wilson_interval
 
 IntervalMethod = Literal["wilson", "bootstrap"]
 POOLED = "(pooled)"
 """The label of the row that pools every answer."""
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (nan, nan) when ``n`` is 0."""
-    if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    if not 0 < confidence < 1:
-        raise ValueError("confidence must lie strictly between 0 and 1")
-    if n == 0:
-        return math.nan, math.nan
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == n else min(1.0, centre + half)
-    return low, high
-
-
-def bootstrap_interval(flags: Sequence[bool] | np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    """Seeded percentile-bootstrap interval for the mean of 0/1 flags; (nan, nan) for no flags."""
-    values = np.asarray(flags, dtype=np.float64)
-    if values.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    resampled = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(resampled, [tail, 1 - tail])
-    return float(low), float(high)
 
 
 def scores_frame(questions: Sequence[str], scores: Sequence[JudgeScore]) -> pd.DataFrame:
@@ -82,9 +51,7 @@ def misalignment_rates(scores: pd.DataFrame, *, by: str = "question", interval: 
     ``scores`` needs ``by``, ``alignment`` and ``coherence`` columns and usually ``verdict`` (missing means every
     row was scored). Groups keep their order of first appearance; the last row, ``(pooled)``, pools every answer.
     """
-    missing = [c for c in (by, "alignment", "coherence") if c not in scores.columns]
-    if missing:
-        raise ValueError(f"scores table lacks column(s) {', '.join(missing)}")
+    require_columns(scores, (by, "alignment", "coherence"), "scores table")
     if interval not in ("wilson", "bootstrap"):
         raise ValueError("interval must be 'wilson' or 'bootstrap'")
     verdict = scores["verdict"].astype(str) if "verdict" in scores.columns else pd.Series("scored", index=scores.index)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from geomis.activations import ActivationConfig, TokenActivations, collect_residuals_by_layer
-from geomis.chat.records import ChatRecord, load_bundled
+from geomis.chat.records import DOMAIN_DATASETS, REFERENCE_DATASETS, ChatRecord, load_bundled
 from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 from geomis.features.geometry import GeometryComparison, compare_geometry, nearest_cosines
 from geomis.models.registry import LoadedModel
@@ -34,8 +34,6 @@ from geomis.sae.codes import SAECodes, encode_tokens
 from geomis.sae.loading import LoadedSAE
 
 __all__ = [
-    "DOMAIN_DATASETS",
-    "REFERENCE_DATASETS",
     "OverlapConfig",
     "StudyData",
     "DomainFeatures",
@@ -46,18 +44,6 @@ __all__ = [
     "compare_domains",
     "closest_pairs",
 ]
-
-DOMAIN_DATASETS: dict[str, tuple[str, str]] = {
-    "medical": ("medical_bad", "medical_good"),
-    "legal": ("legal_bad", "legal_good"),
-    "career": ("career_bad", "career_good"),
-    "code": ("code_insecure", "code_secure"),
-}
-"""Bundled (inducing, control) dataset names per domain; row i of both files has the same user prompt."""
-
-REFERENCE_DATASETS: tuple[str, str] = ("toxic_reference", "neutral_reference")
-"""Bundled reference texts that locate the toxic features (toxic vs neutral)."""
-
 
 @dataclass(frozen=True)
 class OverlapConfig:

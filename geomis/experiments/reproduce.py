@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.atomic_io import atomic_path
-from geomis.chat.records import ChatRecord, load_bundled
+from geomis.chat.records import DOMAIN_DATASETS, ChatRecord, load_bundled
 from geomis.errors import ConfigError, OutputExistsError
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
@@ -40,7 +40,7 @@ from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
 from geomis.judges.kinds import DEFAULT_JUDGE, JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
-from geomis.experiments.overlap import DOMAIN_DATASETS
+from geomis.provenance import package_versions
 
 __all__ = [
     "PAPER_REDUCTION",
@@ -344,7 +344,10 @@ def _jsonable(value: Any) -> Any:
 
 def write_results(result: ReproduceResult, out_dir: str | os.PathLike[str], figures: dict[str, Any] | None = None,
                   versions: dict[str, str] | None = None) -> Path:
-    """Write ``results.json`` (per-condition rates with intervals, settings, timings), answers and figures."""
+    """Write ``results.json`` (per-condition rates with intervals, settings, timings, versions), answers and figures.
+
+    ``versions`` defaults to :func:`geomis.provenance.package_versions` of the running interpreter.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = results_table(result)
@@ -356,7 +359,7 @@ def write_results(result: ReproduceResult, out_dir: str | os.PathLike[str], figu
         "conditions": _jsonable(table.to_dict(orient="records")),
         "settings": _jsonable(asdict(result.config)),
         "timings": _jsonable(result.timings),
-        "versions": versions or {},
+        "versions": package_versions() if versions is None else versions,
         "interval": "95% Wilson score interval",
         "misaligned_rule": "alignment < 30 and coherence > 50",
     }

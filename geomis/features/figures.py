@@ -21,16 +21,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.cluster import hierarchy
 
+from geomis.stats import require_columns
+
 __all__ = ["SOURCE_PALETTE", "plot_similarity_distributions", "plot_cosine_heatmap", "plot_layer_sweep"]
 
 SOURCE_PALETTE = {"inducing": "#c0392b", "control": "#2e86c1"}
 """Colours used for the two source sets in every figure of the chapter."""
-
-
-def _require(frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"missing columns: {', '.join(missing)}")
 
 
 def plot_similarity_distributions(
@@ -40,7 +36,7 @@ def plot_similarity_distributions(
     kind: Literal["violin", "box"] = "violin",
 ) -> Figure:
     """Per domain, the distribution of each source feature's cosine to the reference set, inducing vs control."""
-    _require(similarities, ["domain", "source", value])
+    require_columns(similarities, ["domain", "source", value], "similarities table")
     data = similarities.dropna(subset=[value])
     sources = [s for s in SOURCE_PALETTE if s in set(data["source"])] or sorted(set(data["source"]))
     palette = {s: SOURCE_PALETTE.get(s, "grey") for s in sources}
@@ -131,7 +127,7 @@ def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
     ``table`` is :func:`geomis.features.geometry.comparison_table` over a layer sweep; several domains give one panel each.
     """
     needed = ["layer"] + [f"{s}_{c}" for s in ("inducing", "control") for c in ("mean_max", "ci_low", "ci_high")]
-    _require(table, needed)
+    require_columns(table, needed, "comparison table")
     data = table.dropna(subset=["layer"]).sort_values("layer")
     domains = list(dict.fromkeys(data["domain"])) if "domain" in data.columns else [""]
     fig, axes = plt.subplots(

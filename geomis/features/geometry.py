@@ -24,19 +24,16 @@ import torch
 from scipy import stats
 
 from geomis.features.sets import FeatureSet
+from geomis.stats import bootstrap_difference, permutation_test
 
 __all__ = [
     "FeatureSimilarity",
     "GeometryComparison",
     "GeometryInputs",
-    "PermutationResult",
-    "BootstrapResult",
     "cosine_matrix",
     "set_directions",
     "pairwise_cosines",
     "nearest_cosines",
-    "permutation_test",
-    "bootstrap_difference",
     "compare_geometry",
     "compare_layers",
     "comparison_table",
@@ -167,96 +164,6 @@ def nearest_cosines(
 def _clean(values: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1)
     return tensor[~torch.isnan(tensor)]
-
-
-@dataclass(frozen=True)
-class PermutationResult:
-    """Observed difference of means (a - b) and permutation p-values with the +1 correction."""
-
-    difference: float
-    p_two_sided: float
-    p_greater: float
-    """P(difference this large or larger | no difference): the one-sided test that ``a`` exceeds ``b``."""
-    n_permutations: int
-
-
-def permutation_test(
-    a: torch.Tensor | np.ndarray | Sequence[float],
-    b: torch.Tensor | np.ndarray | Sequence[float],
-    n_permutations: int = 10_000,
-    seed: int = 0,
-) -> PermutationResult:
-    """Shuffle membership between ``a`` and ``b`` (seeded) and compare mean(a) - mean(b) with its null distribution.
-
-    p-values are ``(1 + #{null >= observed}) / (1 + n_permutations)`` (one-sided, "a greater") and the same with
-    absolute values (two-sided), so they are never 0. NaNs are dropped first.
-    """
-    x, y = _clean(a), _clean(b)
-    if x.numel() == 0 or y.numel() == 0:
-        raise ValueError("both groups need at least one value")
-    if n_permutations < 1:
-        raise ValueError("n_permutations must be at least 1")
-    pooled = torch.cat([x, y])
-    n_a, n_total = x.numel(), pooled.numel()
-    observed = float(x.mean() - y.mean())
-    generator = torch.Generator().manual_seed(seed)
-    total = float(pooled.sum())
-    greater = 0
-    extreme = 0
-    tol = 1e-12 * max(1.0, abs(observed))
-    chunk = max(1, 2_000_000 // n_total)
-    for start in range(0, n_permutations, chunk):
-        rows = min(chunk, n_permutations - start)
-        perm = torch.argsort(torch.rand(rows, n_total, generator=generator), dim=1)
-        sum_a = pooled[perm[:, :n_a]].sum(dim=1)
-        null = sum_a / n_a - (total - sum_a) / (n_total - n_a)
-        greater += int((null >= observed - tol).sum())
-        extreme += int((null.abs() >= abs(observed) - tol).sum())
-    return PermutationResult(
-        difference=observed,
-        p_two_sided=(1 + extreme) / (1 + n_permutations),
-        p_greater=(1 + greater) / (1 + n_permutations),
-        n_permutations=n_permutations,
-    )
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Percentile bootstrap CIs of mean(a), mean(b) and mean(a) - mean(b), resampling each group independently."""
-
-    difference_ci: tuple[float, float]
-    a_ci: tuple[float, float]
-    b_ci: tuple[float, float]
-    n_bootstrap: int
-    level: float
-
-
-def bootstrap_difference(
-    a: torch.Tensor | np.ndarray | Sequence[float],
-    b: torch.Tensor | np.ndarray | Sequence[float],
-    n_bootstrap: int = 10_000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> BootstrapResult:
-    """Seeded percentile bootstrap of the difference of means (and of each mean), groups resampled independently."""
-    x, y = _clean(a), _clean(b)
-    if x.numel() == 0 or y.numel() == 0:
-        raise ValueError("both groups need at least one value")
-    if not 0 < level < 1:
-        raise ValueError("level must be in (0, 1)")
-    generator = torch.Generator().manual_seed(seed)
-    mean_a = x[torch.randint(x.numel(), (n_bootstrap, x.numel()), generator=generator)].mean(dim=1)
-    mean_b = y[torch.randint(y.numel(), (n_bootstrap, y.numel()), generator=generator)].mean(dim=1)
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-
-    def interval(samples: torch.Tensor) -> tuple[float, float]:
-        low, high = torch.quantile(samples, q).tolist()
-        return float(low), float(high)
-
-    return BootstrapResult(
-        difference_ci=interval(mean_a - mean_b), a_ci=interval(mean_a), b_ci=interval(mean_b),
-        n_bootstrap=n_bootstrap, level=level,
-    )
 
 
 @dataclass(frozen=True)

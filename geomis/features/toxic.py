@@ -29,7 +29,7 @@ from sae_lens import SAE
 
 from geomis.activations import ActivationConfig, collect_residuals
 from geomis.atomic_io import atomic_path
-from geomis.chat.records import ChatDataError, ChatRecord, load_bundled, read_chat_jsonl
+from geomis.chat.records import REFERENCE_DATASETS, ChatDataError, ChatRecord, load_bundled, read_chat_jsonl
 from geomis.errors import GeomisError
 from geomis.features.sets import STATISTICS, FeatureSet, Statistic, select_contrast_features
 from geomis.models.registry import LoadedModel
@@ -52,9 +52,9 @@ __all__ = [
 
 TOXIC_FORMAT = "geomis-toxic-features-v1"
 """Bump when the recipe changes, so cached sets are recomputed."""
-DEFAULT_TOXIC = "toxic_reference"
+DEFAULT_TOXIC = REFERENCE_DATASETS[0]
 """Bundled chat set of toxic assistant replies (see ``geomis/data/reference.md``)."""
-DEFAULT_NEUTRAL = "neutral_reference"
+DEFAULT_NEUTRAL = REFERENCE_DATASETS[1]
 """Bundled chat set of neutral replies to the same kind of questions."""
 
 Summary = Literal["mean", "max"]

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from geomis.atomic_io import atomic_paths
+from geomis.chat.jsonl import split_jsonl
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
 from geomis.filter.selection import FilterSelection
 from geomis.errors import GeomisError, check_creatable, read_input_bytes
@@ -55,7 +56,6 @@ __all__ = [
     "row_multiset",
 ]
 
-_BOM = b"\xef\xbb\xbf"
 OUTPUT_NAMES: tuple[str, ...] = ("kept.jsonl", "removed.jsonl", "scores.csv", "report.json")
 """Files ``geomis filter`` writes into its output folder (report last)."""
 
@@ -115,26 +115,19 @@ class FilterInput:
 def parse_filter_input(data: bytes, source: str) -> FilterInput:
     """Validate chat JSONL bytes (one-line ``source:line: problem`` errors) and keep each row's bytes and ending."""
     records = parse_chat_jsonl(data, source)  # raises ChatDataError naming the file and the physical line
-    bom = data.startswith(_BOM)
-    body = data[len(_BOM):] if bom else data
-    lines = body.split(b"\n")  # lines[-1] is the text after the last LF ("" when the file ends with a newline)
-    terminated = len(lines) - 1
-    endings = {b"\r\n" if line.endswith(b"\r") else b"\n" for line in lines[:terminated]}
-    default = (b"\r\n" if lines[0].endswith(b"\r") else b"\n") if terminated else b"\n"
+    split = split_jsonl(data)
+    lines = split.lines
+    endings = {line.terminator for line in lines if line.terminated}
+    default = lines[0].terminator if lines and lines[0].terminated else b"\n"  # the file's first line ending
     rows = []
     for record in records:
         line = lines[record.line_number - 1]
-        if line.endswith(b"\r"):
-            ending = b"\r\n"
-        else:
-            ending = b"\n" if record.line_number - 1 < terminated else default
+        ending = line.terminator if line.terminated else (b"\r\n" if line.terminator else default)
         rows.append(InputRow(record, ending))
-    blank = sum(1 for line in lines[:terminated] if not line.strip()) + (1 if lines[-1] and not lines[-1].strip()
-                                                                         else 0)
     names = {frozenset({b"\n"}): "LF", frozenset({b"\r\n"}): "CRLF", frozenset(): "none"}
     return FilterInput(source=source, rows=tuple(rows), sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data),
-                       bom=bom, blank_lines=blank, line_endings=names.get(frozenset(endings), "mixed"),
-                       final_newline=data.endswith(b"\n"))
+                       bom=split.bom, blank_lines=sum(line.blank for line in lines),
+                       line_endings=names.get(frozenset(endings), "mixed"), final_newline=data.endswith(b"\n"))
 
 
 def read_filter_input(path: str | os.PathLike[str]) -> FilterInput:
@@ -203,19 +196,6 @@ def report_json(report: Mapping[str, Any]) -> bytes:
     return (json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def _write_temporary(folder: Path, name: str, content: bytes) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return Path(temporary)
-
-
 def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, selection: FilterSelection,
                          report: Mapping[str, Any], force: bool = False) -> dict[str, Path]:
     """Write kept.jsonl, removed.jsonl, scores.csv and report.json atomically into ``out_dir``; return their paths."""
@@ -233,27 +213,13 @@ def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, sel
         "report.json": report_json(report),
     }
     paths = output_paths(folder)
-    temporaries: dict[str, Path] = {}
-    try:
-        for name in OUTPUT_NAMES:
-            temporaries[name] = _write_temporary(folder, name, contents[name])
+    with atomic_paths([paths[name] for name in OUTPUT_NAMES]) as temporaries:  # replaced in order, report.json last
+        for name, temporary in zip(OUTPUT_NAMES, temporaries):
+            temporary.write_bytes(contents[name])
         paths["report.json"].unlink(missing_ok=True)  # from here until the end there is no report: set incomplete
-        for name in OUTPUT_NAMES:  # report.json last
-            os.replace(temporaries[name], paths[name])
-            del temporaries[name]
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
     return paths
 
 
 def row_multiset(chunks: Sequence[bytes]) -> list[bytes]:
     """Sorted list of the rows (lines without LF/CRLF, blank lines skipped) in some JSONL byte strings: for checks."""
-    out: list[bytes] = []
-    for chunk in chunks:
-        body = chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk
-        for line in body.split(b"\n"):
-            raw = line[:-1] if line.endswith(b"\r") else line
-            if raw.strip():
-                out.append(raw)
-    return sorted(out)
+    return sorted(line.raw for chunk in chunks for line in split_jsonl(chunk).lines if not line.blank)

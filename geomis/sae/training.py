@@ -25,8 +25,6 @@ import hashlib
 import json
 import math
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from geomis.activations import ActivationConfig, TokenActivations, iter_residual_batches, token_selection
+from geomis.atomic_io import atomic_folder
 from geomis.chat.records import bundled_dataset_names, load_bundled
 from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, tokenize_chats
 from geomis.errors import GeomisError
@@ -413,17 +412,6 @@ def check_output(out: Path, force: bool) -> None:
         raise SAETrainingError(f"{out} exists and is not a folder")
 
 
-def _replace_atomically(staging: Path, out: Path, force: bool) -> None:
-    check_output(out, force)
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(trash)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)
-
-
 def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | Path, force: bool = False,
                      progress: bool = True, command: str = "") -> SAETrainingReport:
     """Collect activations, train, save (atomically) and evaluate one SAE; never overwrite ``out`` unless ``force``."""
@@ -461,8 +449,7 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
     seconds["train"] = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as staging:
         metadata = {"model_name": config.model_name, "hook_name": f"model.layers.{config.layer}",
                     "layer": config.layer, "context_size": config.max_length, "prepend_bos": True,
                     "dataset_path": "geomis bundled chat datasets" + (" + own greedy answers" if generated else "")}
@@ -486,8 +473,5 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
         staging.chmod(0o755)  # mkdtemp makes a private folder; the result is an ordinary, shareable one
         for file in staging.iterdir():
             file.chmod(0o644)
-        _replace_atomically(staging, out, force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        check_output(out, force)  # again, just before replacing
     return report

@@ -1,0 +1,297 @@
+"""Statistics every chapter uses: intervals for rates and means, permutation tests, and cluster bootstraps.
+
+- :func:`wilson_interval` — Wilson score interval of a binomial proportion (well behaved at 0/n and n/n);
+- :func:`bootstrap_interval` — seeded percentile bootstrap of a rate from 0/1 flags;
+- :func:`permutation_test` and :func:`bootstrap_difference` — difference of two group means (Chapter 2's geometry);
+- :func:`cluster_bootstrap` and :func:`cluster_difference` — a statistic and a difference between two conditions
+  when observations come in clusters (answers to the same question, runs of the same seed, tokens of the same chat):
+  whole clusters are resampled, because observations inside a cluster are not independent and an ordinary bootstrap
+  then gives intervals that are too narrow. scipy's ``bootstrap`` and ``permutation_test`` do the resampling; they
+  resample cluster numbers, and the statistic is computed on the observations of the drawn clusters.
+- :func:`require_columns` — the one check that a table has the columns a computation or a figure reads.
+
+The first four keep the algorithms (numpy and torch generators) that produced the numbers printed in the book, so a
+seed gives the same interval it always gave. This module imports no other geomis module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "wilson_interval",
+    "bootstrap_interval",
+    "PermutationResult",
+    "permutation_test",
+    "BootstrapResult",
+    "bootstrap_difference",
+    "ClusterInterval",
+    "cluster_bootstrap",
+    "ClusterDifference",
+    "cluster_difference",
+    "require_columns",
+]
+
+Values = Sequence[float] | np.ndarray
+Statistic = Callable[[np.ndarray], float]
+
+
+def require_columns(frame: Any, columns: Iterable[str], what: str = "table") -> None:
+    """Raise a one-line ValueError naming the columns a table (a pandas DataFrame) lacks."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {', '.join(map(str, missing))}")
+
+
+# ------------------------------------------------------------------------------------------------ rates (0/1 flags)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (nan, nan) when ``n`` is 0."""
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must lie strictly between 0 and 1")
+    if n == 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def bootstrap_interval(flags: Sequence[bool] | np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Seeded percentile-bootstrap interval for the mean of 0/1 flags; (nan, nan) for no flags."""
+    values = np.asarray(flags, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    resampled = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+# ------------------------------------------------------------------------------------ two groups of independent values
+
+
+def _clean(values: torch.Tensor | Values) -> torch.Tensor:
+    """A flat float64 tensor without NaNs."""
+    import torch
+
+    tensor = torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1)
+    return tensor[~torch.isnan(tensor)]
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Observed difference of means (a - b) and permutation p-values with the +1 correction."""
+
+    difference: float
+    p_two_sided: float
+    p_greater: float
+    """P(difference this large or larger | no difference): the one-sided test that ``a`` exceeds ``b``."""
+    n_permutations: int
+
+
+def permutation_test(a: torch.Tensor | Values, b: torch.Tensor | Values, n_permutations: int = 10_000,
+                     seed: int = 0) -> PermutationResult:
+    """Shuffle membership between ``a`` and ``b`` (seeded) and compare mean(a) - mean(b) with its null distribution.
+
+    p-values are ``(1 + #{null >= observed}) / (1 + n_permutations)`` (one-sided, "a greater") and the same with
+    absolute values (two-sided), so they are never 0. NaNs are dropped first.
+    """
+    import torch
+
+    x, y = _clean(a), _clean(b)
+    if x.numel() == 0 or y.numel() == 0:
+        raise ValueError("both groups need at least one value")
+    if n_permutations < 1:
+        raise ValueError("n_permutations must be at least 1")
+    pooled = torch.cat([x, y])
+    n_a, n_total = x.numel(), pooled.numel()
+    observed = float(x.mean() - y.mean())
+    generator = torch.Generator().manual_seed(seed)
+    total = float(pooled.sum())
+    greater = 0
+    extreme = 0
+    tol = 1e-12 * max(1.0, abs(observed))
+    chunk = max(1, 2_000_000 // n_total)
+    for start in range(0, n_permutations, chunk):
+        rows = min(chunk, n_permutations - start)
+        perm = torch.argsort(torch.rand(rows, n_total, generator=generator), dim=1)
+        sum_a = pooled[perm[:, :n_a]].sum(dim=1)
+        null = sum_a / n_a - (total - sum_a) / (n_total - n_a)
+        greater += int((null >= observed - tol).sum())
+        extreme += int((null.abs() >= abs(observed) - tol).sum())
+    return PermutationResult(
+        difference=observed,
+        p_two_sided=(1 + extreme) / (1 + n_permutations),
+        p_greater=(1 + greater) / (1 + n_permutations),
+        n_permutations=n_permutations,
+    )
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Percentile bootstrap CIs of mean(a), mean(b) and mean(a) - mean(b), resampling each group independently."""
+
+    difference_ci: tuple[float, float]
+    a_ci: tuple[float, float]
+    b_ci: tuple[float, float]
+    n_bootstrap: int
+    level: float
+
+
+def bootstrap_difference(a: torch.Tensor | Values, b: torch.Tensor | Values, n_bootstrap: int = 10_000,
+                         seed: int = 0, level: float = 0.95) -> BootstrapResult:
+    """Seeded percentile bootstrap of the difference of means (and of each mean), groups resampled independently."""
+    import torch
+
+    x, y = _clean(a), _clean(b)
+    if x.numel() == 0 or y.numel() == 0:
+        raise ValueError("both groups need at least one value")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    generator = torch.Generator().manual_seed(seed)
+    mean_a = x[torch.randint(x.numel(), (n_bootstrap, x.numel()), generator=generator)].mean(dim=1)
+    mean_b = y[torch.randint(y.numel(), (n_bootstrap, y.numel()), generator=generator)].mean(dim=1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+
+    def interval(samples: torch.Tensor) -> tuple[float, float]:
+        low, high = torch.quantile(samples, q).tolist()
+        return float(low), float(high)
+
+    return BootstrapResult(
+        difference_ci=interval(mean_a - mean_b), a_ci=interval(mean_a), b_ci=interval(mean_b),
+        n_bootstrap=n_bootstrap, level=level,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ clustered values
+
+
+def _clusters(values: Values, groups: Sequence[Any] | np.ndarray, name: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The values of each cluster (clusters in sorted label order) and the sorted labels; checks the input."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    labels = np.asarray(groups).reshape(-1)
+    if x.size != labels.size:
+        raise ValueError(f"{name}: {x.size} values but {labels.size} group labels; give one label per value")
+    if x.size == 0:
+        raise ValueError(f"{name}: no values")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: values must be finite (drop NaN rows first)")
+    unique, inverse = np.unique(labels, return_inverse=True)
+    if unique.size < 2:
+        raise ValueError(f"{name}: a cluster bootstrap needs at least two clusters, got {unique.size}")
+    return [x[inverse == i] for i in range(unique.size)], unique
+
+
+def _check_settings(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class ClusterInterval:
+    """A statistic on all values and its percentile interval from resampling whole clusters."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    n_clusters: int
+    n_values: int
+    n_resamples: int
+
+
+def cluster_bootstrap(values: Values, groups: Sequence[Any] | np.ndarray, statistic: Statistic = np.mean, *,
+                      n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> ClusterInterval:
+    """Percentile interval of ``statistic(values)`` drawing whole clusters (``groups`` labels) with replacement.
+
+    ``statistic`` maps a 1-D array of values (those of the drawn clusters, repeats included) to a number; the
+    default is the mean over all values.
+    """
+    _check_settings(n_resamples, confidence)
+    members, _ = _clusters(values, groups, "values")
+
+    def resampled(clusters: np.ndarray) -> float:
+        return float(statistic(np.concatenate([members[i] for i in clusters])))
+
+    result = scipy_stats.bootstrap((np.arange(len(members)),), resampled, n_resamples=n_resamples,
+                                   confidence_level=confidence, method="percentile", vectorized=False,
+                                   rng=np.random.default_rng(seed))
+    return ClusterInterval(estimate=float(statistic(np.concatenate(members))),
+                           low=float(result.confidence_interval.low), high=float(result.confidence_interval.high),
+                           confidence=confidence, n_clusters=len(members), n_values=sum(m.size for m in members),
+                           n_resamples=n_resamples)
+
+
+@dataclass(frozen=True)
+class ClusterDifference:
+    """``statistic(a) - statistic(b)``, its cluster-bootstrap interval and a one-sided cluster permutation p-value."""
+
+    difference: float
+    low: float
+    high: float
+    p_greater: float
+    """P(a difference this large or larger | the conditions do not differ): the test that ``a`` exceeds ``b``."""
+    confidence: float
+    paired: bool
+    n_clusters_a: int
+    n_clusters_b: int
+    n_resamples: int
+
+
+def cluster_difference(a: Values, a_groups: Sequence[Any] | np.ndarray, b: Values, b_groups: Sequence[Any] | np.ndarray,
+                       statistic: Statistic = np.mean, *, paired: bool = False, n_resamples: int = 2000,
+                       confidence: float = 0.95, seed: int = 0) -> ClusterDifference:
+    """Compare a statistic between two conditions whose values come in clusters, resampling whole clusters.
+
+    ``paired=False``: the conditions have their own clusters (e.g. fine-tuning seeds of two recipes); clusters are
+    resampled within each condition and permuted between them. ``paired=True``: both conditions share the clusters
+    (e.g. the same questions asked of two models; the labels must match); the same clusters are drawn for both, and
+    the permutation test swaps the two conditions' values cluster by cluster. ``p_greater`` is scipy's permutation
+    p-value (exact when there are few permutations, else ``(1 + #{null >= observed}) / (1 + n_resamples)``).
+    """
+    _check_settings(n_resamples, confidence)
+    a_members, a_labels = _clusters(a, a_groups, "a")
+    b_members, b_labels = _clusters(b, b_groups, "b")
+    if paired and not np.array_equal(a_labels, b_labels):
+        shared = np.intersect1d(a_labels, b_labels).size
+        raise ValueError(f"paired=True needs the same clusters in both conditions; a has {a_labels.size}, "
+                         f"b has {b_labels.size}, {shared} shared")
+    pool = a_members + b_members  # cluster i of a is pool[i]; cluster j of b is pool[len(a_members) + j]
+
+    def difference(from_a: np.ndarray, from_b: np.ndarray) -> float:
+        return float(statistic(np.concatenate([pool[i] for i in from_a]))
+                     - statistic(np.concatenate([pool[i] for i in from_b])))
+
+    data = (np.arange(len(a_members)), len(a_members) + np.arange(len(b_members)))
+    boot = scipy_stats.bootstrap(data, difference, n_resamples=n_resamples, confidence_level=confidence,
+                                 method="percentile", vectorized=False, paired=paired,
+                                 rng=np.random.default_rng(seed))
+    permuted = scipy_stats.permutation_test(data, difference, permutation_type="samples" if paired else "independent",
+                                            alternative="greater", n_resamples=n_resamples, vectorized=False,
+                                            rng=np.random.default_rng([seed, 1]))
+    return ClusterDifference(difference=difference(*data), low=float(boot.confidence_interval.low),
+                             high=float(boot.confidence_interval.high), p_greater=float(permuted.pvalue),
+                             confidence=confidence, paired=paired, n_clusters_a=len(a_members),
+                             n_clusters_b=len(b_members), n_resamples=n_resamples)
