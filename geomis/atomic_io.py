@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: every output is written beside its target and moved into place in one step.
+"""Reading users' inputs and writing outputs atomically: every output is written beside its target and moved into place in one step.
 
 A file is written to a temporary file in the target's folder, its data is fsynced, it replaces the target with
 ``os.replace`` and the folder is fsynced, so an interrupted run (Ctrl-C, a crash, a full disk) leaves either the old
@@ -18,7 +18,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_folder", "fsync_file", "fsync_folder"]
+from geomis.errors import FileAccessError
+
+__all__ = ["atomic_path", "atomic_paths", "atomic_folder", "fsync_file", "fsync_folder", "read_input_bytes",
+           "check_creatable"]
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
@@ -118,3 +121,25 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a user's input file whole; a missing, unreadable or folder path raises a one-line FileAccessError."""
+    source = Path(path)
+    if source.is_dir():
+        raise FileAccessError(f"{path}: is a folder, expected a file")
+    try:
+        return source.read_bytes()
+    except FileNotFoundError:
+        raise FileAccessError(f"{path}: no such file") from None
+    except OSError as error:
+        raise FileAccessError(f"{path}: cannot read it ({error.strerror or type(error).__name__})") from None
+
+
+def check_creatable(path: str | os.PathLike[str]) -> None:
+    """Fail early with a one-line FileAccessError when ``path`` cannot be created because an ancestor is a file."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileAccessError(f"cannot create {path}: {parent} is a file, not a folder")
+            return

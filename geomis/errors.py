@@ -7,9 +7,6 @@ Any other exception is a bug in geomis and keeps its traceback. Some subclasses 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 
 class GeomisError(Exception):
     """Base class: a problem the user can act on; the CLI prints its one-line message, no traceback."""
@@ -29,25 +26,3 @@ class FileAccessError(GeomisError, OSError):
 
 class OutputExistsError(GeomisError, FileExistsError):
     """An output is already there and geomis was not asked to replace it."""
-
-
-def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a user's input file whole; a missing, unreadable or folder path raises a one-line FileAccessError."""
-    source = Path(path)
-    if source.is_dir():
-        raise FileAccessError(f"{path}: is a folder, expected a file")
-    try:
-        return source.read_bytes()
-    except FileNotFoundError:
-        raise FileAccessError(f"{path}: no such file") from None
-    except OSError as error:
-        raise FileAccessError(f"{path}: cannot read it ({error.strerror or type(error).__name__})") from None
-
-
-def check_creatable(path: str | os.PathLike[str]) -> None:
-    """Fail early with a one-line FileAccessError when ``path`` cannot be created because an ancestor is a file."""
-    for parent in Path(path).absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise FileAccessError(f"cannot create {path}: {parent} is a file, not a folder")
-            return

@@ -11,7 +11,8 @@ import pytest
 from geomis.chat.records import ChatDataError, DownloadError, read_chat_jsonl
 from geomis.cli import commands as cli
 from geomis.cli.commands import main
-from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError, check_creatable
+from geomis.atomic_io import check_creatable
+from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError
 from geomis.settings import run_size
 
 ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'

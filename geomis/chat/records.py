@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geomis.chat.jsonl import BOM, split_jsonl
-from geomis.errors import ConfigError, GeomisError, read_input_bytes
+from geomis.atomic_io import read_input_bytes
+from geomis.errors import ConfigError, GeomisError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

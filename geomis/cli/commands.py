@@ -15,7 +15,8 @@ from pathlib import Path
 from geomis import __version__
 from geomis.cli.filter import add_filter, add_reproduce
 from geomis.cli.train_sae import add_train_sae
-from geomis.errors import GeomisError, OutputExistsError, check_creatable
+from geomis.atomic_io import check_creatable
+from geomis.errors import GeomisError, OutputExistsError
 from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS
 
 

@@ -70,11 +70,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from geomis.evaluation.figures import plot_misalignment_rates
-    from geomis.filter.run import package_versions
 
     table = results_table(result)
     figures = {"misalignment": plot_misalignment_rates(table, label="condition")}
-    path = write_results(result, out, figures=figures, versions=package_versions())
+    path = write_results(result, out, figures=figures)
     for _, row in table.iterrows():
         reduction = "" if row["reduction"] != row["reduction"] else f", reduction {row['reduction']:+.0%}"
         print(f"{row['condition']:18s} misaligned {row['misaligned']:3d}/{row['coherent']:3d} coherent "

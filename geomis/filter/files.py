@@ -39,7 +39,8 @@ from geomis.atomic_io import atomic_paths
 from geomis.chat.jsonl import split_jsonl
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
 from geomis.filter.selection import FilterSelection
-from geomis.errors import GeomisError, check_creatable, read_input_bytes
+from geomis.atomic_io import check_creatable, read_input_bytes
+from geomis.errors import GeomisError
 
 __all__ = [
     "OUTPUT_NAMES",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from geomis.atomic_io import atomic_path
-from geomis.errors import read_input_bytes
+from geomis.atomic_io import read_input_bytes
 from geomis.judges.base import JudgeInputError, JudgeScore
 
 SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")
