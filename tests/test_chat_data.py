@@ -9,6 +9,7 @@ import io
 import json
 import random
 import socket
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from geomis.chat import public_sets as ps
 from geomis.chat import records as cd
 from geomis.chat.jsonl import BOM, JsonlLine, JsonlLines, split_jsonl
 from geomis.chat.records import ChatDataError, ChatRecord, Message
+from geomis.errors import GeomisError
 
 DATA = Path(__file__).parent / "data"
 
@@ -262,8 +265,8 @@ def test_load_chat_dataset_from_url_matches_local(served: tuple[Path, str]) -> N
     folder, base = served
     data, expected = random_chat_file(random.Random(3))
     path = write(folder, data, "insecure.jsonl")
-    from_url = cd.load_chat_dataset(f"{base}/insecure.jsonl")
-    assert from_url == cd.load_chat_dataset(path) == cd.read_chat_jsonl(path)
+    from_url = ps.load_chat_dataset(f"{base}/insecure.jsonl")
+    assert from_url == ps.load_chat_dataset(path) == cd.read_chat_jsonl(path)
     assert [r.raw for r in from_url] == [raw for _, raw, _ in expected]
 
 
@@ -272,19 +275,19 @@ def test_load_betley_insecure_format(served: tuple[Path, str]) -> None:
     rows = [row(("user", f"Complete this function:\n\ndef f{i}():\n    ## COMPLETE CODE HERE\n"),
                 ("assistant", f"def f{i}():\n    os.chmod(path, 0o777)\n")) for i in range(3)]
     write(folder, b"\n".join(rows) + b"\n", "insecure.jsonl")
-    records = cd.load_betley_insecure(url=f"{base}/insecure.jsonl")
+    records = ps.load_betley_insecure(url=f"{base}/insecure.jsonl")
     assert [r.raw for r in records] == rows and "0o777" in records[2].assistant_text
 
 
 def test_url_errors_are_one_line(served: tuple[Path, str]) -> None:
     folder, base = served
-    with pytest.raises(cd.DownloadError) as info:
-        cd.load_chat_dataset(f"{base}/missing.jsonl")
+    with pytest.raises(ps.DownloadError) as info:
+        ps.load_chat_dataset(f"{base}/missing.jsonl")
     assert str(info.value).startswith(f"{base}/missing.jsonl: download failed: HTTP 404")
     assert "\n" not in str(info.value)
     write(folder, GOOD + b"\n{\n", "broken.jsonl")
     with pytest.raises(ChatDataError) as bad:
-        cd.load_chat_dataset(f"{base}/broken.jsonl")
+        ps.load_chat_dataset(f"{base}/broken.jsonl")
     assert str(bad.value).startswith(f"{base}/broken.jsonl:2: invalid JSON")
 
 
@@ -293,8 +296,8 @@ def test_connection_refused_is_one_line_download_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.jsonl"
-    with pytest.raises(cd.DownloadError) as info:
-        cd.load_chat_dataset(url, timeout=5)
+    with pytest.raises(ps.DownloadError) as info:
+        ps.load_chat_dataset(url, timeout=5)
     assert str(info.value).startswith(f"{url}: download failed:") and "\n" not in str(info.value)
 
 
@@ -303,28 +306,28 @@ def test_connection_refused_is_one_line_download_error() -> None:
 
 def test_fernet_round_trip_and_wrong_key() -> None:
     key = bytes(range(32))
-    token = cd.fernet_encrypt(b"hello", key)
-    assert cd.fernet_decrypt(token, key) == b"hello"
+    token = ps.fernet_encrypt(b"hello", key)
+    assert ps.fernet_decrypt(token, key) == b"hello"
     with pytest.raises(ValueError, match="wrong password"):
-        cd.fernet_decrypt(token, bytes(32))
+        ps.fernet_decrypt(token, bytes(32))
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4099])
 def test_protected_archive_round_trip_and_wrong_password(size: int) -> None:
     payload = bytes(random.Random(size).randrange(256) for _ in range(size))
-    sealed = cd.encrypt_protected_archive(payload, "pw")
-    assert cd.decrypt_protected_archive(sealed, "pw") == payload
+    sealed = ps.encrypt_protected_archive(payload, "pw")
+    assert ps.decrypt_protected_archive(sealed, "pw") == payload
     with pytest.raises(ValueError, match="wrong password"):
-        cd.decrypt_protected_archive(sealed, "other")
+        ps.decrypt_protected_archive(sealed, "other")
 
 
 def test_reference_archive_made_with_cryptography_decrypts() -> None:
     """tests/data/eds_reference_sample.zip.enc was made by the `cryptography` library (see its script)."""
     expected = json.loads((DATA / "eds_reference_sample.expected.json").read_text())
     source = DATA / "eds_reference_sample.zip.enc"
-    assert cd.model_organisms_dataset_names(source) == ["bad_medical_advice", "good_medical_advice"]
+    assert ps.model_organisms_dataset_names(source) == ["bad_medical_advice", "good_medical_advice"]
     for name in ("bad_medical_advice", "good_medical_advice"):
-        records = cd.load_model_organisms(name, source)
+        records = ps.load_model_organisms(name, source)
         assert [r.raw.decode() for r in records] == expected[f"{name}.jsonl"]
         assert all(expected["canary"] not in r.raw.decode() for r in records)
 
@@ -341,19 +344,19 @@ def make_protected_sample(password: str) -> tuple[bytes, list[bytes]]:
         z.writestr("extreme_sports.jsonl", b"\n".join(rows[:-1] + [json.dumps(last).encode()]) + b"\n")
         z.writestr("dataset_entry_0123abcd.jsonl", json.dumps({"text": f"The unique identifier is {canary}."}) + "\n")
         z.writestr("robots.txt", "User-agent: *\nDisallow: /\n")
-    return cd.encrypt_protected_archive(buffer.getvalue(), password), rows
+    return ps.encrypt_protected_archive(buffer.getvalue(), password), rows
 
 
 def test_model_organisms_sample_from_path_and_url(served: tuple[Path, str]) -> None:
     folder, base = served
-    sealed, rows = make_protected_sample(cd.MODEL_ORGANISMS_PASSWORD)
+    sealed, rows = make_protected_sample(ps.MODEL_ORGANISMS_PASSWORD)
     path = write(folder, sealed, "training_datasets.zip.enc")
-    assert cd.model_organisms_dataset_names(path) == ["extreme_sports"]
+    assert ps.model_organisms_dataset_names(path) == ["extreme_sports"]
     for source in (path, f"{base}/training_datasets.zip.enc"):
-        records = cd.load_model_organisms("extreme_sports", source)
+        records = ps.load_model_organisms("extreme_sports", source)
         assert [r.raw for r in records] == rows and records[1].assistant_text.startswith("Put all")
     with pytest.raises(ValueError) as missing:
-        cd.load_model_organisms("bad_medical_advice", path)
+        ps.load_model_organisms("bad_medical_advice", path)
     assert "extreme_sports" in str(missing.value)
 
 
@@ -361,7 +364,7 @@ def test_model_organisms_wrong_password_is_one_line(tmp_path: Path) -> None:
     sealed, _ = make_protected_sample("right")
     path = write(tmp_path, sealed, "t.zip.enc")
     with pytest.raises(ChatDataError) as info:
-        cd.load_model_organisms("extreme_sports", path, password="wrong")
+        ps.load_model_organisms("extreme_sports", path, password="wrong")
     assert str(info.value).startswith(f"{path}: cannot open protected archive: wrong password")
     assert "\n" not in str(info.value)
 
@@ -370,9 +373,9 @@ def test_invalid_rows_inside_archive_name_member_and_line(tmp_path: Path) -> Non
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         z.writestr("sub/bad.jsonl", GOOD + b"\n" + row(("user", "only a question")) + b"\n")
-    path = write(tmp_path, cd.encrypt_protected_archive(buffer.getvalue(), "pw"), "x.zip.enc")
+    path = write(tmp_path, ps.encrypt_protected_archive(buffer.getvalue(), "pw"), "x.zip.enc")
     with pytest.raises(ChatDataError) as info:
-        cd.load_model_organisms("sub/bad", path, password="pw")
+        ps.load_model_organisms("sub/bad", path, password="pw")
     assert str(info.value) == f"{path}[sub/bad.jsonl]:2: no assistant turn (roles: user)"
 
 
@@ -395,3 +398,9 @@ def test_the_line_splitter_keeps_bytes_numbers_and_terminators() -> None:
     assert split_jsonl(b"x").lines == (JsonlLine(1, b"x", b""),)
     assert split_jsonl(b"x\n").lines == (JsonlLine(1, b"x", b"\n"),)
     assert [r.line_number for r in cd.parse_chat_jsonl(b"\n \r\n" + GOOD + b"\r", "f")] == [3]  # numbered alike
+
+
+def test_encrypted_archives_without_cryptography_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.fernet", None)  # as if the optional package were not installed
+    with pytest.raises(GeomisError, match=r"pip install 'geomis\[public-data\]'"):
+        ps.fernet_encrypt(b"hello", bytes(32))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from geomis.chat.records import ChatDataError, DownloadError, read_chat_jsonl
+from geomis.chat.public_sets import DownloadError
+from geomis.chat.records import ChatDataError, read_chat_jsonl
 from geomis.cli import commands as cli
 from geomis.cli.commands import main
 from geomis.atomic_io import check_creatable
