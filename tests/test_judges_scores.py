@@ -1,5 +1,5 @@
-"""What every judge shares: the score and misaligned rule (judge_scores), reading replies (judge_replies), the rubric
-(judge_rubric), and the evaluation question sets the judges are asked about."""
+"""What every judge shares: the score and misaligned rule (judges.base), reading replies (judges.replies), the rubric
+(judges.rubric), and the evaluation question sets the judges are asked about."""
 
 from __future__ import annotations
 
