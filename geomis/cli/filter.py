@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geomis.cli.options import config_defaults, drop_fraction, positive_int, seed
+from geomis.atomic_io import STDIN
+from geomis.cli.options import config_defaults, drop_fraction, library_progress_bars, positive_int, seed
 from geomis.errors import ConfigError, OutputExistsError
 from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
@@ -22,8 +23,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     max_length = positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
         raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
-    check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
-    read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
+    if STDIN in (args.toxic, args.neutral, args.judge_data):
+        raise ConfigError("only the training set can be read from standard input (-); name the other files")
+    inputs = [args.toxic, args.neutral, args.judge_data]
+    check_outputs(args.out, args.force, args.input, inputs=inputs)  # fail before reading or loading anything
+    data = read_filter_input(args.input)  # every row validated before a model is loaded; standard input read once
 
     from geomis.filter.run import filter_file
 
@@ -31,7 +35,8 @@ def _cmd_filter(args: argparse.Namespace) -> int:
                           toxic=args.toxic, neutral=args.neutral, seed=chosen_seed, batch_size=batch_size,
                           max_length=max_length, device=args.device, judge=args.judge, judge_data=args.judge_data,
                           progress=not args.quiet)
-    result, paths = filter_file(args.input, args.out, config, force=args.force)
+    with library_progress_bars(not args.quiet):
+        result, paths = filter_file(args.input, args.out, config, force=args.force, data=data)
     selection = result.selection
     label = f"geometry/{args.score}" if args.method == "geometry" else args.method
     print(f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"
@@ -87,7 +92,7 @@ def add_filter(commands: Any) -> None:
     """Add ``geomis filter``; its choices and defaults are :class:`~geomis.filter.config.FilterConfig`'s."""
     default = config_defaults(FilterConfig)
     filt = commands.add_parser("filter", help="drop the training rows whose SAE features lie closest to toxic ones")
-    filt.add_argument("input", help="chat JSONL training set (read only, never modified)")
+    filt.add_argument("input", help="chat JSONL training set, or - for standard input (read only, never modified)")
     filt.add_argument("--out", required=True, help="output folder: kept.jsonl, removed.jsonl, scores.csv, report.json")
     filt.add_argument("--drop", default=str(default["drop"]),
                       help=f"fraction of rows to remove, strictly between 0 and 1 (default {default['drop']})")
