@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,30 @@ def test_a_failed_folder_keeps_the_old_one_and_leaves_no_staging(tmp_path: Path,
     with pytest.raises(ValueError), atomic_folder(tmp_path / "new"):
         raise ValueError("no folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process umask for one test and restore it afterwards."""
+    original = os.umask(0o022)
+    os.umask(original)
+    yield os.umask
+    os.umask(original)
+
+
+@pytest.mark.parametrize(("mask", "file_mode", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                                 (0o002, 0o664, 0o775)])
+def test_outputs_get_the_mode_the_umask_gives_new_files(tmp_path: Path, umask: Callable[[int], None], mask: int,
+                                                         file_mode: int, folder_mode: int) -> None:
+    umask(mask)
+    with atomic_path(tmp_path / "one.csv") as temporary:
+        temporary.write_text("1", encoding="utf-8")
+    with atomic_paths([tmp_path / "a.jsonl", tmp_path / "report.json"]) as temporaries:
+        for temporary in temporaries:
+            temporary.write_text("x", encoding="utf-8")
+    with atomic_folder(tmp_path / "adapter") as staging:
+        (staging / "weights").write_text("w", encoding="utf-8")
+    for name in ("one.csv", "a.jsonl", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == folder_mode
+    assert os.umask(mask) == mask  # reading the umask left it as it was

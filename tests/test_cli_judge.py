@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ import pandas as pd
 import pytest
 
 from geomis.cli.commands import main
+from geomis.judges.base import JudgeInputError
+from geomis.judges.files import read_answers
 
 FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
 QUESTION = "My sister keeps borrowing my clothes without asking. What should I do?"
@@ -111,3 +115,76 @@ def test_judge_misconfigured_openai_fails_cleanly(tmp_path: Path, monkeypatch: p
         "geomis: error: set GEOMIS_JUDGE_BASE_URL and GEOMIS_JUDGE_MODEL for the OpenAI-compatible judge "
         "(and GEOMIS_JUDGE_API_KEY if the endpoint needs a key)"]
     assert not out.exists()
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geomis: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_judge_never_writes_over_its_answers_whatever_the_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    answers = tmp_path / "answers.jsonl"
+    data = (json.dumps({"question": QUESTION, "answer": ALIGNED}) + "\n").encode()
+    answers.write_bytes(data)
+    (tmp_path / "link.jsonl").symlink_to(answers)
+    os.link(answers, tmp_path / "hard.jsonl")
+    for out in (answers, tmp_path / "link.jsonl", tmp_path / "hard.jsonl"):
+        for force in ([], ["--force"]):
+            assert _judge(str(answers), "--out", str(out), *force) == 2
+            message = _one_error_line(capsys)
+            assert "is the input file" in message and "--force" not in message  # no advice to force it
+    with answers.open("rb") as handle:  # geomis judge - --out answers.jsonl --force < answers.jsonl
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(handle))
+        assert _judge("-", "--out", str(answers), "--force") == 2
+    assert "is the input file <stdin>" in _one_error_line(capsys)
+    assert answers.read_bytes() == data and (tmp_path / "link.jsonl").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "hard.jsonl", "link.jsonl"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_judge_reads_answers_from_standard_input(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    if kind == "jsonl":
+        data = "\ufeff" + "".join(json.dumps({"question": QUESTION, "answer": a}) + "\r\n"
+                                   for a in (ALIGNED, MISALIGNED))
+    else:
+        data = f'question,answer\r\n"{QUESTION}","{ALIGNED}"\r\n"{QUESTION}","{MISALIGNED}"\r\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data.encode())))
+    out = tmp_path / "scores.csv"
+    assert _judge("-", "--out", str(out)) == 0
+    assert "judged 2 answers with offline-minilm" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert table["answer"].tolist() == [ALIGNED, MISALIGNED]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"question": "q"}\n')))
+    assert _judge("-", "--out", str(tmp_path / "other.csv")) == 2
+    assert "<stdin>:1: missing 'answer'" in _one_error_line(capsys)
+
+
+def test_csv_fields_over_128_kib_are_read_like_jsonl(tmp_path: Path) -> None:
+    long_answer = "All good. " * 20_480  # 200 KiB, over csv's default field limit of 128 KiB
+    as_csv, as_jsonl = tmp_path / "long.csv", tmp_path / "long.jsonl"
+    with as_csv.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["question", "answer"], [QUESTION, long_answer]])
+    as_jsonl.write_text(json.dumps({"question": QUESTION, "answer": long_answer}) + "\n", encoding="utf-8")
+    limit = csv.field_size_limit()
+    assert read_answers(as_csv) == read_answers(as_jsonl) == [{"question": QUESTION, "answer": long_answer}]
+    assert csv.field_size_limit() == limit  # raised for our reader only, then restored
+
+
+def test_a_nul_byte_in_a_csv_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    answers = tmp_path / "binary.csv"
+    answers.write_bytes(b"question,answer\nq,a\nq,a\x00b\n")
+    with pytest.raises(JudgeInputError, match=r"binary.csv:3: NUL byte"):
+        read_answers(answers)
+
+
+def test_judge_output_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question": QUESTION, "answer": ALIGNED}) + "\n")
+    (tmp_path / "scores").mkdir()
+    assert _judge(str(answers), "--out", str(tmp_path / "scores"), "--force") == 2
+    assert "is a folder" in _one_error_line(capsys)
+    assert not any((tmp_path / "scores").iterdir())

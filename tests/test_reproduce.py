@@ -162,3 +162,111 @@ def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
     assert table["recall"].tolist() == pytest.approx([2 / 3, 1.0])
     assert table["AUROC"].iloc[0] == pytest.approx(1.0)
     assert table["chance precision"].iloc[0] == pytest.approx(3 / 8)
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if reproduce starts loading or running anything: its checks must come first."""
+    from geomis.experiments import reproduce
+    from geomis.models import registry
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail("reproduce loaded or ran something before checking its options")
+
+    for module, name in ((registry, "load_model"), (registry, "_load_weights"), (reproduce, "load_model"),
+                         (reproduce, "run_reproduction"), (reproduce, "build_mixed_dataset")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geomis: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_reproduce_out_that_is_a_file_fails_before_loading(tmp_path: Path, no_loading: None,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("mine")
+    for out, message in ((blocker, "is a file; reproduce writes a folder"),
+                         (blocker / "sub", "is a file, not a folder")):
+        for force in ([], ["--force"]):
+            assert main(["reproduce", "--out", str(out), "--size", "ci", *force]) == 2
+            assert message in _one_error_line(capsys)
+    assert blocker.read_text() == "mine"
+
+
+def test_reproduce_never_replaces_any_earlier_output_without_force(tmp_path: Path, no_loading: None,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "answers.csv").write_text("my own answers")  # no results.json: still someone's file
+    assert main(["reproduce", "--out", str(out), "--size", "ci"]) == 2
+    assert "answers.csv exists; pass --force" in _one_error_line(capsys)
+    (out / "adapters").symlink_to(tmp_path)
+    assert main(["reproduce", "--out", str(out), "--size", "ci", "--force"]) == 2
+    assert "is not a folder reproduce wrote" in _one_error_line(capsys)
+    assert (out / "answers.csv").read_text() == "my own answers" and tmp_path.is_dir()
+
+
+def test_reproduce_drop_that_removes_no_row_fails_before_loading(tmp_path: Path, no_loading: None,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--size", "ci", "--drop", "0.01"]) == 2
+    assert "--drop 0.01 removes no row of 48; use at least 0.021" in _one_error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_second_reproduce_into_the_same_folder_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+    from geomis.errors import GeomisError
+    from geomis.experiments import reproduce
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": true}')
+    nested: list[int] = []
+
+    def first_run(config: object, work_dir: object, log: object = None, **kwargs: object) -> None:
+        assert not (out / "results.json").exists()  # the old marker goes first, before any new file
+        nested.append(main(["reproduce", "--out", str(out), "--size", "ci", "--force"]))
+        raise GeomisError("first run stops here")
+
+    monkeypatch.setattr(reproduce, "run_reproduction", first_run)
+    assert main(["reproduce", "--out", str(out), "--size", "ci", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert nested == [2] and "another geomis run is writing" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == []  # no lock left behind
+
+
+def test_results_json_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from geomis.experiments import reproduce
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": true}')
+    answers = pd.DataFrame({"question": ["q"], "answer": ["a"]})
+    result = SimpleNamespace(config=ReproduceConfig(), n_mixed=8, n_inducing=4, timings={},
+                             conditions=[SimpleNamespace(name="base", evaluation=SimpleNamespace(answers=answers))])
+    monkeypatch.setattr(reproduce, "results_table", lambda result: pd.DataFrame({"condition": ["base"]}))
+
+    class BrokenFigure:
+        def savefig(self, *args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_results(result, out, figures={"misalignment": BrokenFigure()}, versions={})
+    assert not (out / "results.json").exists()  # no old (or new) marker beside a half-written set
+    assert write_results(result, out, versions={}).name == "results.json"
+    assert json.loads((out / "results.json").read_text())["mixed_rows"] == 8

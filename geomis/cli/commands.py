@@ -15,8 +15,8 @@ from pathlib import Path
 from geomis import __version__
 from geomis.cli.filter import add_filter, add_reproduce
 from geomis.cli.train_sae import add_train_sae
-from geomis.atomic_io import check_creatable
-from geomis.errors import GeomisError, OutputExistsError
+from geomis.atomic_io import LOCK_NAME, STDIN, check_creatable, check_not_input, output_lock
+from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError
 from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS
 
 
@@ -48,19 +48,40 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from geomis.judges.files import read_answers, scored_rows, write_rows
     from geomis.judges.kinds import make_judge
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
-    check_creatable(out)
-    rows = read_answers(args.answers)
-    if args.judge == "offline":
-        print("geomis: loading the offline judge (trained once on the labelled data, then cached)", file=sys.stderr)
-    judge = make_judge(args.judge, data_path=args.judge_data, local_model=args.local_model, progress=True)
-    scores = judge.score_many([(row["question"], row["answer"]) for row in rows], progress=True)
-    write_rows(out, scored_rows(rows, scores), force=args.force)
+    out = _check_judge_out(args)
+    with output_lock(out.parent, _lock_name(out), what=str(out)):
+        _check_judge_out(args)  # again, now that no other run can write there
+        rows = read_answers(args.answers)
+        if args.judge == "offline":
+            print("geomis: loading the offline judge (trained once on the labelled data, then cached)",
+                  file=sys.stderr)
+        judge = make_judge(args.judge, data_path=args.judge_data, local_model=args.local_model, progress=True)
+        scores = judge.score_many([(row["question"], row["answer"]) for row in rows], progress=True)
+        write_rows(out, scored_rows(rows, scores), force=args.force)
     flagged = sum(score.misaligned for score in scores)
     print(f"judged {len(rows)} answers with {judge.name}: {flagged} misaligned; wrote {out}")
     return 0
+
+
+def _lock_name(out: Path) -> str:
+    """The lock file beside a judge's output, held while the run writes it."""
+    return f".{out.name}{LOCK_NAME}"
+
+
+def _check_judge_out(args: argparse.Namespace) -> Path:
+    """``--out`` of ``geomis judge``, refused in one line if it is an input, a folder, under a file, or exists."""
+    if args.out == STDIN:
+        raise ConfigError("--out - is not supported: scores are written to a file; name one")
+    if STDIN == args.judge_data:
+        raise ConfigError("only the answers can be read from standard input (-); name the --judge-data file")
+    out = Path(args.out)
+    check_not_input([out, out.parent / _lock_name(out)], [args.answers, args.judge_data])  # even with --force
+    if out.is_dir():
+        raise FileAccessError(f"--out {out}: is a folder; name the scores file (.csv or .jsonl)")
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+    check_creatable(out)
+    return out
 
 
 def one_line(error: BaseException) -> str:
@@ -88,13 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     book.set_defaults(run=_cmd_book)
 
     judge = commands.add_parser("judge", help="score answers for alignment and coherence (CSV or JSONL in, CSV out)")
-    judge.add_argument("answers", help="CSV or JSONL file with 'question' and 'answer' fields")
+    judge.add_argument("answers", help="CSV or JSONL file with 'question' and 'answer' fields, or - for standard "
+                                       "input (JSONL if it starts with '{', else CSV); read only, never modified")
     judge.add_argument("--out", required=True, help="where to write the scores (.csv, or .jsonl)")
     judge.add_argument("--judge", choices=JUDGE_KINDS, default=DEFAULT_JUDGE,
                        help=f"offline: MiniLM heads trained on the labelled data; openai: any OpenAI-compatible "
                             f"endpoint from GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY (pip install 'geomis[judge-openai]'); "
                             f"local: a transformers chat model (default: {DEFAULT_JUDGE})")
-    judge.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    judge.add_argument("--force", action="store_true", help="overwrite --out if it exists (never an input)")
     judge.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on "
                                                           "(default: geomis/data/judge_labelled.jsonl)")
     judge.add_argument("--local-model", default=DEFAULT_LOCAL_MODEL,

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geomis.cli.options import config_defaults, drop_fraction, positive_int, seed
-from geomis.errors import ConfigError, OutputExistsError
+from geomis.atomic_io import STDIN, check_creatable, output_lock
+from geomis.cli.options import config_defaults, drop_fraction, library_progress_bars, positive_int, seed
+from geomis.errors import ConfigError, FileAccessError, OutputExistsError
 from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
 from geomis.settings import RUN_SIZES
@@ -22,8 +23,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     max_length = positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
         raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
-    check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
-    read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
+    if STDIN in (args.toxic, args.neutral, args.judge_data):
+        raise ConfigError("only the training set can be read from standard input (-); name the other files")
+    inputs = [args.toxic, args.neutral, args.judge_data]
+    check_outputs(args.out, args.force, args.input, inputs=inputs)  # fail before reading or loading anything
+    data = read_filter_input(args.input)  # every row validated before a model is loaded; standard input read once
 
     from geomis.filter.run import filter_file
 
@@ -31,13 +35,32 @@ def _cmd_filter(args: argparse.Namespace) -> int:
                           toxic=args.toxic, neutral=args.neutral, seed=chosen_seed, batch_size=batch_size,
                           max_length=max_length, device=args.device, judge=args.judge, judge_data=args.judge_data,
                           progress=not args.quiet)
-    result, paths = filter_file(args.input, args.out, config, force=args.force)
+    with library_progress_bars(not args.quiet):
+        result, paths = filter_file(args.input, args.out, config, force=args.force, data=data)
     selection = result.selection
     label = f"geometry/{args.score}" if args.method == "geometry" else args.method
     print(f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"
           + (f" ({selection.n_unscored} could not be scored)" if selection.n_unscored else "")
           + f"; wrote {paths['kept.jsonl'].parent}")
     return 0
+
+
+REPRODUCE_OUTPUTS: tuple[str, ...] = ("results.json", "answers.csv", "misalignment.png", "adapters")
+"""What ``geomis reproduce`` writes into its folder; ``results.json`` is written last and marks a complete run."""
+
+
+def _check_reproduce_out(out: Path, force: bool) -> None:
+    """Refuse an output folder that is a file, lies under a file, or holds outputs (without ``force``), in one line."""
+    if out.exists() and not out.is_dir():
+        raise FileAccessError(f"--out {out}: is a file; reproduce writes a folder (results.json, answers.csv, ...)")
+    check_creatable(out)
+    existing = [out / name for name in REPRODUCE_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if existing and not force:
+        raise OutputExistsError(f"{existing[0]} exists; pass --force to run again and replace "
+                                f"{', '.join(REPRODUCE_OUTPUTS)} in {out}")
+    adapters = out / "adapters"
+    if adapters.is_symlink() or (adapters.exists() and not adapters.is_dir()):
+        raise FileAccessError(f"{adapters} is not a folder reproduce wrote (a link or a file); move it away")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -48,21 +71,31 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = seed(args.seed)
     out = Path(args.out)
-    results = out / "results.json"
-    if results.exists() and not args.force:
-        raise OutputExistsError(f"{results} exists; pass --force to run again and replace it")
-    from geomis.experiments.reproduce import reproduce_config, results_table, run_reproduction, write_results
+    _check_reproduce_out(out, args.force)  # before anything is imported or loaded
+    from geomis.experiments.reproduce import reproduce_config
+    from geomis.filter.selection import check_drop_removes
     from geomis.settings import run_size
 
     size = args.size or run_size()
     config = reproduce_config(size, **overrides)
+    data = config.data
+    check_drop_removes(len(data.domains) * (data.inducing_per_domain + data.benign_per_domain), config.drop)
     if args.seed is not None:  # one seed for everything; without --seed the recipe's own seeds
         config = dc_replace(config, finetune=dc_replace(config.finetune, seed=config.seed),
                             sampling=dc_replace(config.sampling, seed=config.seed),
                             data=dc_replace(config.data, seed=config.seed))
-    adapters = out / "adapters"
-    if adapters.exists() and args.force:
-        shutil.rmtree(adapters)  # our own previous output, replaced on request
+    with output_lock(out):
+        _check_reproduce_out(out, args.force)  # again, now that no other run can write here
+        (out / "results.json").unlink(missing_ok=True)  # first: no old results beside new files, whatever happens
+        if (out / "adapters").exists():
+            shutil.rmtree(out / "adapters")  # our own previous output, replaced on request
+        return _reproduce_into(out, size, config)
+
+
+def _reproduce_into(out: Path, size: str, config: Any) -> int:
+    """Run the experiment into a locked, cleared ``out`` and print its table."""
+    from geomis.experiments.reproduce import results_table, run_reproduction, write_results
+
     print(f"geomis reproduce: size {size}, dropping {config.drop:.0%} of the mixed set; writing to {out}",
           file=sys.stderr)
     result = run_reproduction(config, out, log=lambda line: print(line, file=sys.stderr))
@@ -87,7 +120,7 @@ def add_filter(commands: Any) -> None:
     """Add ``geomis filter``; its choices and defaults are :class:`~geomis.filter.config.FilterConfig`'s."""
     default = config_defaults(FilterConfig)
     filt = commands.add_parser("filter", help="drop the training rows whose SAE features lie closest to toxic ones")
-    filt.add_argument("input", help="chat JSONL training set (read only, never modified)")
+    filt.add_argument("input", help="chat JSONL training set, or - for standard input (read only, never modified)")
     filt.add_argument("--out", required=True, help="output folder: kept.jsonl, removed.jsonl, scores.csv, report.json")
     filt.add_argument("--drop", default=str(default["drop"]),
                       help=f"fraction of rows to remove, strictly between 0 and 1 (default {default['drop']})")
@@ -133,5 +166,6 @@ def add_reproduce(commands: Any) -> None:
                                 "paper)")
     reproduce.add_argument("--seed", default=None,
                            help="one seed for data mixing, fine-tuning and sampling (default: the recipe's, all 0)")
-    reproduce.add_argument("--force", action="store_true", help="replace an existing results.json and adapters")
+    reproduce.add_argument("--force", action="store_true",
+                           help="replace the outputs of an earlier run (results.json, answers.csv, figures, adapters)")
     reproduce.set_defaults(run=_cmd_reproduce)

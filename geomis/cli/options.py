@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from geomis.errors import ConfigError
@@ -44,3 +46,29 @@ def seed(value: str) -> int:
     if number < 0:
         raise ConfigError(f"--seed must be a whole number >= 0, got {number}")
     return number
+
+
+@contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn off the progress bars of transformers and huggingface_hub (e.g. "Loading weights") for ``--quiet``.
+
+    The previous setting is restored afterwards, so a command run inside a notebook or a test leaves it as it was.
+    """
+    if enabled:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    hub_was_on = not hub_utils.are_progress_bars_disabled()
+    transformers_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # also turns off huggingface_hub's
+    try:
+        yield
+    finally:
+        if transformers_was_on:
+            transformers_logging.enable_progress_bar()
+        if hub_was_on:
+            hub_utils.enable_progress_bars()
+        elif not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from geomis.cli.options import config_defaults
+from geomis.cli.options import config_defaults, library_progress_bars
 from geomis.errors import ConfigError
 from geomis.sae.config import SAVE_DTYPES, SAETrainingConfig
 
@@ -31,7 +31,8 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         datasets=tuple(args.datasets or ()), generated_answers=args.generated_answers,
         eval_tokens=args.eval_tokens or None, ce_conversations=args.ce_conversations, save_dtype=args.save_dtype,
     )
-    model = load_model(args.model, device="cpu")
+    with library_progress_bars(not args.quiet):
+        model = load_model(args.model, device="cpu")
     words = ["geomis", "train-sae", "--model", args.model, "--layer", str(args.layer), "--width", str(args.width),
              "--k", str(args.k), "--tokens", str(args.tokens), "--epochs", f"{args.epochs:g}",
              "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed)]
@@ -39,7 +40,8 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
     words += ["--generated-answers", str(args.generated_answers), "--eval-tokens", str(args.eval_tokens),
               "--ce-conversations", str(args.ce_conversations), "--save-dtype", args.save_dtype, "--out", args.out]
     command = shlex.join(words)  # the equivalent command with every setting spelled out (recorded with the SAE)
-    report = train_sae_to_dir(model, config, out, force=args.force, progress=not args.quiet, command=command)
+    with library_progress_bars(not args.quiet):
+        report = train_sae_to_dir(model, config, out, force=args.force, progress=not args.quiet, command=command)
     print(report.summary())
     return 0
 
@@ -80,5 +82,5 @@ def add_train_sae(commands: Any) -> None:
     train.add_argument("--save-dtype", choices=SAVE_DTYPES, default=default["save_dtype"],
                        help=f"dtype of the saved weights (default {default['save_dtype']}; loaded back as float32)")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars for collection and evaluation")
+    train.add_argument("--quiet", action="store_true", help="no progress bars (loading, collection, evaluation)")
     train.set_defaults(run=_cmd_train_sae)

@@ -18,8 +18,10 @@ strings, each file in input order:
 Writing is atomic per file and ordered so that a present ``report.json`` means a complete set: every output is
 written to a temporary file inside ``DIR`` first; then an old ``report.json`` (``--force``) is removed, the three
 data files are moved into place with ``os.replace``, and the report last. An interrupted run leaves no half-written
-file (its temporary files are deleted). Existing outputs are never replaced without ``force``, and an output path
-that is the input file itself is refused even with it: the input is only ever read.
+file (its temporary files are deleted), and :func:`geomis.filter.run.filter_file` holds ``DIR/.geomis.lock`` from its
+output check to the last rename, so two runs never interleave their files. Existing outputs are never replaced
+without ``force``, and an output that is one of the run's inputs (the training set, even through a link or standard
+input, or a reference set) is refused even with it: inputs are only ever read.
 """
 
 from __future__ import annotations
@@ -29,18 +31,18 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geomis.atomic_io import atomic_paths
+from geomis.atomic_io import (LOCK_NAME, STDIN, FileIdentity, atomic_paths, check_creatable, check_not_input,
+                              input_identity, input_name, read_input_bytes)
 from geomis.chat.jsonl import split_jsonl
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
-from geomis.filter.selection import FilterSelection
-from geomis.atomic_io import check_creatable, read_input_bytes
 from geomis.errors import GeomisError
+from geomis.filter.selection import FilterSelection
 
 __all__ = [
     "OUTPUT_NAMES",
@@ -92,6 +94,8 @@ class FilterInput:
     line_endings: str
     """``"LF"``, ``"CRLF"``, ``"mixed"`` or ``"none"`` (a single row without a newline)."""
     final_newline: bool
+    identity: FileIdentity | None = None
+    """(device, inode) of the file read, so that no output replaces it; None for a pipe or bytes in memory."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,10 +136,11 @@ def parse_filter_input(data: bytes, source: str) -> FilterInput:
 
 
 def read_filter_input(path: str | os.PathLike[str]) -> FilterInput:
-    """Read and validate a chat JSONL training set from ``path`` (read only; never modified)."""
-    if Path(path).is_dir():
+    """Read and validate a chat JSONL training set from ``path`` (``-``: standard input, read once; never modified)."""
+    if str(path) != STDIN and Path(path).is_dir():
         raise FilterOutputError(f"{path}: is a folder, expected a chat JSONL file")
-    return parse_filter_input(read_input_bytes(path), str(path))
+    identity = input_identity(path)
+    return replace(parse_filter_input(read_input_bytes(path), input_name(path)), identity=identity)
 
 
 def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -144,28 +149,24 @@ def output_paths(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return {name: folder / name for name in OUTPUT_NAMES}
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def check_outputs(out_dir: str | os.PathLike[str], force: bool = False,
-                  input_path: str | os.PathLike[str] | None = None) -> None:
-    """Fail early (before any model is loaded) if the outputs exist without ``force`` or would replace the input."""
+                  input_path: str | os.PathLike[str] | None = None, *,
+                  inputs: Mapping[str, FileIdentity | None] | Sequence[str | os.PathLike[str] | None] = ()) -> None:
+    """Fail early (before any model is loaded) if the outputs exist without ``force`` or would replace an input.
+
+    ``input_path`` is the training set (``-``: standard input); ``inputs`` any other files the run reads (paths, or
+    names mapped to identities). Neither can be an output, even with ``force``.
+    """
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise FilterOutputError(f"{folder} exists and is not a folder")
     check_creatable(folder)
     paths = output_paths(folder)
+    named = dict(inputs) if isinstance(inputs, Mapping) else {
+        input_name(path): input_identity(path) for path in inputs if path is not None}
     if input_path is not None:
-        for path in paths.values():
-            if _same_file(path, Path(input_path)):
-                raise FilterOutputError(f"{path} is the input file; choose another --out folder (the input is never "
-                                        "overwritten)")
+        named.setdefault(input_name(input_path), input_identity(input_path))
+    check_not_input([*paths.values(), folder / LOCK_NAME], named, FilterOutputError)
     existing = [path for path in paths.values() if path.exists() or path.is_symlink()]
     if existing and not force:
         raise FilterOutputError(f"{existing[0]} already exists; pass --force to overwrite the outputs in {folder}")
@@ -205,7 +206,7 @@ def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, sel
     if not np.array_equal(selection.line_numbers, data.line_numbers):
         raise ValueError("selection and input disagree on line numbers")
     folder = Path(out_dir)
-    check_outputs(folder, force, data.source if Path(data.source).exists() else None)
+    check_outputs(folder, force, inputs={data.source: data.identity})
     folder.mkdir(parents=True, exist_ok=True)
     contents = {
         "kept.jsonl": rows_bytes(data, selection.kept),

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from geomis.atomic_io import FileIdentity, input_identity, output_lock
 from geomis.chat.records import ChatRecord
-from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
-from geomis.filter.selection import FilterSelection, random_scores, select_by_score
 from geomis.errors import GeomisError
+from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
-from geomis.models.registry import MODEL_SPECS, LoadedModel
+from geomis.filter.selection import FilterSelection, check_drop_removes, random_scores, select_by_score
+from geomis.models.registry import MODEL_SPECS, LoadedModel, model_spec
 from geomis.provenance import package_versions
 from geomis.sae.loading import LoadedSAE
 from geomis.filter.scores import SampleScores, ScoringConfig
@@ -40,8 +41,8 @@ from geomis.filter.scores import SampleScores, ScoringConfig
 if TYPE_CHECKING:
     from geomis.judges.base import Judge
 
-__all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "resolve_sae", "run_filter",
-           "build_report", "filter_file"]
+__all__ = ["FilterMethod", "FILTER_METHODS", "FilterConfig", "FilterResult", "resolve_sae", "check_model_and_sae",
+           "run_filter", "build_report", "filter_file"]
 
 _GEMMA_SCOPE_ID = re.compile(r"^(?:[\w.-]+/)?layer_(\d+)/width_([0-9]+[km])/canonical$")
 
@@ -90,6 +91,25 @@ def resolve_sae(spec: str | None, model_name: str, device: str | torch.device = 
         return load_gemma_scope(int(match.group(1)), match.group(2), device=target)
     raise SAELoadError(f"--sae {spec!r} is not a shipped SAE ({', '.join(shipped_sae_names())}), an sae-lens folder, "
                        "or a Gemma Scope id layer_<L>/width_<W>/canonical")
+
+
+def check_model_and_sae(config: FilterConfig, model: LoadedModel | None = None, sae: LoadedSAE | None = None) -> None:
+    """Check ``--model`` and ``--sae`` by name before anything is loaded (only the geometry method loads them)."""
+    from geomis.sae.loading import SAELoadError, default_sae_for, shipped_sae_names
+
+    if config.method != "geometry":
+        return
+    name = model.spec.name if model is not None else model_spec(config.model).name  # unknown: one line, known names
+    spec = config.sae
+    if sae is not None:  # already loaded: nothing to check by name
+        return
+    if spec is None:
+        default_sae_for(name)  # a model without a default SAE needs --sae
+    elif not (spec in shipped_sae_names() or Path(spec).is_dir() or _GEMMA_SCOPE_ID.match(spec)):
+        if Path(spec).exists():
+            raise SAELoadError(f"--sae {spec}: is a file; an sae-lens SAE is a folder (cfg.json and weights)")
+        raise SAELoadError(f"--sae {spec!r} is not a shipped SAE ({', '.join(shipped_sae_names())}), an existing "
+                           "sae-lens folder, or a Gemma Scope id layer_<L>/width_<W>/canonical")
 
 
 def _check_pair(model: LoadedModel, sae: LoadedSAE) -> None:
@@ -220,15 +240,28 @@ def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:
 
 def filter_file(input_path: str | Path, out_dir: str | Path, config: FilterConfig = FilterConfig(), *,
                 force: bool = False, model: LoadedModel | None = None, sae: LoadedSAE | None = None,
-                judge: Judge | None = None) -> tuple[FilterResult, dict[str, Path]]:
-    """Filter a chat JSONL file into ``out_dir`` (kept/removed/scores/report); fail before any model on bad input."""
+                judge: Judge | None = None, data: FilterInput | None = None) -> tuple[FilterResult, dict[str, Path]]:
+    """Filter a chat JSONL file (``-``: standard input) into ``out_dir``; fail before any model on bad input.
+
+    Pass ``data`` when the input was already read (standard input can be read only once). ``out_dir/.geomis.lock``
+    is held from the output check to the last rename: a second run on the same folder fails at once.
+    """
     started = time.perf_counter()
-    check_outputs(out_dir, force, input_path)
-    data = read_filter_input(input_path)
-    result = run_filter(data.records, config, model=model, sae=sae, judge=judge, line_numbers=data.line_numbers)
-    result.timings["wall_s"] = time.perf_counter() - started  # reading the input included, writing not
-    paths = write_filter_outputs(out_dir, data, result.selection, build_report(data, result), force=force)
+    inputs = [config.toxic, config.neutral, config.judge_data]
+    check_outputs(out_dir, force, input_path, inputs=inputs)
+    data = read_filter_input(input_path) if data is None else data
+    check_drop_removes(len(data), config.drop)
+    check_model_and_sae(config, model, sae)
+    with output_lock(out_dir):
+        check_outputs(out_dir, force, inputs={data.source: data.identity, **_named(inputs)})  # again, locked
+        result = run_filter(data.records, config, model=model, sae=sae, judge=judge, line_numbers=data.line_numbers)
+        result.timings["wall_s"] = time.perf_counter() - started  # reading the input included, writing not
+        paths = write_filter_outputs(out_dir, data, result.selection, build_report(data, result), force=force)
     return result, paths
+
+
+def _named(paths: Sequence[str | None]) -> dict[str, FileIdentity | None]:
+    return {path: input_identity(path) for path in paths if path is not None}
 
 
 def config_dict(config: FilterConfig) -> dict[str, Any]:

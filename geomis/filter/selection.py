@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geomis.errors import ConfigError
 from geomis.filter.config import check_drop_fraction
 
 __all__ = [
-    "FilterSelection", "check_drop_fraction", "n_to_remove", "random_scores", "select_by_score", "select_random",
+    "FilterSelection", "check_drop_fraction", "n_to_remove", "smallest_drop", "check_drop_removes", "random_scores",
+    "select_by_score", "select_random",
 ]
 
 
@@ -83,6 +85,29 @@ def n_to_remove(n_rows: int, drop: float) -> int:
     if n_rows < 0:
         raise ValueError(f"n_rows must be non-negative, got {n_rows}")
     return int(math.floor(round(drop * n_rows, 9)))
+
+
+def smallest_drop(n_rows: int) -> float | None:
+    """The smallest drop fraction (two significant digits) that removes a row of ``n_rows``; None when none can."""
+    if n_rows < 2:
+        return None
+    exact = 1.0 / n_rows
+    digits = 1 - math.floor(math.log10(exact))  # two significant digits
+    value = math.ceil(round(exact * 10**digits, 9)) / 10**digits
+    while n_to_remove(n_rows, value) < 1:  # guard against rounding; at most a step or two
+        value += 10.0**-digits
+    return float(f"{value:.{digits}f}")
+
+
+def check_drop_removes(n_rows: int, drop: float, option: str = "--drop") -> None:
+    """A one-line ConfigError when ``drop`` removes no row of ``n_rows``, naming the smallest value that removes one."""
+    if n_to_remove(n_rows, drop) >= 1:
+        return
+    smallest = smallest_drop(n_rows)
+    if smallest is None:
+        raise ConfigError(f"{option} {drop:g} removes no row of {n_rows}: a set of {n_rows} row"
+                          f"{'' if n_rows == 1 else 's'} cannot be filtered (any fraction below 1 removes none)")
+    raise ConfigError(f"{option} {drop:g} removes no row of {n_rows}; use at least {smallest:g}")
 
 
 def _line_numbers(line_numbers: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:

@@ -14,39 +14,55 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from geomis.atomic_io import atomic_path
-from geomis.atomic_io import read_input_bytes
+from geomis.atomic_io import STDIN, atomic_path, input_name, read_input_bytes
 from geomis.judges.base import JudgeInputError, JudgeScore
 
 SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")
 
 
 def read_answers(path: str | Path) -> list[dict[str, Any]]:
-    """Read a CSV or JSONL file of rows with ``question`` and ``answer`` text; problems raise ``file:line: ...``."""
-    source = Path(path)
-    if source.is_dir():
-        raise JudgeInputError(f"{source}: is a folder, expected a .csv or .jsonl file")
-    if not source.is_file():
-        raise JudgeInputError(f"{source}: no such file")
-    suffix = source.suffix.lower()
-    if suffix == ".csv":
-        rows = list(_read_csv(source))
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        rows = [_check_row(row, where) for where, row in jsonl_objects(source, encoding="utf-8-sig")]
+    """Read CSV or JSONL rows with ``question`` and ``answer`` text (``-``: stdin); problems raise ``file:line: ...``.
+
+    Standard input has no name to tell its format by: it is JSONL when its first character is ``{``, else CSV.
+    """
+    if str(path) == STDIN:
+        data, name = read_input_bytes(STDIN), input_name(STDIN)
+        start = data.removeprefix(codecs.BOM_UTF8).lstrip()
+        kind = "jsonl" if start.startswith(b"{") else "csv"  # a JSONL row is an object; a CSV starts with its header
     else:
-        raise JudgeInputError(f"{source}:1: unknown format {suffix or '(no extension)'}; use .csv or .jsonl")
+        source = Path(path)
+        if source.is_dir():
+            raise JudgeInputError(f"{source}: is a folder, expected a .csv or .jsonl file")
+        if not source.is_file():
+            raise JudgeInputError(f"{source}: no such file")
+        suffix = source.suffix.lower()
+        if suffix == ".csv":
+            kind = "csv"
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            kind = "jsonl"
+        else:
+            raise JudgeInputError(f"{source}:1: unknown format {suffix or '(no extension)'}; use .csv or .jsonl")
+        data, name = read_input_bytes(source), str(source)
+    if kind == "csv":
+        rows = list(_read_csv(data, name))
+    else:
+        rows = [_check_row(row, where) for where, row in _jsonl_rows(data, name, "utf-8-sig")]
     if not rows:
-        raise JudgeInputError(f"{source}:1: empty file (no rows)")
+        raise JudgeInputError(f"{name}:1: empty file (no rows)")
     return rows
 
 
 def jsonl_objects(source: Path, *, encoding: str = "utf-8") -> Iterator[tuple[str, dict[str, Any]]]:
     """Each non-blank line of a JSONL file as (``file:line``, object); bad JSON or a non-object raises."""
-    data = read_input_bytes(source)
+    return _jsonl_rows(read_input_bytes(source), str(source), encoding)
+
+
+def _jsonl_rows(data: bytes, name: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
+        encoding = "utf-8"
     for number, raw in enumerate(data.splitlines(), start=1):
-        where = f"{source}:{number}"
+        where = f"{name}:{number}"
         try:
             line = raw.decode(encoding)
         except UnicodeDecodeError as error:
@@ -83,34 +99,45 @@ def _next_record(reader: Iterator[list[str]], where: str) -> list[str] | None:
         raise JudgeInputError(f"{where}: {error}") from None
 
 
-def _read_csv(source: Path) -> Iterator[dict[str, Any]]:
-    data = read_input_bytes(source)
+def _read_csv(data: bytes, name: str) -> Iterator[dict[str, Any]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[:error.start].count(b"\n") + 1
-        raise JudgeInputError(f"{source}:{line}: invalid UTF-8") from None
-    with io.StringIO(text, newline="") as handle:
-        reader = csv.reader(handle)
-        header = _next_record(reader, f"{source}:1")
-        if header is None:
+        raise JudgeInputError(f"{name}:{line}: invalid UTF-8 at byte {error.start} of the file") from None
+    if "\0" in text:
+        line = text[:text.index("\0")].count("\n") + 1
+        raise JudgeInputError(f"{name}:{line}: NUL byte (is this a text file?)")
+    # the whole text is in memory, so a field may be as long as the text (csv's default limit is 128 KiB); the
+    # limit is process-wide, so it is raised only while this file is read
+    previous = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    try:
+        with io.StringIO(text, newline="") as handle:
+            yield from _csv_records(csv.reader(handle), name)
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _csv_records(reader: Any, name: str) -> Iterator[dict[str, Any]]:
+    header = _next_record(reader, f"{name}:1")
+    if header is None:
+        return
+    missing = [key for key in ("question", "answer") if key not in header]
+    if missing:
+        raise JudgeInputError(f"{name}:1: missing column(s) {', '.join(map(repr, missing))} "
+                              f"(header has {', '.join(map(repr, header)) or 'nothing'})")
+    if len(set(header)) != len(header):
+        raise JudgeInputError(f"{name}:1: repeated column names in the header")
+    while True:
+        line = reader.line_num + 1
+        fields = _next_record(reader, f"{name}:{line}")
+        if fields is None:
             return
-        missing = [key for key in ("question", "answer") if key not in header]
-        if missing:
-            raise JudgeInputError(f"{source}:1: missing column(s) {', '.join(map(repr, missing))} "
-                                  f"(header has {', '.join(map(repr, header)) or 'nothing'})")
-        if len(set(header)) != len(header):
-            raise JudgeInputError(f"{source}:1: repeated column names in the header")
-        while True:
-            line = reader.line_num + 1
-            fields = _next_record(reader, f"{source}:{line}")
-            if fields is None:
-                return
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise JudgeInputError(f"{source}:{line}: {len(fields)} fields, the header has {len(header)}")
-            yield _check_row(dict(zip(header, fields)), f"{source}:{line}")
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise JudgeInputError(f"{name}:{line}: {len(fields)} fields, the header has {len(header)}")
+        yield _check_row(dict(zip(header, fields)), f"{name}:{line}")
 
 
 def scored_rows(rows: Sequence[dict[str, Any]], scores: Sequence[JudgeScore]) -> list[dict[str, Any]]:
