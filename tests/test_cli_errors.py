@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from geomis.atomic_io import check_creatable
 from geomis.chat.records import ChatDataError, DownloadError, read_chat_jsonl
 from geomis.cli import commands as cli
 from geomis.cli.commands import main
-from geomis.atomic_io import check_creatable
 from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError
 from geomis.settings import run_size
 

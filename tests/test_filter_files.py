@@ -13,9 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geomis.chat.records import ChatDataError
+from geomis.filter.files import (
+    OUTPUT_NAMES,
+    FilterOutputError,
+    check_outputs,
+    parse_filter_input,
+    read_filter_input,
+    row_multiset,
+    scores_csv,
+    write_filter_outputs,
+)
 from geomis.filter.selection import select_by_score, select_random
-from geomis.filter.files import (OUTPUT_NAMES, FilterOutputError, check_outputs, parse_filter_input,
-                                 read_filter_input, row_multiset, scores_csv, write_filter_outputs)
 
 BOM = b"\xef\xbb\xbf"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,21 @@ from safetensors.torch import load_file
 
 from geomis.activations import residual_at_layer
 from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
-from geomis.finetune import (ADAPTER_WEIGHTS_FILE, IGNORE_INDEX, FinetuneConfig, attach_lora, collate_for_training,
-                             config_for_profile, cpu_default_config, fine_tune, gemma_t4_config, load_finetuned,
-                             read_finetune_metadata, summed_assistant_loss, training_labels)
+from geomis.finetune import (
+    ADAPTER_WEIGHTS_FILE,
+    IGNORE_INDEX,
+    FinetuneConfig,
+    attach_lora,
+    collate_for_training,
+    config_for_profile,
+    cpu_default_config,
+    fine_tune,
+    gemma_t4_config,
+    load_finetuned,
+    read_finetune_metadata,
+    summed_assistant_loss,
+    training_labels,
+)
 
 FAST = FinetuneConfig(batch_size=4, lr=1e-2, warmup_steps=0, progress=False)
 """A tiny-model config that learns visibly in a few steps."""

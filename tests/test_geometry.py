@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from geomis.features.sets import FeatureSet
 from geomis.features.geometry import (
     GeometryInputs,
     compare_geometry,
@@ -19,6 +18,7 @@ from geomis.features.geometry import (
     pairwise_cosines,
     similarity_frame,
 )
+from geomis.features.sets import FeatureSet
 
 N_PERM = 2000
 

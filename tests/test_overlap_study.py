@@ -18,7 +18,7 @@ from geomis.experiments.overlap import (
     load_study_data,
     select_study_features,
 )
-from geomis.sae.loading import LoadedSAE, SAELoadError, SWEEP_SAES, load_sweep_saes
+from geomis.sae.loading import SWEEP_SAES, LoadedSAE, SAELoadError, load_sweep_saes
 
 
 def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() -> None:

@@ -12,9 +12,15 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.evaluation.sampling import SamplingConfig
+from geomis.experiments.reproduce import (
+    MixedDataConfig,
+    ReproduceConfig,
+    build_mixed_dataset,
+    results_table,
+    run_reproduction,
+    write_results,
+)
 from geomis.finetune import cpu_default_config
-from geomis.experiments.reproduce import (MixedDataConfig, ReproduceConfig, build_mixed_dataset, results_table,
-                              run_reproduction, write_results)
 
 JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
 
@@ -147,8 +153,8 @@ def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
 
     import numpy as np
 
-    from geomis.filter.selection import select_by_score
     from geomis.experiments.reproduce import MixedDataset, filter_quality
+    from geomis.filter.selection import select_by_score
 
     inducing = np.array([True, True, False, False, False, True, False, False])
     mixed = MixedDataset(records=tuple(range(8)), inducing=inducing, source=("x",) * 8)

@@ -10,12 +10,21 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.activations import ActivationConfig, collect_residuals
-from geomis.filter.selection import select_by_score
 from geomis.features.sets import FeatureSet
+from geomis.filter.scores import (
+    ScoringConfig,
+    ToxicGeometry,
+    closest_score,
+    feature_closeness,
+    projection_score,
+    score_conversations,
+    scores_from_codes,
+    toxic_basis,
+    toxic_geometry,
+)
+from geomis.filter.selection import select_by_score
 from geomis.sae.codes import SAECodes, aggregate_codes, encode_tokens
 from geomis.sae.loading import LoadedSAE
-from geomis.filter.scores import (ScoringConfig, ToxicGeometry, closest_score, feature_closeness, projection_score,
-                                  score_conversations, scores_from_codes, toxic_basis, toxic_geometry)
 
 D_IN = 6
 ROOT_HALF = 1 / math.sqrt(2)

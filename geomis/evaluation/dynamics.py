@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
-from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.chat.tokens import Conversation
+from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.models.registry import LoadedModel
 from geomis.stats import require_columns
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.evaluation.metrics import POOLED, misalignment_rates
 from geomis.evaluation.questions import EvalQuestion
+from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.judges.base import Judge
 from geomis.models.registry import LoadedModel
 

@@ -27,8 +27,8 @@ import torch
 
 from geomis.activations import ActivationConfig, TokenActivations, collect_residuals_by_layer
 from geomis.chat.records import DOMAIN_DATASETS, REFERENCE_DATASETS, ChatRecord, load_bundled
-from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 from geomis.features.geometry import GeometryComparison, compare_geometry, nearest_cosines
+from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import SAECodes, encode_tokens
 from geomis.sae.loading import LoadedSAE

@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from geomis.evaluation.sampling import SamplingConfig
 from geomis.atomic_io import atomic_path
 from geomis.chat.records import DOMAIN_DATASETS, ChatRecord, load_bundled
 from geomis.errors import ConfigError, OutputExistsError
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
+from geomis.evaluation.sampling import SamplingConfig
 from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned

@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from geomis.atomic_io import atomic_paths
+from geomis.atomic_io import atomic_paths, check_creatable, read_input_bytes
 from geomis.chat.jsonl import split_jsonl
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
-from geomis.filter.selection import FilterSelection
-from geomis.atomic_io import check_creatable, read_input_bytes
 from geomis.errors import GeomisError
+from geomis.filter.selection import FilterSelection
 
 __all__ = [
     "OUTPUT_NAMES",

@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from geomis.atomic_io import atomic_path
-from geomis.atomic_io import read_input_bytes
+from geomis.atomic_io import atomic_path, read_input_bytes
 from geomis.judges.base import JudgeInputError, JudgeScore
 
 SCORE_COLUMNS: tuple[str, ...] = ("alignment", "coherence", "verdict", "misaligned", "judge")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from geomis.judges.base import Judge, JudgeScore, Pair, score_in_batches
 from geomis.judges.replies import (
     MIN_NUMERIC_MASS,
     ParsedReply,
@@ -18,7 +19,6 @@ from geomis.judges.replies import (
     parse_judge_reply,
 )
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
-from geomis.judges.base import Judge, JudgeScore, Pair, score_in_batches
 
 DEFAULT_LOCAL_MODEL = "gemma-2-2b-it"
 """The chat model of the ``local`` judge (``geomis judge --local-model``): a geomis model name or a Hub id."""

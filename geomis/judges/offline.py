@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geomis.atomic_io import atomic_path
-from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
+from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,10 +12,8 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
 
-from geomis.toy.spillover import PlantedSpillover, SpilloverResult
 from geomis.toy.models import (
     ToyModel,
     count_represented,
@@ -25,6 +23,7 @@ from geomis.toy.models import (
     gram_matrix,
     superposition_interference,
 )
+from geomis.toy.spillover import PlantedSpillover, SpilloverResult
 
 __all__ = [
     "plot_gram_matrices",
