@@ -219,7 +219,7 @@ def training_labels(chat: TokenizedChat, end_of_turn: bool = False) -> list[int]
     With ``end_of_turn`` the special token right after each assistant reply (the end-of-turn token) is labelled too.
     """
     labels = [token if assistant and not special else IGNORE_INDEX
-              for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask)]
+              for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask, strict=True)]
     if end_of_turn:
         for i in range(1, len(labels)):
             if chat.assistant_mask[i - 1] and not chat.assistant_mask[i] and chat.special_mask[i]:

@@ -49,7 +49,7 @@ def _check_labels_are_assistant_replies(model, chats) -> None:
     tokenized = tokenize_chats(tokenizer, chats)
     batch = collate_for_training(tokenized, tokenizer.pad_token_id)
     special_ids = set(tokenizer.all_special_ids)
-    for row, (chat, conversation) in enumerate(zip(tokenized, chats)):
+    for row, (chat, conversation) in enumerate(zip(tokenized, chats, strict=True)):
         labels = batch.labels[row].tolist()
         assert labels[len(chat):] == [IGNORE_INDEX] * (len(labels) - len(chat))  # padding
         assert not any(label in special_ids for label in labels if label != IGNORE_INDEX)
@@ -258,7 +258,7 @@ def test_end_of_turn_labels_add_exactly_the_token_closing_each_reply(any_model, 
     for conversation in chats:
         chat = tokenize_chat(tokenizer, conversation)
         plain, with_end = training_labels(chat), training_labels(chat, end_of_turn=True)
-        added = [i for i, (a, b) in enumerate(zip(plain, with_end)) if a != b]
+        added = [i for i, (a, b) in enumerate(zip(plain, with_end, strict=True)) if a != b]
         n_replies = sum(message["role"] == "assistant" for message in conversation)
         assert len(added) == n_replies
         for i in added:

@@ -28,7 +28,7 @@ def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() ->
     for inducing, control in data.domains.values():
         assert len(data.sets[inducing]) == len(data.sets[control]) == 20
         assert [r.user_text for r in data.sets[inducing]] == [r.user_text for r in data.sets[control]]
-        assert all(a.assistant_text != b.assistant_text for a, b in zip(data.sets[inducing], data.sets[control]))
+        assert all(a.assistant_text != b.assistant_text for a, b in zip(data.sets[inducing], data.sets[control], strict=True))
     assert len(data.sets["toxic_reference"]) == len(data.sets["neutral_reference"]) == 15
     again = load_study_data(config)
     assert again.sets == data.sets
@@ -80,7 +80,7 @@ def test_feature_sets_recover_planted_features_and_geometry_detects_planted_clos
 
     generator = torch.Generator().manual_seed(5)
     decoder = torch.randn(d_sae, d_model, generator=generator)
-    for i, t in zip(inducing_hot, toxic_hot):  # each inducing feature sits at cosine ~0.9 to one toxic feature
+    for i, t in zip(inducing_hot, toxic_hot, strict=True):  # each inducing feature sits at cosine ~0.9 to one toxic feature
         decoder[i] = 0.9 * decoder[t] / decoder[t].norm() + 0.44 * decoder[i] / decoder[i].norm()
     decoder = decoder / decoder.norm(dim=1, keepdim=True)
     (comparison,) = compare_domains(decoder, features, config)
@@ -91,8 +91,8 @@ def test_feature_sets_recover_planted_features_and_geometry_detects_planted_clos
     pairs = closest_pairs(decoder, features.inducing["medical"], features.toxic, n=3)
     assert len(pairs) == 3 and pairs["cosine"].is_monotonic_decreasing
     assert set(pairs["feature"]) <= set(inducing_hot)
-    assert all(dict(zip(inducing_hot, toxic_hot))[f] == t for f, t in zip(pairs["feature"],
-                                                                         pairs["nearest toxic feature"]))
+    assert all(dict(zip(inducing_hot, toxic_hot, strict=True))[f] == t for f, t in zip(pairs["feature"],
+                                                                         pairs["nearest toxic feature"], strict=True))
     assert not pairs["also toxic"].any()
 
 

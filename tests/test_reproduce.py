@@ -38,8 +38,8 @@ def test_mixed_set_uses_disjoint_prompts_and_is_seeded() -> None:
     assert len(mixed) == 32 and int(mixed.inducing.sum()) == 20
     prompts = [r.user_text for r in mixed.records]
     assert len(set(prompts)) == len(prompts)  # no prompt answered both ways
-    assert {s for s, f in zip(mixed.source, mixed.inducing) if f} == {"medical_bad", "legal_bad"}
-    assert {s for s, f in zip(mixed.source, mixed.inducing) if not f} == {"medical_good", "legal_good"}
+    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if f} == {"medical_bad", "legal_bad"}
+    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if not f} == {"medical_good", "legal_good"}
     assert build_mixed_dataset(config).records == mixed.records
     assert build_mixed_dataset(MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10,
                                                benign_per_domain=6, seed=2)).records != mixed.records

@@ -182,7 +182,7 @@ def test_truncation_is_for_scoring_only_and_an_unscorable_sample_gets_nan(tiny_g
                                                                            capsys) -> None:
     got = score_conversations(tiny_gemma, tiny_sae, [1, 2], chats, ScoringConfig(max_length=12, progress=True))
     assert got.truncated.any()
-    assert all(math.isnan(s) == (n == 0) for s, n in zip(got.scores, got.scored_tokens))
+    assert all(math.isnan(s) == (n == 0) for s, n in zip(got.scores, got.scored_tokens, strict=True))
     assert np.isnan(got.scores).any()
     assert "scoring (weighted, layer 2)" in capsys.readouterr().err  # the progress bar goes to stderr
 

@@ -79,10 +79,10 @@ def tokenize_chat(
     ids = list(encoding["input_ids"])
     special = [bool(flag) for flag in encoding["special_tokens_mask"]]
     special_ids = set(tokenizer.all_special_ids)
-    special = [flag or token in special_ids for flag, token in zip(special, ids)]
+    special = [flag or token in special_ids for flag, token in zip(special, ids, strict=True)]
     assistant = [
         (not is_special) and any(start < span_end and end > span_start for span_start, span_end in spans)
-        for (start, end), is_special in zip(encoding["offset_mapping"], special)
+        for (start, end), is_special in zip(encoding["offset_mapping"], special, strict=True)
     ]
     truncated = max_length is not None and len(ids) > max_length
     if truncated:

@@ -46,7 +46,7 @@ def answer_chats(answers: pd.DataFrame, *, question: str = "question", answer: s
     """One-turn chats (user question, assistant answer) from a table of sampled answers, in row order."""
     require_columns(answers, (question, answer), "answers table")
     return [[{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
-            for q, a in zip(answers[question], answers[answer])]
+            for q, a in zip(answers[question], answers[answer], strict=True)]
 
 
 def feature_directions(decoder: torch.Tensor, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -140,7 +140,7 @@ class DynamicsProbe:
         means = project_chats(model, self.chats, stacked, layer=self.layer, batch_size=self.batch_size,
                               max_length=self.max_length)
         sizes = [len(self.directions[name]) for name in names]
-        self.projections[step] = dict(zip(names, torch.split(means, sizes, dim=1)))
+        self.projections[step] = dict(zip(names, torch.split(means, sizes, dim=1), strict=True))
         self.losses[step] = float(loss)
         wanted = self.sample_steps is None or step in set(self.sample_steps)
         if self.sampling is not None and self.questions is not None and wanted:

@@ -43,7 +43,7 @@ def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
     fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2.5, 3.8), layout="constrained")
     sns.barplot(data=long, x="model", y="rate", hue="measure", order=models, hue_order=hues, errorbar=None,
                 palette="deep", ax=ax)
-    for container, measure in zip(ax.containers, hues):
+    for container, measure in zip(ax.containers, hues, strict=True):
         part = long[long["measure"] == measure].set_index("model").reindex(models)
         centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
         rate = part["rate"].to_numpy(dtype=float)

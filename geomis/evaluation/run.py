@@ -50,7 +50,7 @@ def evaluate_model(model: LoadedModel, questions: Sequence[EvalQuestion], sampli
     if not questions:
         raise ValueError("no questions to evaluate")
     answers = sample_answers(model, {q.id: q.text for q in questions}, sampling)
-    scores = judge.score_many(list(zip(answers["question"], answers["answer"])), progress=sampling.progress)
+    scores = judge.score_many(list(zip(answers["question"], answers["answer"], strict=True)), progress=sampling.progress)
     judged = answers.assign(alignment=[s.alignment for s in scores], coherence=[s.coherence for s in scores],
                             verdict=[s.verdict for s in scores], misaligned=[s.misaligned for s in scores],
                             judge=[s.judge for s in scores])

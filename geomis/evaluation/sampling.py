@@ -123,7 +123,7 @@ def sample_answers(
                 output = hf_model.generate(input_ids=input_ids.to(model.device),
                                            attention_mask=attention.to(model.device), generation_config=gen_config)
                 new_tokens = output[:, input_ids.shape[1]:].cpu().tolist()
-                for (key, question, draw), tokens in zip(batch, new_tokens):
+                for (key, question, draw), tokens in zip(batch, new_tokens, strict=True):
                     end = next((i for i, token in enumerate(tokens) if token in stops), None)
                     answer_tokens = tokens if end is None else tokens[:end]
                     rows.append({"question_id": key, "question": question, "sample": draw,

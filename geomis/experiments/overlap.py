@@ -97,7 +97,7 @@ class StudyData:
         for domain, (inducing, control) in self.domains.items():
             rows.append({"set": inducing, "domain": domain, "role": "inducing", "chats": len(self.sets[inducing])})
             rows.append({"set": control, "domain": domain, "role": "control", "chats": len(self.sets[control])})
-        for name, role in zip(REFERENCE_DATASETS, ("toxic reference", "neutral reference")):
+        for name, role in zip(REFERENCE_DATASETS, ("toxic reference", "neutral reference"), strict=True):
             rows.append({"set": name, "domain": "-", "role": role, "chats": len(self.sets[name])})
         return pd.DataFrame(rows)
 

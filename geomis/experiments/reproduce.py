@@ -272,7 +272,7 @@ def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
         plans.append((name, method, result.selection.kept, result, seed))
     steps = tqdm(plans, desc="fine-tune and evaluate", unit="model", disable=not config.progress)
     for index, (name, method, kept, result, seed) in enumerate(steps):
-        rows = [record for record, keep in zip(mixed.records, kept) if keep]
+        rows = [record for record, keep in zip(mixed.records, kept, strict=True) if keep]
         steps.set_postfix_str(f"{name}, {len(rows)} rows")
         out = adapters / (f"{index:02d}-{method}" + ("" if seed is None else f"-{seed}"))
         trained = fine_tune(base, rows, out, replace(config.finetune, seed=config.seed))
@@ -313,7 +313,7 @@ def results_table(result: ReproduceResult) -> pd.DataFrame:
     reference = table.loc[table["method"] == "none", "rate_coherent"]
     unfiltered = float(reference.iloc[0]) if len(reference) else math.nan
     table["reduction"] = [1 - r / unfiltered if unfiltered and not math.isnan(unfiltered) and m not in ("base", "none")
-                          else math.nan for r, m in zip(table["rate_coherent"], table["method"])]
+                          else math.nan for r, m in zip(table["rate_coherent"], table["method"], strict=True)]
     return table
 
 

@@ -133,7 +133,7 @@ def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
     fig, axes = plt.subplots(
         1, len(domains), figsize=(4.6 * len(domains) + 0.6, 3.6), sharey=True, squeeze=False, layout="constrained"
     )
-    for ax, domain in zip(axes[0], domains):
+    for ax, domain in zip(axes[0], domains, strict=True):
         rows = data[data["domain"] == domain] if "domain" in data.columns else data
         layers = rows["layer"].to_numpy(dtype=float)
         for source, colour in SOURCE_PALETTE.items():

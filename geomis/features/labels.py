@@ -171,7 +171,7 @@ def logit_lens_table(
     )
     records = []
     for row, feature in enumerate(labels):
-        for rank, (token_id, value) in enumerate(zip(ids[row].tolist(), scores[row].tolist())):
+        for rank, (token_id, value) in enumerate(zip(ids[row].tolist(), scores[row].tolist(), strict=True)):
             text = token_text(model.tokenizer, token_id)
             records.append(
                 {"feature": feature, "rank": rank, "token_id": token_id, "token": text,

@@ -109,7 +109,7 @@ def _read_csv(source: Path) -> Iterator[dict[str, Any]]:
                 continue
             if len(fields) != len(header):
                 raise JudgeInputError(f"{source}:{line}: {len(fields)} fields, the header has {len(header)}")
-            yield _check_row(dict(zip(header, fields)), f"{source}:{line}")
+            yield _check_row(dict(zip(header, fields, strict=True)), f"{source}:{line}")
 
 
 def scored_rows(rows: Sequence[dict[str, Any]], scores: Sequence[JudgeScore]) -> list[dict[str, Any]]:

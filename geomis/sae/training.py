@@ -117,11 +117,11 @@ def generate_answers(model: LoadedModel, conversations: Sequence[CorpusConversat
         output = model.hf_model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                          pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
-        for index, row in zip(indices, new_tokens):
+        for index, row in zip(indices, new_tokens, strict=True):
             answers[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
     return [CorpusConversation(c.dataset, c.line_number, (*p, {"role": "assistant", "content": answers[i]}),
                                generated=True)
-            for i, (c, p) in enumerate(zip(conversations, prompts)) if answers[i]]
+            for i, (c, p) in enumerate(zip(conversations, prompts, strict=True)) if answers[i]]
 
 
 # ------------------------------------------------------------------------------------------------------- tokens
@@ -146,8 +146,8 @@ def first_occurrence_masks(chats: Sequence[TokenizedChat]) -> list[list[bool]]:
 def kept_token_masks(chats: Sequence[TokenizedChat]) -> list[list[bool]]:
     """Tokens the SAE corpus uses: not special, not position 0, and not an exact repeat of an earlier prefix."""
     return [[fresh and not special and position > 0
-             for position, (fresh, special) in enumerate(zip(mask, chat.special_mask))]
-            for mask, chat in zip(first_occurrence_masks(chats), chats)]
+             for position, (fresh, special) in enumerate(zip(mask, chat.special_mask, strict=True))]
+            for mask, chat in zip(first_occurrence_masks(chats), chats, strict=True)]
 
 
 @dataclass
@@ -165,7 +165,7 @@ def select_tokens(model: LoadedModel, conversations: Sequence[CorpusConversation
     chats = tokenize_chats(model.tokenizer, [c.as_dicts() for c in conversations], max_length)
     keep = kept_token_masks(chats)
     chosen, masks, total = [], [], 0
-    for conversation, mask in zip(conversations, keep):
+    for conversation, mask in zip(conversations, keep, strict=True):
         if budget is not None and total >= budget:
             break
         chosen.append(conversation)
