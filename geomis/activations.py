@@ -83,7 +83,8 @@ def residuals_at_layers(model: LoadedModel, batch: PaddedBatch, layers: Sequence
         for layer in wanted:
             saved.append(model.lm.model.layers[layer].output.save())
         tracer.stop()
-    return {layer: (hidden[0] if isinstance(hidden, tuple) else hidden) for layer, hidden in zip(wanted, saved, strict=True)}
+    return {layer: (hidden[0] if isinstance(hidden, tuple) else hidden)
+            for layer, hidden in zip(wanted, saved, strict=True)}
 
 
 def token_selection(batch: PaddedBatch, assistant_only: bool) -> torch.Tensor:

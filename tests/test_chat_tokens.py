@@ -9,7 +9,8 @@ from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
 
 
 def _assistant_text(model, chat) -> str:
-    return model.tokenizer.decode([token for token, keep in zip(chat.input_ids, chat.assistant_mask, strict=True) if keep])
+    return model.tokenizer.decode([token for token, keep in zip(chat.input_ids, chat.assistant_mask, strict=True)
+                                   if keep])
 
 
 def test_assistant_mask_decodes_to_exactly_the_replies(any_model, chats) -> None:

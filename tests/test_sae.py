@@ -165,7 +165,7 @@ def _reference_ce(model, chats, layer, replace_fn) -> float:
         batch = pad_left([tokenized], model.tokenizer.pad_token_id)
         keep = token_selection(batch, assistant_only=False)
 
-        def hook(module, inputs, output):
+        def hook(module, inputs, output, keep=keep):  # keep: this chat's mask, bound now (ruff B023)
             hidden = output[0] if isinstance(output, tuple) else output
             edited = hidden.clone()
             edited[keep] = replace_fn(hidden[keep])

@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         root = Path(args.root)
         if not (root / "_config.yml").is_file():
-            raise GeomisError(f"{root.resolve()} holds no _config.yml: run this in a geomis checkout or pass its folder")
+            raise GeomisError(f"{root.resolve()} holds no _config.yml: "
+                              "run this in a geomis checkout or pass its folder")
         served = ensure_mathjax(root, tarball=Path(args.tarball) if args.tarball else None)
     except (GeomisError, OSError, tarfile.TarError) as error:
         message = str(error).strip()

@@ -1,4 +1,4 @@
-"""Training dynamics of emergent misalignment: how evaluation answers' hidden states move along toxic feature directions.
+"""Training dynamics of emergent misalignment: how evaluation answers' hidden states move along toxic directions.
 
 Minegishi et al. (2026) explain emergent misalignment with the spillover law of Chapter 1: fine-tuning shifts the
 hidden state, :math:`h \\to h + \\Delta h`, and every feature read along a unit direction :math:`d_j` changes by
@@ -56,7 +56,7 @@ def feature_directions(decoder: torch.Tensor, indices: torch.Tensor | Sequence[i
 
 
 def random_features(d_sae: int, k: int, *, exclude: torch.Tensor | Sequence[int] = (), seed: int = 0) -> torch.Tensor:
-    """``k`` distinct feature indices drawn uniformly (seeded) from ``0..d_sae-1`` outside ``exclude``: a baseline set."""
+    """``k`` distinct feature indices drawn uniformly (seeded) from ``0..d_sae-1`` minus ``exclude``: a baseline set."""
     excluded = torch.as_tensor(exclude, dtype=torch.long).unique()
     allowed = torch.ones(d_sae, dtype=torch.bool)
     allowed[excluded] = False

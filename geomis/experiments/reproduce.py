@@ -10,7 +10,8 @@ domain) the pipeline
 4. reports per condition the misalignment rate with its 95% Wilson interval, the filter's precision at removing
    inducing samples, its cost, and the relative reduction against the unfiltered model (the paper: 34.5%).
 
-It is orchestration at the top of the data path, like :mod:`geomis.cli.commands`; Chapter 4 and ``geomis reproduce`` call it.
+It is orchestration at the top of the data path, like :mod:`geomis.cli.commands`; Chapter 4 and ``geomis reproduce``
+call it.
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ def filter_mixed_dataset(mixed: MixedDataset, config: ReproduceConfig, model: Lo
     """Run every filter method on the mixed set at ``config.drop``; keys are condition names."""
     results: dict[str, FilterResult] = {}
     common = dict(drop=config.drop, model=config.model, progress=config.progress, device=config.device)
-    results["geometry"] = run_filter(mixed.records, FilterConfig(method="geometry", score=config.geometry_score,
-                                                                 sae=config.sae, seed=config.seed, **common), model=model)
+    geometry = FilterConfig(method="geometry", score=config.geometry_score, sae=config.sae, seed=config.seed, **common)
+    results["geometry"] = run_filter(mixed.records, geometry, model=model)
     for seed in config.random_seeds:
         results[f"random (seed {seed})"] = run_filter(mixed.records, FilterConfig(method="random", seed=seed,
                                                                                    **common))

@@ -1,9 +1,9 @@
 """Figures for the feature-geometry chapter; one function per figure, each returning a matplotlib Figure.
 
-Inputs are the tidy outputs of :mod:`geomis.features.geometry`: :func:`~geomis.features.geometry.similarity_frame` rows for the
-distributions, a :func:`~geomis.features.geometry.pairwise_cosines` matrix for the heatmap and a
-:func:`~geomis.features.geometry.comparison_table` for the layer sweep. Like :mod:`geomis.toy.figures`, this module sits at the end
-of the data path and no stage imports it.
+Inputs are the tidy outputs of :mod:`geomis.features.geometry`: :func:`~geomis.features.geometry.similarity_frame`
+rows for the distributions, a :func:`~geomis.features.geometry.pairwise_cosines` matrix for the heatmap and a
+:func:`~geomis.features.geometry.comparison_table` for the layer sweep. Like :mod:`geomis.toy.figures`, this module
+sits at the end of the data path and no stage imports it.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def plot_cosine_heatmap(
 def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
     """Layer vs mean max-cosine to the reference set, inducing and control lines with bootstrap CI bands.
 
-    ``table`` is :func:`geomis.features.geometry.comparison_table` over a layer sweep; several domains give one panel each.
+    ``table`` is :func:`geomis.features.geometry.comparison_table` over a layer sweep; several domains give one panel
+    each.
     """
     needed = ["layer"] + [f"{s}_{c}" for s in ("inducing", "control") for c in ("mean_max", "ci_low", "ci_high")]
     require_columns(table, needed, "comparison table")

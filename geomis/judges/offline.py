@@ -351,7 +351,8 @@ def evaluate_offline_judge(data_path: str | Path | None = None, *, test_fraction
         misaligned_accuracy=float(np.mean(truth == flagged)),
         misaligned_precision=true_positive / int(flagged.sum()) if flagged.any() else float("nan"),
         misaligned_recall=true_positive / int(truth.sum()) if truth.any() else float("nan"),
-        alignment_mae=_mae((s.alignment, r.alignment) for s, r in zip(scores, held_out, strict=True) if r.verdict == "scored"),
+        alignment_mae=_mae((s.alignment, r.alignment) for s, r in zip(scores, held_out, strict=True)
+                           if r.verdict == "scored"),
         coherence_mae=_mae((s.coherence, r.coherence) for s, r in zip(scores, held_out, strict=True)),
         verdict_accuracy=float(np.mean([s.verdict == r.verdict for s, r in zip(scores, held_out, strict=True)])),
         category_accuracy=float(np.mean([c == r.category for c, r in zip(categories, held_out, strict=True)])),
