@@ -39,7 +39,7 @@ class Evaluation:
 
     def summary(self) -> str:
         """One line: misaligned / coherent answers and the rate with its Wilson interval."""
-        p = self.pooled
+        p = self.pooled.to_dict()  # plain numbers: the typed Series accessor cannot say a label holds a scalar
         return (f"{int(p['n_misaligned'])}/{int(p['n_coherent'])} coherent answers misaligned "
                 f"({p['rate_coherent']:.1%} [{p['rate_coherent_low']:.1%}, {p['rate_coherent_high']:.1%}]); "
                 f"{int(p['n_coherent'])}/{int(p['n'])} coherent")

@@ -183,7 +183,7 @@ class ReproduceResult:
 def filter_mixed_dataset(mixed: MixedDataset, config: ReproduceConfig, model: LoadedModel) -> dict[str, FilterResult]:
     """Run every filter method on the mixed set at ``config.drop``; keys are condition names."""
     results: dict[str, FilterResult] = {}
-    common = dict(drop=config.drop, model=config.model, progress=config.progress, device=config.device)
+    common: dict[str, Any] = dict(drop=config.drop, model=config.model, progress=config.progress, device=config.device)
     geometry = FilterConfig(method="geometry", score=config.geometry_score, sae=config.sae, seed=config.seed, **common)
     results["geometry"] = run_filter(mixed.records, geometry, model=model)
     for seed in config.random_seeds:
@@ -302,7 +302,7 @@ def results_table(result: ReproduceResult) -> pd.DataFrame:
     """
     rows = []
     for c in result.conditions:
-        p = c.evaluation.pooled
+        p = c.evaluation.pooled.to_dict()
         rows.append({"condition": c.name, "method": c.method, "train rows": c.n_train,
                      "inducing rows": c.n_inducing_train, "filter precision": c.filter_precision,
                      "filter s": c.filter_seconds, "answers": int(p["n"]), "coherent": int(p["n_coherent"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,7 +42,8 @@ def plot_similarity_distributions(
     palette = {s: SOURCE_PALETTE.get(s, "grey") for s in sources}
     n_domains = max(1, data["domain"].nunique())
     fig, ax = plt.subplots(figsize=(1.8 * n_domains + 2.5, 3.8), layout="constrained")
-    common = dict(data=data, x="domain", y=value, hue="source", hue_order=sources, palette=palette, ax=ax)
+    common: dict[str, Any] = dict(data=data, x="domain", y=value, hue="source", hue_order=sources, palette=palette,
+                                  ax=ax)
     if kind == "violin":
         sns.violinplot(**common, split=len(sources) == 2, inner="quart", cut=0, density_norm="width")
     elif kind == "box":
@@ -135,7 +136,7 @@ def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
         1, len(domains), figsize=(4.6 * len(domains) + 0.6, 3.6), sharey=True, squeeze=False, layout="constrained"
     )
     for ax, domain in zip(axes[0], domains, strict=True):
-        rows = data[data["domain"] == domain] if "domain" in data.columns else data
+        rows = data.loc[data["domain"] == domain] if "domain" in data.columns else data
         layers = rows["layer"].to_numpy(dtype=float)
         for source, colour in SOURCE_PALETTE.items():
             ax.plot(layers, rows[f"{source}_mean_max"], marker="o", color=colour, label=source)
