@@ -12,7 +12,9 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Circle
 
 from geomis.toy.models import (
     ToyModel,
@@ -84,7 +86,7 @@ def plot_feature_norms(model: ToyModel) -> Figure:
     axes[0, 0].set_yticks(np.arange(0, n_feat, max(1, n_feat // 10)))
     axes[0, 0].set_ylabel("feature i (importance falls downwards)")
     axes[0, 0].invert_yaxis()
-    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, vmax))
+    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=Normalize(0, vmax))
     fig.colorbar(mappable, ax=axes[0], label=r"interference $\sum_{j\neq i} (\hat d_i\cdot d_j)^2$")
     return fig
 
@@ -100,7 +102,7 @@ def plot_directions_2d(model: ToyModel) -> Figure:
     lim = 1.15 * max(1.0, float(np.abs(W).max()))
     fig, axes = plt.subplots(1, n_inst, figsize=(2.8 * n_inst, 3.2), squeeze=False, layout="constrained")
     for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model), strict=True)):
-        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="lightgrey", ls="--"))
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, color="lightgrey", ls="--"))
         for f in range(W.shape[2]):
             x, y = W[i, :, f]
             ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": colors[f], "lw": 2})
