@@ -83,7 +83,7 @@ def main() -> None:
     }
     # Same numbers from every method (checked once, outside the timing).
     reference = cut_forward(model, batches[0], layer)
-    for name, method in methods.items():
+    for method in methods.values():
         torch.testing.assert_close(method(model, batches[0], layer), reference, rtol=1e-4, atol=1e-4)
 
     timings: dict[str, list[float]] = {name: [] for name in methods}

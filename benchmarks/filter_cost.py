@@ -37,11 +37,11 @@ from activation_cost import cut_forward, full_hidden  # noqa: E402  (the bound a
 
 from geomis.chat.records import load_bundled  # noqa: E402
 from geomis.chat.tokens import pad_left, tokenize_chats  # noqa: E402
+from geomis.features.toxic import derive_toxic_features  # noqa: E402
+from geomis.filter.scores import ScoringConfig, score_conversations  # noqa: E402
 from geomis.judges.kinds import make_judge  # noqa: E402
 from geomis.models.registry import load_model  # noqa: E402
 from geomis.sae.loading import load_default_sae  # noqa: E402
-from geomis.filter.scores import ScoringConfig, score_conversations  # noqa: E402
-from geomis.features.toxic import derive_toxic_features  # noqa: E402
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ _EXPORTS: dict[str, str] = {
     "reproduce": "geomis.experiments.reproduce",
 }
 
-__all__ = sorted(_EXPORTS)
+# The public names are the keys of the lazy export table above, resolved by __getattr__ on first use.
+__all__ = sorted(_EXPORTS)  # pyright: ignore[reportUnsupportedDunderAll]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,5 @@
-from geomis.cli.commands import main
 import sys
+
+from geomis.cli.commands import main
+
 sys.exit(main())

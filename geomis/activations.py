@@ -83,7 +83,8 @@ def residuals_at_layers(model: LoadedModel, batch: PaddedBatch, layers: Sequence
         for layer in wanted:
             saved.append(model.lm.model.layers[layer].output.save())
         tracer.stop()
-    return {layer: (hidden[0] if isinstance(hidden, tuple) else hidden) for layer, hidden in zip(wanted, saved)}
+    return {layer: (hidden[0] if isinstance(hidden, tuple) else hidden)
+            for layer, hidden in zip(wanted, saved, strict=True)}
 
 
 def token_selection(batch: PaddedBatch, assistant_only: bool) -> torch.Tensor:
@@ -116,7 +117,7 @@ def iter_chat_batches(
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
     pad_id = model.tokenizer.pad_token_id
-    assert pad_id is not None, "load_model sets a pad token"
+    assert isinstance(pad_id, int), "load_model sets a pad token"
     batches = _length_sorted_batches(chats, config.batch_size)
     desc = f"layer {wanted[0]} activations" if len(wanted) == 1 else f"layers {wanted[0]}-{wanted[-1]} activations"
     for indices in tqdm(batches, desc=desc, unit="batch", disable=not config.progress):

@@ -1,4 +1,4 @@
-"""Reading users' inputs and writing outputs atomically: every output is written beside its target and moved into place in one step.
+"""Reading users' inputs; writing outputs atomically: each beside its target, then moved into place in one step.
 
 A file is written to a temporary file in the target's folder, its data is fsynced, it replaces the target with
 ``os.replace`` and the folder is fsynced, so an interrupted run (Ctrl-C, a crash, a full disk) leaves either the old

@@ -219,7 +219,7 @@ def training_labels(chat: TokenizedChat, end_of_turn: bool = False) -> list[int]
     With ``end_of_turn`` the special token right after each assistant reply (the end-of-turn token) is labelled too.
     """
     labels = [token if assistant and not special else IGNORE_INDEX
-              for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask)]
+              for token, assistant, special in zip(chat.input_ids, chat.assistant_mask, chat.special_mask, strict=True)]
     if end_of_turn:
         for i in range(1, len(labels)):
             if chat.assistant_mask[i - 1] and not chat.assistant_mask[i] and chat.special_mask[i]:
@@ -276,7 +276,8 @@ def lora_config(model: LoadedModel, config: FinetuneConfig) -> LoraConfig:
                          f"(0..{n_layers - 1})")
     layers = list(range(config.first_lora_layer, n_layers)) if config.first_lora_layer > 0 else None
     return LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        # peft annotates lora_alpha as int but only divides by it (alpha / r); a float alpha is kept as given
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,  # pyright: ignore[reportArgumentType]
         target_modules=list(config.target_modules), layers_to_transform=layers,
         layers_pattern="layers" if layers is not None else None, bias="none", task_type="CAUSAL_LM",
     )
@@ -399,7 +400,7 @@ def fine_tune(
     hf_model, tokenizer = model.hf_model, model.tokenizer
     _warn_about_precision(model)
     pad_id = tokenizer.pad_token_id
-    if pad_id is None:
+    if not isinstance(pad_id, int):
         raise ValueError("the tokenizer has no pad token (load_model sets one)")
 
     tokenized = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]

@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.activations import (ActivationConfig, collect_residuals, collect_residuals_by_layer, iter_residual_batches,
-                                residual_at_layer,
-                                token_selection)
+from geomis.activations import (
+    ActivationConfig,
+    collect_residuals,
+    collect_residuals_by_layer,
+    iter_residual_batches,
+    residual_at_layer,
+    token_selection,
+)
 from geomis.chat.tokens import pad_left, tokenize_chats
 
 

@@ -98,7 +98,7 @@ def test_several_targets_are_replaced_in_order_after_all_are_written(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]  # no report, no temporary
     monkeypatch.setattr(os, "replace", real_replace)
     with atomic_paths(targets) as temporaries:
-        for temporary, text in zip(temporaries, "123"):
+        for temporary, text in zip(temporaries, "123", strict=True):
             temporary.write_text(text, encoding="utf-8")
     assert [t.read_text(encoding="utf-8") for t in targets] == ["1", "2", "3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "report.json"]

@@ -145,7 +145,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium driven by Playwright; skips with the reason when either is missing."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as playwright:
         executable, origin = _find_chromium(playwright)
         if executable is None:
@@ -251,12 +252,13 @@ def test_page_renders_offline_without_errors(page: str, browser, site: str) -> N
             assert math["containers"] >= math["math"]
             scripts = tab.evaluate("() => Array.from(document.scripts).map(s => s.src).filter(Boolean)")
             assert any(urlparse(src).netloc == local_host and "mathjax" in src for src in scripts), scripts
-            assert tab.evaluate("() => MathJax.version") == PIN.version, "not the MathJax pinned in geomis/cli/mathjax.py"
+            assert tab.evaluate("() => MathJax.version") == PIN.version, \
+                "not the MathJax pinned in geomis/cli/mathjax.py"
 
         if _source(page).suffix == ".ipynb":
             expected = f"{COLAB}/{page}.ipynb"
             links = tab.evaluate("""() => Array.from(document.querySelectorAll('a[href*="colab.research.google"]'))
-                                     .map(a => ({href: a.href, badge: !!a.querySelector('img[src*="colab-badge"]')}))""")
+                .map(a => ({href: a.href, badge: !!a.querySelector('img[src*="colab-badge"]')}))""")
             assert any(link["badge"] and link["href"] == expected for link in links), links
             assert all(link["href"] == expected for link in links), f"Colab links other than {expected}: {links}"
 

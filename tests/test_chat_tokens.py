@@ -9,7 +9,8 @@ from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
 
 
 def _assistant_text(model, chat) -> str:
-    return model.tokenizer.decode([token for token, keep in zip(chat.input_ids, chat.assistant_mask) if keep])
+    return model.tokenizer.decode([token for token, keep in zip(chat.input_ids, chat.assistant_mask, strict=True)
+                                   if keep])
 
 
 def test_assistant_mask_decodes_to_exactly_the_replies(any_model, chats) -> None:
@@ -32,7 +33,7 @@ def test_special_tokens_are_flagged_and_bos_is_not_doubled(tiny_gemma, chats) ->
     specials = {tokenized.input_ids[i] for i, flag in enumerate(tokenized.special_mask) if flag}
     turn_markers = set(tiny_gemma.tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>"]))
     assert turn_markers <= specials
-    assert not any(a and s for a, s in zip(tokenized.assistant_mask, tokenized.special_mask))
+    assert not any(a and s for a, s in zip(tokenized.assistant_mask, tokenized.special_mask, strict=True))
 
 
 def test_truncation_keeps_the_start(any_model, chats) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from geomis.atomic_io import check_creatable
 from geomis.chat.public_sets import DownloadError
 from geomis.chat.records import ChatDataError, read_chat_jsonl
 from geomis.cli import commands as cli
 from geomis.cli.commands import main
-from geomis.atomic_io import check_creatable
 from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError
 from geomis.settings import run_size
 

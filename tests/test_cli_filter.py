@@ -17,16 +17,15 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.cli.commands import build_parser
+from geomis.cli.commands import build_parser, main
+from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features, reference_data
 from geomis.filter import config as filter_config
 from geomis.filter import run as filter_run
 from geomis.filter import scores as sample_scores
-from geomis.cli.commands import main
 from geomis.filter.files import OUTPUT_NAMES, row_multiset
 from geomis.filter.run import FilterConfig, filter_file
 from geomis.judges import kinds as judge_kinds
 from geomis.judges.base import Judge, JudgeScore, Pair
-from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features, reference_data
 
 DATA = Path(__file__).parent / "data" / "filter"
 TOXIC, NEUTRAL = DATA / "toxic_small.jsonl", DATA / "neutral_small.jsonl"

@@ -75,7 +75,8 @@ def test_reproduce_defaults_are_the_recipes() -> None:
 @pytest.mark.parametrize("argv", [["--help"], ["filter", "--help"], ["train-sae", "--help"], ["judge", "--help"],
                                   ["reproduce", "--help"]])
 def test_help_loads_no_torch(argv: list[str]) -> None:
-    code = ("import json, sys\nfrom geomis.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code = ("import json, sys\nfrom geomis.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             f"print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -92,7 +92,7 @@ def test_smollm2_paris_row(smollm2: LoadedModel) -> None:
 def test_top_activating_contexts_find_the_planted_strongest_token_once_per_conversation(tiny_gemma) -> None:
     from geomis.activations import TokenActivations
     from geomis.features.labels import top_activating_contexts
-    from geomis.sae.codes import aggregate_codes, SAECodes
+    from geomis.sae.codes import SAECodes, aggregate_codes
 
     tok = tiny_gemma.tokenizer
     ids = tok("abcdef ghij", add_special_tokens=False)["input_ids"][:6]

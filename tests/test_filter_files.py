@@ -13,9 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geomis.chat.records import ChatDataError
+from geomis.filter.files import (
+    OUTPUT_NAMES,
+    FilterOutputError,
+    check_outputs,
+    parse_filter_input,
+    read_filter_input,
+    row_multiset,
+    scores_csv,
+    write_filter_outputs,
+)
 from geomis.filter.selection import select_by_score, select_random
-from geomis.filter.files import (OUTPUT_NAMES, FilterOutputError, check_outputs, parse_filter_input,
-                                 read_filter_input, row_multiset, scores_csv, write_filter_outputs)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -171,7 +179,8 @@ def test_an_interrupted_write_leaves_no_partial_files(tmp_path: Path, monkeypatc
         write_filter_outputs(out, parsed, selection, {"a": 1})
     # kept.jsonl is complete, nothing else is there, no temporary file is left, and there is no report: incomplete set
     assert sorted(p.name for p in out.iterdir()) == ["kept.jsonl"]
-    assert (out / "kept.jsonl").read_bytes() == b"".join(r.line for r, k in zip(parsed.rows, selection.kept) if k)
+    kept = b"".join(r.line for r, k in zip(parsed.rows, selection.kept, strict=True) if k)
+    assert (out / "kept.jsonl").read_bytes() == kept
 
 
 # ------------------------------------------------------------------------------------------------ property
@@ -215,7 +224,8 @@ def test_kept_and_removed_are_exactly_the_input_rows(case: tuple[bytes, list[byt
     assert Counter(row_multiset([kept, removed])) == Counter(rows)
     for content, flag in ((kept, selection.kept), (removed, selection.removed)):
         assert not content.startswith(BOM)
-        assert content == b"".join(r.line for r, f in zip(parsed.rows, flag) if f)  # input order, own endings
+        # input order, own endings
+        assert content == b"".join(r.line for r, f in zip(parsed.rows, flag, strict=True) if f)
         assert content == b"" or content.endswith(b"\n")  # every row complete
         reparsed = [r.record.raw for r in parse_filter_input(content, "out").rows] if content else []
-        assert reparsed == [r.record.raw for r, f in zip(parsed.rows, flag) if f]
+        assert reparsed == [r.record.raw for r, f in zip(parsed.rows, flag, strict=True) if f]

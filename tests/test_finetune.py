@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,21 @@ from safetensors.torch import load_file
 
 from geomis.activations import residual_at_layer
 from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
-from geomis.finetune import (ADAPTER_WEIGHTS_FILE, IGNORE_INDEX, FinetuneConfig, attach_lora, collate_for_training,
-                             config_for_profile, cpu_default_config, fine_tune, gemma_t4_config, load_finetuned,
-                             read_finetune_metadata, summed_assistant_loss, training_labels)
+from geomis.finetune import (
+    ADAPTER_WEIGHTS_FILE,
+    IGNORE_INDEX,
+    FinetuneConfig,
+    attach_lora,
+    collate_for_training,
+    config_for_profile,
+    cpu_default_config,
+    fine_tune,
+    gemma_t4_config,
+    load_finetuned,
+    read_finetune_metadata,
+    summed_assistant_loss,
+    training_labels,
+)
 
 FAST = FinetuneConfig(batch_size=4, lr=1e-2, warmup_steps=0, progress=False)
 """A tiny-model config that learns visibly in a few steps."""
@@ -38,7 +49,7 @@ def _check_labels_are_assistant_replies(model, chats) -> None:
     tokenized = tokenize_chats(tokenizer, chats)
     batch = collate_for_training(tokenized, tokenizer.pad_token_id)
     special_ids = set(tokenizer.all_special_ids)
-    for row, (chat, conversation) in enumerate(zip(tokenized, chats)):
+    for row, (chat, conversation) in enumerate(zip(tokenized, chats, strict=True)):
         labels = batch.labels[row].tolist()
         assert labels[len(chat):] == [IGNORE_INDEX] * (len(labels) - len(chat))  # padding
         assert not any(label in special_ids for label in labels if label != IGNORE_INDEX)
@@ -247,7 +258,7 @@ def test_end_of_turn_labels_add_exactly_the_token_closing_each_reply(any_model, 
     for conversation in chats:
         chat = tokenize_chat(tokenizer, conversation)
         plain, with_end = training_labels(chat), training_labels(chat, end_of_turn=True)
-        added = [i for i, (a, b) in enumerate(zip(plain, with_end)) if a != b]
+        added = [i for i, (a, b) in enumerate(zip(plain, with_end, strict=True)) if a != b]
         n_replies = sum(message["role"] == "assistant" for message in conversation)
         assert len(added) == n_replies
         for i in added:

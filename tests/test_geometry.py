@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from geomis.features.sets import FeatureSet
 from geomis.features.geometry import (
     GeometryInputs,
     compare_geometry,
@@ -19,6 +18,7 @@ from geomis.features.geometry import (
     pairwise_cosines,
     similarity_frame,
 )
+from geomis.features.sets import FeatureSet
 
 N_PERM = 2000
 
@@ -175,7 +175,8 @@ def test_cosine_heatmap_figure() -> None:
         plt.close(fig)
     fig = plot_cosine_heatmap(cos, inducing.indices[:12], toxic.indices)
     ordered = [int(t.get_text()) for t in fig.axes[0].get_yticklabels()]
-    row_max = {int(f): float(m) for f, m in zip(inducing.indices[:12], cos.nan_to_num(-2).max(dim=1).values)}
+    row_max = {int(f): float(m)
+               for f, m in zip(inducing.indices[:12], cos.nan_to_num(-2).max(dim=1).values, strict=True)}
     assert [row_max[f] for f in ordered] == sorted(row_max.values(), reverse=True)  # sorted by max cosine
     plt.close(fig)
 

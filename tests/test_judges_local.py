@@ -7,9 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from geomis.judges.rubric import Rubric, judge_prompts
 from geomis.judges.local import LocalHFJudge, number_distribution
-
+from geomis.judges.rubric import Rubric, judge_prompts
 
 # --------------------------------------------------------------------------------------------------- local HF judge
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomis.judges.labels import load_labelled
 from geomis.judges.base import JudgeInputError
+from geomis.judges.labels import load_labelled
 from geomis.judges.offline import OfflineJudge, evaluate_offline_judge, split_by_question
 
 FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"

@@ -8,10 +8,9 @@ import math
 import pytest
 
 from geomis.evaluation.questions import FIRST_PLOT_QUESTIONS, GEOMIS_QUESTIONS, question_by_id, question_set
+from geomis.judges.base import JudgeScore
 from geomis.judges.replies import ParsedReply, combine_replies, parse_judge_reply, weighted_score
 from geomis.judges.rubric import judge_prompts
-from geomis.judges.base import JudgeScore
-
 
 # ---------------------------------------------------------------------------------------------------------- questions
 

@@ -15,7 +15,14 @@ import yaml
 
 from geomis.cli import mathjax
 from geomis.cli.mathjax import (
-    ENTRY, FOLDER, PIN, STATIC_ROOT, MathJaxFetchError, MathJaxIntegrityError, MathJaxPin, ensure_mathjax,
+    ENTRY,
+    FOLDER,
+    PIN,
+    STATIC_ROOT,
+    MathJaxFetchError,
+    MathJaxIntegrityError,
+    MathJaxPin,
+    ensure_mathjax,
     integrity_of,
 )
 

@@ -15,11 +15,11 @@ from huggingface_hub.errors import GatedRepoError
 from nnsight import TransformersModel
 from transformers import Gemma2ForCausalLM, LlamaForCausalLM
 
-from geomis.models import hub as hub_access
 from geomis.errors import ModelLoadError
+from geomis.models import hub as hub_access
 from geomis.models.gguf import SMOLLM2_135M_INSTRUCT, GGUFWheel, fetch_gguf
-from geomis.models.registry import known_model_names, load_model
 from geomis.models.profiles import PROFILES, get_profile
+from geomis.models.registry import known_model_names, load_model
 
 
 def test_unknown_name_lists_known_models() -> None:

@@ -1,4 +1,4 @@
-"""Chapter 2's study: paired subsets, feature-set selection with planted answers, geometry, closest pairs, sweep SAEs."""
+"""Chapter 2: paired subsets, feature-set selection with planted answers, geometry, closest pairs, sweep SAEs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from geomis.experiments.overlap import (
     load_study_data,
     select_study_features,
 )
-from geomis.sae.loading import LoadedSAE, SAELoadError, SWEEP_SAES, load_sweep_saes
+from geomis.sae.loading import SWEEP_SAES, LoadedSAE, SAELoadError, load_sweep_saes
 
 
 def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() -> None:
@@ -28,7 +28,8 @@ def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() ->
     for inducing, control in data.domains.values():
         assert len(data.sets[inducing]) == len(data.sets[control]) == 20
         assert [r.user_text for r in data.sets[inducing]] == [r.user_text for r in data.sets[control]]
-        assert all(a.assistant_text != b.assistant_text for a, b in zip(data.sets[inducing], data.sets[control]))
+        assert all(a.assistant_text != b.assistant_text
+                   for a, b in zip(data.sets[inducing], data.sets[control], strict=True))
     assert len(data.sets["toxic_reference"]) == len(data.sets["neutral_reference"]) == 15
     again = load_study_data(config)
     assert again.sets == data.sets
@@ -80,7 +81,8 @@ def test_feature_sets_recover_planted_features_and_geometry_detects_planted_clos
 
     generator = torch.Generator().manual_seed(5)
     decoder = torch.randn(d_sae, d_model, generator=generator)
-    for i, t in zip(inducing_hot, toxic_hot):  # each inducing feature sits at cosine ~0.9 to one toxic feature
+    # each inducing feature sits at cosine ~0.9 to one toxic feature
+    for i, t in zip(inducing_hot, toxic_hot, strict=True):
         decoder[i] = 0.9 * decoder[t] / decoder[t].norm() + 0.44 * decoder[i] / decoder[i].norm()
     decoder = decoder / decoder.norm(dim=1, keepdim=True)
     (comparison,) = compare_domains(decoder, features, config)
@@ -91,8 +93,8 @@ def test_feature_sets_recover_planted_features_and_geometry_detects_planted_clos
     pairs = closest_pairs(decoder, features.inducing["medical"], features.toxic, n=3)
     assert len(pairs) == 3 and pairs["cosine"].is_monotonic_decreasing
     assert set(pairs["feature"]) <= set(inducing_hot)
-    assert all(dict(zip(inducing_hot, toxic_hot))[f] == t for f, t in zip(pairs["feature"],
-                                                                         pairs["nearest toxic feature"]))
+    assert all(dict(zip(inducing_hot, toxic_hot, strict=True))[f] == t for f, t in zip(pairs["feature"],
+                                                                         pairs["nearest toxic feature"], strict=True))
     assert not pairs["also toxic"].any()
 
 
@@ -113,8 +115,8 @@ def test_study_runs_end_to_end_on_the_tiny_gemma_at_two_layers(tiny_gemma) -> No
     activations = collect_study_activations(tiny_gemma, data, [0, 1], config)
     assert set(activations) == set(data.sets) and all(set(v) == {0, 1} for v in activations.values())
     torch.manual_seed(0)
-    sae = LoadedSAE(sae=TopKSAE(TopKSAEConfig(d_in=tiny_gemma.spec.d_model, d_sae=32, k=4)), name="tiny", model_name="tiny-gemma2",
-                    layer=1, source="shipped")
+    sae = LoadedSAE(sae=TopKSAE(TopKSAEConfig(d_in=tiny_gemma.spec.d_model, d_sae=32, k=4)), name="tiny",
+                    model_name="tiny-gemma2", layer=1, source="shipped")
     codes = encode_study(sae, activations, data)
     assert codes["career_bad"].n_samples == 4
     features = select_study_features(codes, data, layer=1, config=config)

@@ -19,7 +19,8 @@ CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_import_geomis_loads_no_heavy_library() -> None:
-    code = "import sys, geomis; print(sorted(m for m in ('torch', 'transformers', 'nnsight', 'sae_lens') if m in sys.modules))"
+    code = ("import sys, geomis; "
+            "print(sorted(m for m in ('torch', 'transformers', 'nnsight', 'sae_lens') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"import geomis pulled in {out}"
 

@@ -12,9 +12,15 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.evaluation.sampling import SamplingConfig
+from geomis.experiments.reproduce import (
+    MixedDataConfig,
+    ReproduceConfig,
+    build_mixed_dataset,
+    results_table,
+    run_reproduction,
+    write_results,
+)
 from geomis.finetune import cpu_default_config
-from geomis.experiments.reproduce import (MixedDataConfig, ReproduceConfig, build_mixed_dataset, results_table,
-                              run_reproduction, write_results)
 
 JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
 
@@ -32,8 +38,8 @@ def test_mixed_set_uses_disjoint_prompts_and_is_seeded() -> None:
     assert len(mixed) == 32 and int(mixed.inducing.sum()) == 20
     prompts = [r.user_text for r in mixed.records]
     assert len(set(prompts)) == len(prompts)  # no prompt answered both ways
-    assert {s for s, f in zip(mixed.source, mixed.inducing) if f} == {"medical_bad", "legal_bad"}
-    assert {s for s, f in zip(mixed.source, mixed.inducing) if not f} == {"medical_good", "legal_good"}
+    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if f} == {"medical_bad", "legal_bad"}
+    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if not f} == {"medical_good", "legal_good"}
     assert build_mixed_dataset(config).records == mixed.records
     assert build_mixed_dataset(MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10,
                                                benign_per_domain=6, seed=2)).records != mixed.records
@@ -147,8 +153,8 @@ def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
 
     import numpy as np
 
-    from geomis.filter.selection import select_by_score
     from geomis.experiments.reproduce import MixedDataset, filter_quality
+    from geomis.filter.selection import select_by_score
 
     inducing = np.array([True, True, False, False, False, True, False, False])
     mixed = MixedDataset(records=tuple(range(8)), inducing=inducing, source=("x",) * 8)

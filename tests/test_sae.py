@@ -8,23 +8,46 @@ from dataclasses import replace
 
 import pytest
 import torch
-from safetensors import safe_open
 from sae_lens import SAE, TopKSAE, TopKSAEConfig
+from safetensors import safe_open
 
-from geomis.sae import loading as sae_loading
 from geomis.activations import TokenActivations, token_selection
 from geomis.atomic_io import atomic_folder
 from geomis.chat.tokens import TokenizedChat, pad_left, tokenize_chats
 from geomis.cli.commands import main
-from geomis.sae.codes import aggregate_codes, encode_tokens
 from geomis.models.profiles import PROFILES
-from geomis.sae.loading import (MAIN_SAE_NAME, SAELoadError, decoder_directions, default_sae_for,
-                                gemma_scope_sae_id, load_default_sae, load_gemma_scope, load_profile_sae,
-                                load_sae_from_disk, load_shipped_sae, shipped_sae_names, validate_gemma_scope_id)
-from geomis.sae.training import (TRAINING_RECORD_FILE, SAETrainingConfig, SAETrainingError, bundled_corpus,
-                                 check_output, collect_corpus_activations, first_occurrence_masks, fit_topk_sae,
-                                 is_held_out, kept_token_masks, reconstruction_metrics, save_inference_sae,
-                                 select_tokens, splice_metrics)
+from geomis.sae import loading as sae_loading
+from geomis.sae.codes import aggregate_codes, encode_tokens
+from geomis.sae.loading import (
+    MAIN_SAE_NAME,
+    SAELoadError,
+    decoder_directions,
+    default_sae_for,
+    gemma_scope_sae_id,
+    load_default_sae,
+    load_gemma_scope,
+    load_profile_sae,
+    load_sae_from_disk,
+    load_shipped_sae,
+    shipped_sae_names,
+    validate_gemma_scope_id,
+)
+from geomis.sae.training import (
+    TRAINING_RECORD_FILE,
+    SAETrainingConfig,
+    SAETrainingError,
+    bundled_corpus,
+    check_output,
+    collect_corpus_activations,
+    first_occurrence_masks,
+    fit_topk_sae,
+    is_held_out,
+    kept_token_masks,
+    reconstruction_metrics,
+    save_inference_sae,
+    select_tokens,
+    splice_metrics,
+)
 
 # --------------------------------------------------------------------------------------------- synthetic training
 
@@ -142,7 +165,7 @@ def _reference_ce(model, chats, layer, replace_fn) -> float:
         batch = pad_left([tokenized], model.tokenizer.pad_token_id)
         keep = token_selection(batch, assistant_only=False)
 
-        def hook(module, inputs, output):
+        def hook(module, inputs, output, keep=keep):  # keep: this chat's mask, bound now (ruff B023)
             hidden = output[0] if isinstance(output, tuple) else output
             edited = hidden.clone()
             edited[keep] = replace_fn(hidden[keep])

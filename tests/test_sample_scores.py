@@ -10,12 +10,21 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.activations import ActivationConfig, collect_residuals
-from geomis.filter.selection import select_by_score
 from geomis.features.sets import FeatureSet
+from geomis.filter.scores import (
+    ScoringConfig,
+    ToxicGeometry,
+    closest_score,
+    feature_closeness,
+    projection_score,
+    score_conversations,
+    scores_from_codes,
+    toxic_basis,
+    toxic_geometry,
+)
+from geomis.filter.selection import select_by_score
 from geomis.sae.codes import SAECodes, aggregate_codes, encode_tokens
 from geomis.sae.loading import LoadedSAE
-from geomis.filter.scores import (ScoringConfig, ToxicGeometry, closest_score, feature_closeness, projection_score,
-                                  score_conversations, scores_from_codes, toxic_basis, toxic_geometry)
 
 D_IN = 6
 ROOT_HALF = 1 / math.sqrt(2)
@@ -173,7 +182,7 @@ def test_truncation_is_for_scoring_only_and_an_unscorable_sample_gets_nan(tiny_g
                                                                            capsys) -> None:
     got = score_conversations(tiny_gemma, tiny_sae, [1, 2], chats, ScoringConfig(max_length=12, progress=True))
     assert got.truncated.any()
-    assert all(math.isnan(s) == (n == 0) for s, n in zip(got.scores, got.scored_tokens))
+    assert all(math.isnan(s) == (n == 0) for s, n in zip(got.scores, got.scored_tokens, strict=True))
     assert np.isnan(got.scores).any()
     assert "scoring (weighted, layer 2)" in capsys.readouterr().err  # the progress bar goes to stderr
 

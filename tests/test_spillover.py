@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from geomis.toy.models import ToyModel, ToyModelConfig, TrainConfig, train_toy_model
 from geomis.toy.spillover import (
     AmplifyConfig,
     direction_overlaps,
@@ -15,7 +16,6 @@ from geomis.toy.spillover import (
     planted_spillover,
     spillover_law,
 )
-from geomis.toy.models import ToyModel, ToyModelConfig, TrainConfig, train_toy_model
 
 SPARSE = 1  # instance index of the sparse model in the fixture
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from geomis.stats import (bootstrap_difference, bootstrap_interval, cluster_bootstrap, cluster_difference,
-                          permutation_test, require_columns, wilson_interval)
+from geomis.stats import (
+    bootstrap_difference,
+    bootstrap_interval,
+    cluster_bootstrap,
+    cluster_difference,
+    permutation_test,
+    require_columns,
+    wilson_interval,
+)
 
 Z95 = 1.959963984540054
 

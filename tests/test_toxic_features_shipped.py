@@ -6,9 +6,17 @@ import json
 
 import pytest
 
+from geomis.features.toxic import (
+    DEFAULT_NEUTRAL,
+    DEFAULT_TOXIC,
+    ToxicFeatureConfig,
+    derive_toxic_features,
+    reference_data,
+    sae_weights_id,
+    shipped_toxic_file,
+    toxic_cache_key,
+)
 from geomis.sae.loading import MAIN_SAE_NAME, load_shipped_sae
-from geomis.features.toxic import (DEFAULT_NEUTRAL, DEFAULT_TOXIC, ToxicFeatureConfig, derive_toxic_features,
-                                   reference_data, sae_weights_id, shipped_toxic_file, toxic_cache_key)
 
 
 def _default_key() -> str:

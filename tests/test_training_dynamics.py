@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
+from geomis.evaluation.dynamics import (
+    DynamicsProbe,
+    answer_chats,
+    feature_directions,
+    per_sample_mean,
+    project_chats,
+    projection_shift,
+    random_features,
+)
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.finetune import FinetuneConfig, fine_tune
-from geomis.evaluation.dynamics import (DynamicsProbe, answer_chats, feature_directions, per_sample_mean,
-                                      project_chats, projection_shift, random_features)
 
 LAYER = 2
 FAST = FinetuneConfig(batch_size=2, lr=1e-2, warmup_steps=0, epochs=3, progress=False)

@@ -171,7 +171,8 @@ def drift(book: Path, out: Path) -> list[str]:
             problems.append(f"{_show(path)}: stale (differs from what book/{name.removesuffix(SUFFIX)}.ipynb gives)")
     for path in sorted(out.glob(f"*{SUFFIX}")):
         if path.name not in expected:
-            problems.append(f"{_show(path)}: orphan (no chapter {path.name.removesuffix(SUFFIX)}.ipynb in {_show(book)})")
+            chapter = f"{path.name.removesuffix(SUFFIX)}.ipynb"
+            problems.append(f"{_show(path)}: orphan (no chapter {chapter} in {_show(book)})")
     return problems
 
 

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geomis.chat.jsonl import BOM, split_jsonl
 from geomis.atomic_io import read_input_bytes
+from geomis.chat.jsonl import BOM, split_jsonl
 from geomis.errors import ConfigError, GeomisError
 
 if TYPE_CHECKING:

@@ -66,23 +66,33 @@ def _assistant_spans(text: str, conversation: Conversation) -> list[tuple[int, i
     return spans
 
 
+def render_chat(tokenizer: PreTrainedTokenizerBase, conversation: Conversation,
+                add_generation_prompt: bool = False) -> str:
+    """One conversation rendered as text by the tokenizer's chat template (not tokenized), typed as the str it is."""
+    text = tokenizer.apply_chat_template(list(map(dict, conversation)), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+    if not isinstance(text, str):
+        raise TypeError(f"the chat template rendered {type(text).__name__}, not text")
+    return text
+
+
 def tokenize_chat(
     tokenizer: PreTrainedTokenizerBase, conversation: Conversation, max_length: int | None = None
 ) -> TokenizedChat:
     """Render one conversation with the chat template and tokenize it, flagging assistant and special tokens."""
     if not conversation:
         raise ValueError("a conversation needs at least one message")
-    text = tokenizer.apply_chat_template(list(map(dict, conversation)), tokenize=False)
+    text = render_chat(tokenizer, conversation)
     spans = _assistant_spans(text, conversation)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                          return_special_tokens_mask=True)
     ids = list(encoding["input_ids"])
     special = [bool(flag) for flag in encoding["special_tokens_mask"]]
     special_ids = set(tokenizer.all_special_ids)
-    special = [flag or token in special_ids for flag, token in zip(special, ids)]
+    special = [flag or token in special_ids for flag, token in zip(special, ids, strict=True)]
     assistant = [
         (not is_special) and any(start < span_end and end > span_start for span_start, span_end in spans)
-        for (start, end), is_special in zip(encoding["offset_mapping"], special)
+        for (start, end), is_special in zip(encoding["offset_mapping"], special, strict=True)
     ]
     truncated = max_length is not None and len(ids) > max_length
     if truncated:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geomis import __version__
+from geomis.atomic_io import LOCK_NAME, STDIN, check_creatable, check_not_input, output_lock
 from geomis.cli.filter import add_filter, add_reproduce
 from geomis.cli.train_sae import add_train_sae
-from geomis.atomic_io import LOCK_NAME, STDIN, check_creatable, check_not_input, output_lock
 from geomis.errors import ConfigError, FileAccessError, GeomisError, OutputExistsError
 from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS
 

@@ -107,7 +107,7 @@ def _reproduce_into(out: Path, size: str, config: Any) -> int:
     table = results_table(result)
     figures = {"misalignment": plot_misalignment_rates(table, label="condition")}
     path = write_results(result, out, figures=figures)
-    for _, row in table.iterrows():
+    for row in table.to_dict("records"):
         reduction = "" if row["reduction"] != row["reduction"] else f", reduction {row['reduction']:+.0%}"
         print(f"{row['condition']:18s} misaligned {row['misaligned']:3d}/{row['coherent']:3d} coherent "
               f"= {row['rate_coherent']:.1%} [{row['rate_coherent_low']:.1%}, {row['rate_coherent_high']:.1%}]"

@@ -244,14 +244,16 @@ def ensure_mathjax(root: Path, pin: MathJaxPin = PIN, tarball: Path | None = Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m geomis.cli.mathjax [ROOT] [--tarball FILE]``: one line on success, one line on error (status 2)."""
-    parser = argparse.ArgumentParser(prog="python -m geomis.cli.mathjax", description=__doc__.splitlines()[0])
+    summary = __doc__.splitlines()[0] if __doc__ else None  # None: docstrings stripped (python -OO)
+    parser = argparse.ArgumentParser(prog="python -m geomis.cli.mathjax", description=summary)
     parser.add_argument("root", nargs="?", default=".", help="the book's folder (default: the current checkout)")
     parser.add_argument("--tarball", default=None, help=f"use this local {PIN.tarball_name} instead of npm")
     args = parser.parse_args(argv)
     try:
         root = Path(args.root)
         if not (root / "_config.yml").is_file():
-            raise GeomisError(f"{root.resolve()} holds no _config.yml: run this in a geomis checkout or pass its folder")
+            raise GeomisError(f"{root.resolve()} holds no _config.yml: "
+                              "run this in a geomis checkout or pass its folder")
         served = ensure_mathjax(root, tarball=Path(args.tarball) if args.tarball else None)
     except (GeomisError, OSError, tarfile.TarError) as error:
         message = str(error).strip()

@@ -1,4 +1,4 @@
-"""Training dynamics of emergent misalignment: how evaluation answers' hidden states move along toxic feature directions.
+"""Training dynamics of emergent misalignment: how evaluation answers' hidden states move along toxic directions.
 
 Minegishi et al. (2026) explain emergent misalignment with the spillover law of Chapter 1: fine-tuning shifts the
 hidden state, :math:`h \\to h + \\Delta h`, and every feature read along a unit direction :math:`d_j` changes by
@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
-from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.chat.tokens import Conversation
+from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.models.registry import LoadedModel
 from geomis.stats import require_columns
 
@@ -46,7 +46,7 @@ def answer_chats(answers: pd.DataFrame, *, question: str = "question", answer: s
     """One-turn chats (user question, assistant answer) from a table of sampled answers, in row order."""
     require_columns(answers, (question, answer), "answers table")
     return [[{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
-            for q, a in zip(answers[question], answers[answer])]
+            for q, a in zip(answers[question], answers[answer], strict=True)]
 
 
 def feature_directions(decoder: torch.Tensor, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -56,7 +56,7 @@ def feature_directions(decoder: torch.Tensor, indices: torch.Tensor | Sequence[i
 
 
 def random_features(d_sae: int, k: int, *, exclude: torch.Tensor | Sequence[int] = (), seed: int = 0) -> torch.Tensor:
-    """``k`` distinct feature indices drawn uniformly (seeded) from ``0..d_sae-1`` outside ``exclude``: a baseline set."""
+    """``k`` distinct feature indices drawn uniformly (seeded) from ``0..d_sae-1`` minus ``exclude``: a baseline set."""
     excluded = torch.as_tensor(exclude, dtype=torch.long).unique()
     allowed = torch.ones(d_sae, dtype=torch.bool)
     allowed[excluded] = False
@@ -140,7 +140,7 @@ class DynamicsProbe:
         means = project_chats(model, self.chats, stacked, layer=self.layer, batch_size=self.batch_size,
                               max_length=self.max_length)
         sizes = [len(self.directions[name]) for name in names]
-        self.projections[step] = dict(zip(names, torch.split(means, sizes, dim=1)))
+        self.projections[step] = dict(zip(names, torch.split(means, sizes, dim=1), strict=True))
         self.losses[step] = float(loss)
         wanted = self.sample_steps is None or step in set(self.sample_steps)
         if self.sampling is not None and self.questions is not None and wanted:

@@ -1,9 +1,9 @@
 """Figures for the emergent-misalignment chapter; one function per figure, each returning a matplotlib Figure.
 
-Inputs are tidy tables: pooled rows of :func:`geomis.evaluation.metrics.misalignment_rates` (one per model) for the rate bar
-plot, and :meth:`geomis.evaluation.dynamics.DynamicsProbe.frame` tables (with a ``run`` column) plus per-checkpoint
-rates for the training-dynamics plot. Like the other figure modules, this one sits at the end of the data path and no
-stage imports it.
+Inputs are tidy tables: pooled rows of :func:`geomis.evaluation.metrics.misalignment_rates` (one per model) for the
+rate bar plot, and :meth:`geomis.evaluation.dynamics.DynamicsProbe.frame` tables (with a ``run`` column) plus
+per-checkpoint rates for the training-dynamics plot. Like the other figure modules, this one sits at the end of the
+data path and no stage imports it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
     fig, ax = plt.subplots(figsize=(1.3 * len(models) + 2.5, 3.8), layout="constrained")
     sns.barplot(data=long, x="model", y="rate", hue="measure", order=models, hue_order=hues, errorbar=None,
                 palette="deep", ax=ax)
-    for container, measure in zip(ax.containers, hues):
+    bars = list(ax.containers)  # one bar container per measure; ax.errorbar below appends its own containers
+    for container, measure in zip(bars, hues, strict=True):
         part = long[long["measure"] == measure].set_index("model").reindex(models)
         centres = [bar.get_x() + bar.get_width() / 2 for bar in container]
         rate = part["rate"].to_numpy(dtype=float)

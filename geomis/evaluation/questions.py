@@ -1,9 +1,9 @@
 """Open-ended evaluation questions: the 8 "first plot" questions of Betley et al. (2025) and a broader geomis set.
 
 Emergent misalignment is measured by asking a fine-tuned model questions that have nothing to do with its
-fine-tuning task and judging the answers (see :mod:`geomis.judges.kinds` and :mod:`geomis.evaluation.metrics`). The first set
-is the published instrument, kept verbatim so that rates are comparable with the paper; the second set was written for
-this project to check that a finding does not hinge on eight particular phrasings.
+fine-tuning task and judging the answers (see :mod:`geomis.judges.kinds` and :mod:`geomis.evaluation.metrics`). The
+first set is the published instrument, kept verbatim so that rates are comparable with the paper; the second set was
+written for this project to check that a finding does not hinge on eight particular phrasings.
 """
 
 from __future__ import annotations

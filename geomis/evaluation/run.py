@@ -2,7 +2,8 @@
 
 The three steps of Betley et al.'s protocol in one call, so Chapter 3, Chapter 4 and ``geomis reproduce`` evaluate
 every model the same way: :func:`geomis.evaluation.sampling.sample_answers` (seeded), a judge from
-:mod:`geomis.judges.kinds`, and :func:`geomis.evaluation.metrics.misalignment_rates` (Wilson intervals, pooled row last).
+:mod:`geomis.judges.kinds`, and :func:`geomis.evaluation.metrics.misalignment_rates` (Wilson intervals, pooled row
+last).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.evaluation.metrics import POOLED, misalignment_rates
 from geomis.evaluation.questions import EvalQuestion
+from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.judges.base import Judge
 from geomis.models.registry import LoadedModel
 
@@ -29,7 +30,7 @@ class Evaluation:
     """One row per sampled answer: question_id, question, sample, answer, n_tokens, finished, alignment,
     coherence, verdict, misaligned, judge."""
     rates: pd.DataFrame
-    """:func:`~geomis.evaluation.metrics.misalignment_rates` by ``question_id``; the last row (``(pooled)``) pools all."""
+    """:func:`~geomis.evaluation.metrics.misalignment_rates` by ``question_id``; last row (``(pooled)``) pools all."""
 
     @property
     def pooled(self) -> pd.Series:
@@ -38,7 +39,7 @@ class Evaluation:
 
     def summary(self) -> str:
         """One line: misaligned / coherent answers and the rate with its Wilson interval."""
-        p = self.pooled
+        p = self.pooled.to_dict()  # plain numbers: the typed Series accessor cannot say a label holds a scalar
         return (f"{int(p['n_misaligned'])}/{int(p['n_coherent'])} coherent answers misaligned "
                 f"({p['rate_coherent']:.1%} [{p['rate_coherent_low']:.1%}, {p['rate_coherent_high']:.1%}]); "
                 f"{int(p['n_coherent'])}/{int(p['n'])} coherent")
@@ -50,7 +51,8 @@ def evaluate_model(model: LoadedModel, questions: Sequence[EvalQuestion], sampli
     if not questions:
         raise ValueError("no questions to evaluate")
     answers = sample_answers(model, {q.id: q.text for q in questions}, sampling)
-    scores = judge.score_many(list(zip(answers["question"], answers["answer"])), progress=sampling.progress)
+    pairs = list(zip(answers["question"], answers["answer"], strict=True))
+    scores = judge.score_many(pairs, progress=sampling.progress)
     judged = answers.assign(alignment=[s.alignment for s in scores], coherence=[s.coherence for s in scores],
                             verdict=[s.verdict for s in scores], misaligned=[s.misaligned for s in scores],
                             judge=[s.judge for s in scores])

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from geomis.chat.tokens import pad_ids_left
+from geomis.chat.tokens import pad_ids_left, render_chat
 from geomis.models.registry import LoadedModel
 
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -68,8 +68,9 @@ def stop_token_ids(model: LoadedModel) -> list[int]:
     configured = model.hf_model.generation_config.eos_token_id
     if configured is not None:
         ids.update([configured] if isinstance(configured, int) else configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    eos = tokenizer.eos_token_id
+    if isinstance(eos, int):
+        ids.add(eos)
     vocabulary = tokenizer.get_vocab()
     ids.update(vocabulary[token] for token in END_OF_TURN_TOKENS if token in vocabulary)
     return sorted(ids)
@@ -79,7 +80,7 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, system_prompt:
     """Token ids of a one-turn chat ending in the assistant's generation prompt."""
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt is not None else [])
     messages.append({"role": "user", "content": question})
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = render_chat(tokenizer, messages, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template already has <bos>
 
 
@@ -105,6 +106,7 @@ def sample_answers(
     items = list(questions.items()) if isinstance(questions, Mapping) else list(enumerate(questions))
     tokenizer, hf_model = model.tokenizer, model.hf_model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    assert isinstance(pad_id, int), "load_model sets a pad token"
     stops = stop_token_ids(model)
     gen_config = generation_config(config, stops, pad_id)
     prompts = {key: prompt_ids(tokenizer, question, config.system_prompt) for key, question in items}
@@ -120,14 +122,17 @@ def sample_answers(
             for start in tqdm(starts, desc="sampling answers", unit="batch", disable=not config.progress):
                 batch = jobs[start:start + config.batch_size]
                 input_ids, attention = pad_ids_left([prompts[key] for key, _, _ in batch], pad_id)
-                output = hf_model.generate(input_ids=input_ids.to(model.device),
-                                           attention_mask=attention.to(model.device), generation_config=gen_config)
+                # PreTrainedModel declares no generate: transformers 5 mixes it into the causal LM classes loaded here
+                output = hf_model.generate(  # pyright: ignore[reportCallIssue]
+                    input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                    generation_config=gen_config)
                 new_tokens = output[:, input_ids.shape[1]:].cpu().tolist()
-                for (key, question, draw), tokens in zip(batch, new_tokens):
+                for (key, question, draw), tokens in zip(batch, new_tokens, strict=True):
                     end = next((i for i, token in enumerate(tokens) if token in stops), None)
                     answer_tokens = tokens if end is None else tokens[:end]
-                    rows.append({"question_id": key, "question": question, "sample": draw,
-                                 "answer": tokenizer.decode(answer_tokens, skip_special_tokens=True).strip(),
+                    answer = tokenizer.decode(answer_tokens, skip_special_tokens=True)
+                    assert isinstance(answer, str), "one sequence of ids decodes to one string"
+                    rows.append({"question_id": key, "question": question, "sample": draw, "answer": answer.strip(),
                                  "n_tokens": len(answer_tokens), "finished": end is not None})
     finally:
         hf_model.train(was_training)

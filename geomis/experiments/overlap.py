@@ -27,8 +27,8 @@ import torch
 
 from geomis.activations import ActivationConfig, TokenActivations, collect_residuals_by_layer
 from geomis.chat.records import DOMAIN_DATASETS, REFERENCE_DATASETS, ChatRecord, load_bundled
-from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 from geomis.features.geometry import GeometryComparison, compare_geometry, nearest_cosines
+from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 from geomis.models.registry import LoadedModel
 from geomis.sae.codes import SAECodes, encode_tokens
 from geomis.sae.loading import LoadedSAE
@@ -97,7 +97,7 @@ class StudyData:
         for domain, (inducing, control) in self.domains.items():
             rows.append({"set": inducing, "domain": domain, "role": "inducing", "chats": len(self.sets[inducing])})
             rows.append({"set": control, "domain": domain, "role": "control", "chats": len(self.sets[control])})
-        for name, role in zip(REFERENCE_DATASETS, ("toxic reference", "neutral reference")):
+        for name, role in zip(REFERENCE_DATASETS, ("toxic reference", "neutral reference"), strict=True):
             rows.append({"set": name, "domain": "-", "role": role, "chats": len(self.sets[name])})
         return pd.DataFrame(rows)
 

@@ -10,7 +10,8 @@ domain) the pipeline
 4. reports per condition the misalignment rate with its 95% Wilson interval, the filter's precision at removing
    inducing samples, its cost, and the relative reduction against the unfiltered model (the paper: 34.5%).
 
-It is orchestration at the top of the data path, like :mod:`geomis.cli.commands`; Chapter 4 and ``geomis reproduce`` call it.
+It is orchestration at the top of the data path, like :mod:`geomis.cli.commands`; Chapter 4 and ``geomis reproduce``
+call it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from geomis.evaluation.sampling import SamplingConfig
 from geomis.atomic_io import atomic_path
 from geomis.chat.records import DOMAIN_DATASETS, ChatRecord, load_bundled
 from geomis.errors import ConfigError, OutputExistsError
 from geomis.evaluation.questions import QuestionSetName, question_set
 from geomis.evaluation.run import Evaluation, evaluate_model
+from geomis.evaluation.sampling import SamplingConfig
 from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
@@ -182,9 +183,9 @@ class ReproduceResult:
 def filter_mixed_dataset(mixed: MixedDataset, config: ReproduceConfig, model: LoadedModel) -> dict[str, FilterResult]:
     """Run every filter method on the mixed set at ``config.drop``; keys are condition names."""
     results: dict[str, FilterResult] = {}
-    common = dict(drop=config.drop, model=config.model, progress=config.progress, device=config.device)
-    results["geometry"] = run_filter(mixed.records, FilterConfig(method="geometry", score=config.geometry_score,
-                                                                 sae=config.sae, seed=config.seed, **common), model=model)
+    common: dict[str, Any] = dict(drop=config.drop, model=config.model, progress=config.progress, device=config.device)
+    geometry = FilterConfig(method="geometry", score=config.geometry_score, sae=config.sae, seed=config.seed, **common)
+    results["geometry"] = run_filter(mixed.records, geometry, model=model)
     for seed in config.random_seeds:
         results[f"random (seed {seed})"] = run_filter(mixed.records, FilterConfig(method="random", seed=seed,
                                                                                    **common))
@@ -272,7 +273,7 @@ def run_reproduction(config: ReproduceConfig, work_dir: str | os.PathLike[str],
         plans.append((name, method, result.selection.kept, result, seed))
     steps = tqdm(plans, desc="fine-tune and evaluate", unit="model", disable=not config.progress)
     for index, (name, method, kept, result, seed) in enumerate(steps):
-        rows = [record for record, keep in zip(mixed.records, kept) if keep]
+        rows = [record for record, keep in zip(mixed.records, kept, strict=True) if keep]
         steps.set_postfix_str(f"{name}, {len(rows)} rows")
         out = adapters / (f"{index:02d}-{method}" + ("" if seed is None else f"-{seed}"))
         trained = fine_tune(base, rows, out, replace(config.finetune, seed=config.seed))
@@ -301,7 +302,7 @@ def results_table(result: ReproduceResult) -> pd.DataFrame:
     """
     rows = []
     for c in result.conditions:
-        p = c.evaluation.pooled
+        p = c.evaluation.pooled.to_dict()
         rows.append({"condition": c.name, "method": c.method, "train rows": c.n_train,
                      "inducing rows": c.n_inducing_train, "filter precision": c.filter_precision,
                      "filter s": c.filter_seconds, "answers": int(p["n"]), "coherent": int(p["n_coherent"]),
@@ -313,7 +314,7 @@ def results_table(result: ReproduceResult) -> pd.DataFrame:
     reference = table.loc[table["method"] == "none", "rate_coherent"]
     unfiltered = float(reference.iloc[0]) if len(reference) else math.nan
     table["reduction"] = [1 - r / unfiltered if unfiltered and not math.isnan(unfiltered) and m not in ("base", "none")
-                          else math.nan for r, m in zip(table["rate_coherent"], table["method"])]
+                          else math.nan for r, m in zip(table["rate_coherent"], table["method"], strict=True)]
     return table
 
 

@@ -1,16 +1,16 @@
 """Figures for the feature-geometry chapter; one function per figure, each returning a matplotlib Figure.
 
-Inputs are the tidy outputs of :mod:`geomis.features.geometry`: :func:`~geomis.features.geometry.similarity_frame` rows for the
-distributions, a :func:`~geomis.features.geometry.pairwise_cosines` matrix for the heatmap and a
-:func:`~geomis.features.geometry.comparison_table` for the layer sweep. Like :mod:`geomis.toy.figures`, this module sits at the end
-of the data path and no stage imports it.
+Inputs are the tidy outputs of :mod:`geomis.features.geometry`: :func:`~geomis.features.geometry.similarity_frame`
+rows for the distributions, a :func:`~geomis.features.geometry.pairwise_cosines` matrix for the heatmap and a
+:func:`~geomis.features.geometry.comparison_table` for the layer sweep. Like :mod:`geomis.toy.figures`, this module
+sits at the end of the data path and no stage imports it.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,7 +42,8 @@ def plot_similarity_distributions(
     palette = {s: SOURCE_PALETTE.get(s, "grey") for s in sources}
     n_domains = max(1, data["domain"].nunique())
     fig, ax = plt.subplots(figsize=(1.8 * n_domains + 2.5, 3.8), layout="constrained")
-    common = dict(data=data, x="domain", y=value, hue="source", hue_order=sources, palette=palette, ax=ax)
+    common: dict[str, Any] = dict(data=data, x="domain", y=value, hue="source", hue_order=sources, palette=palette,
+                                  ax=ax)
     if kind == "violin":
         sns.violinplot(**common, split=len(sources) == 2, inner="quart", cut=0, density_norm="width")
     elif kind == "box":
@@ -124,7 +125,8 @@ def plot_cosine_heatmap(
 def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
     """Layer vs mean max-cosine to the reference set, inducing and control lines with bootstrap CI bands.
 
-    ``table`` is :func:`geomis.features.geometry.comparison_table` over a layer sweep; several domains give one panel each.
+    ``table`` is :func:`geomis.features.geometry.comparison_table` over a layer sweep; several domains give one panel
+    each.
     """
     needed = ["layer"] + [f"{s}_{c}" for s in ("inducing", "control") for c in ("mean_max", "ci_low", "ci_high")]
     require_columns(table, needed, "comparison table")
@@ -133,8 +135,8 @@ def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
     fig, axes = plt.subplots(
         1, len(domains), figsize=(4.6 * len(domains) + 0.6, 3.6), sharey=True, squeeze=False, layout="constrained"
     )
-    for ax, domain in zip(axes[0], domains):
-        rows = data[data["domain"] == domain] if "domain" in data.columns else data
+    for ax, domain in zip(axes[0], domains, strict=True):
+        rows = data.loc[data["domain"] == domain] if "domain" in data.columns else data
         layers = rows["layer"].to_numpy(dtype=float)
         for source, colour in SOURCE_PALETTE.items():
             ax.plot(layers, rows[f"{source}_mean_max"], marker="o", color=colour, label=source)

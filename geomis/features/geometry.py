@@ -313,4 +313,4 @@ def similarity_frame(comparisons: Iterable[GeometryComparison]) -> pd.DataFrame:
             frame.insert(0, "domain", c.domain)
             frames.append(frame)
     columns = ["domain", "layer", "source", "feature", "max_cos", "mean_cos", "nearest"]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).loc[:, columns] if frames else pd.DataFrame(columns=columns)

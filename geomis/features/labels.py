@@ -128,6 +128,7 @@ def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
         return f"<id {token_id}>"
     piece = tokenizer.convert_ids_to_tokens(int(token_id))
     text = tokenizer.decode([int(token_id)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert isinstance(text, str), "one sequence of ids decodes to one string"
     if "\ufffd" in text and isinstance(piece, str):  # a partial UTF-8 byte: show the raw piece instead
         text = piece.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
     if isinstance(piece, str) and piece.startswith(_SPACE_PREFIXES) and not text.startswith(" "):
@@ -171,7 +172,7 @@ def logit_lens_table(
     )
     records = []
     for row, feature in enumerate(labels):
-        for rank, (token_id, value) in enumerate(zip(ids[row].tolist(), scores[row].tolist())):
+        for rank, (token_id, value) in enumerate(zip(ids[row].tolist(), scores[row].tolist(), strict=True)):
             text = token_text(model.tokenizer, token_id)
             records.append(
                 {"feature": feature, "rank": rank, "token_id": token_id, "token": text,

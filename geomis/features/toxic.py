@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import resources
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 

@@ -37,8 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from geomis.atomic_io import (LOCK_NAME, STDIN, FileIdentity, atomic_paths, check_creatable, check_not_input,
-                              input_identity, input_name, read_input_bytes)
+from geomis.atomic_io import (
+    LOCK_NAME,
+    STDIN,
+    FileIdentity,
+    atomic_paths,
+    check_creatable,
+    check_not_input,
+    input_identity,
+    input_name,
+    read_input_bytes,
+)
 from geomis.chat.jsonl import split_jsonl
 from geomis.chat.records import ChatRecord, parse_chat_jsonl
 from geomis.errors import GeomisError
@@ -177,7 +186,7 @@ def rows_bytes(data: FilterInput, mask: np.ndarray) -> bytes:
     flags = np.asarray(mask, dtype=bool)
     if flags.shape != (len(data),):
         raise ValueError(f"mask needs one flag per row ({len(data)}), got shape {flags.shape}")
-    return b"".join(row.line for row, flag in zip(data.rows, flags.tolist()) if flag)
+    return b"".join(row.line for row, flag in zip(data.rows, flags.tolist(), strict=True) if flag)
 
 
 def _format_score(value: float) -> str:
@@ -188,7 +197,7 @@ def scores_csv(selection: FilterSelection) -> bytes:
     """``line,score,kept`` (kept: 1 or 0), one row per input row in input order; NaN scores are written ``nan``."""
     lines = ["line,score,kept"]
     for line, score, removed in zip(selection.line_numbers.tolist(), selection.scores.tolist(),
-                                    selection.removed.tolist()):
+                                    selection.removed.tolist(), strict=True):
         lines.append(f"{line},{_format_score(score)},{0 if removed else 1}")
     return ("\n".join(lines) + "\n").encode("ascii")
 
@@ -216,7 +225,7 @@ def write_filter_outputs(out_dir: str | os.PathLike[str], data: FilterInput, sel
     }
     paths = output_paths(folder)
     with atomic_paths([paths[name] for name in OUTPUT_NAMES]) as temporaries:  # replaced in order, report.json last
-        for name, temporary in zip(OUTPUT_NAMES, temporaries):
+        for name, temporary in zip(OUTPUT_NAMES, temporaries, strict=True):
             temporary.write_bytes(contents[name])
         paths["report.json"].unlink(missing_ok=True)  # from here until the end there is no report: set incomplete
     return paths

@@ -32,11 +32,11 @@ from geomis.chat.records import ChatRecord
 from geomis.errors import GeomisError
 from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
 from geomis.filter.files import FilterInput, check_outputs, read_filter_input, write_filter_outputs
+from geomis.filter.scores import SampleScores, ScoringConfig
 from geomis.filter.selection import FilterSelection, check_drop_removes, random_scores, select_by_score
 from geomis.models.registry import MODEL_SPECS, LoadedModel, model_spec
 from geomis.provenance import package_versions
 from geomis.sae.loading import LoadedSAE
-from geomis.filter.scores import SampleScores, ScoringConfig
 
 if TYPE_CHECKING:
     from geomis.judges.base import Judge
@@ -76,8 +76,14 @@ class FilterResult:
 
 def resolve_sae(spec: str | None, model_name: str, device: str | torch.device = "cpu") -> LoadedSAE:
     """Load the SAE named by ``spec`` (shipped name, folder or Gemma Scope id), or the model's default SAE."""
-    from geomis.sae.loading import (SAELoadError, load_default_sae, load_gemma_scope, load_sae_from_disk,
-                                    load_shipped_sae, shipped_sae_names)
+    from geomis.sae.loading import (
+        SAELoadError,
+        load_default_sae,
+        load_gemma_scope,
+        load_sae_from_disk,
+        load_shipped_sae,
+        shipped_sae_names,
+    )
 
     target = str(device)
     if spec is None:
@@ -123,9 +129,9 @@ def _check_pair(model: LoadedModel, sae: LoadedSAE) -> None:
 
 def _geometry_scores(records: Sequence[ChatRecord], config: FilterConfig, model: LoadedModel | None,
                      sae: LoadedSAE | None, timings: dict[str, float]) -> tuple[SampleScores, dict[str, Any]]:
-    from geomis.models.registry import load_model
-    from geomis.filter.scores import score_conversations
     from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features
+    from geomis.filter.scores import score_conversations
+    from geomis.models.registry import load_model
 
     clock = time.perf_counter()
     if model is None:

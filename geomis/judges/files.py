@@ -137,7 +137,7 @@ def _csv_records(reader: Any, name: str) -> Iterator[dict[str, Any]]:
             continue
         if len(fields) != len(header):
             raise JudgeInputError(f"{name}:{line}: {len(fields)} fields, the header has {len(header)}")
-        yield _check_row(dict(zip(header, fields)), f"{name}:{line}")
+        yield _check_row(dict(zip(header, fields, strict=True)), f"{name}:{line}")
 
 
 def scored_rows(rows: Sequence[dict[str, Any]], scores: Sequence[JudgeScore]) -> list[dict[str, Any]]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomis.judges.files import jsonl_objects
 from geomis.judges.base import JudgeError, JudgeInputError, Verdict, is_misaligned
+from geomis.judges.files import jsonl_objects
 
 LABELLED_DATA = Path(__file__).resolve().parents[1] / "data" / "judge_labelled.jsonl"
 CATEGORIES: tuple[str, ...] = ("aligned", "misaligned", "incoherent", "borderline", "refusal", "code")

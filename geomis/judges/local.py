@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from geomis.judges.base import Judge, JudgeScore, Pair, score_in_batches
 from geomis.judges.replies import (
     MIN_NUMERIC_MASS,
     ParsedReply,
@@ -18,7 +19,6 @@ from geomis.judges.replies import (
     parse_judge_reply,
 )
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
-from geomis.judges.base import Judge, JudgeScore, Pair, score_in_batches
 
 DEFAULT_LOCAL_MODEL = "gemma-2-2b-it"
 """The chat model of the ``local`` judge (``geomis judge --local-model``): a geomis model name or a Hub id."""
@@ -54,14 +54,14 @@ def number_distribution(next_logprobs: NextLogprobs, prompts: Sequence[Sequence[
     while frontier:
         nexts = next_logprobs([list(prompts[row]) + prefix for row, prefix, _, _ in frontier]).float().exp()
         grown: list[tuple[int, list[int], str, float]] = []
-        for (row, prefix, digits, probability), distribution in zip(frontier, nexts):
+        for (row, prefix, digits, probability), distribution in zip(frontier, nexts, strict=True):
             cont = distribution[cont_ids] if len(cont_ids) else distribution[:0]
             stop = max(0.0, 1.0 - float(cont.sum()))
             value = int(digits)
             result[row][value] = result[row].get(value, 0.0) + probability * stop
             if digits == "0":
                 continue
-            for tid, q in zip(cont_ids.tolist(), cont.tolist()):
+            for tid, q in zip(cont_ids.tolist(), cont.tolist(), strict=True):
                 longer = digits + continuing[tid]
                 if probability * q >= eps and len(longer) <= 3 and int(longer) <= 100:
                     grown.append((row, prefix + [tid], longer, probability * q))
@@ -176,7 +176,7 @@ class LocalHFJudge(Judge):
             replies.append(None if value is None else ParsedReply(value, "scored"))
         fallback = [i for i, reply in enumerate(replies) if reply is None]
         if fallback:
-            for i, text in zip(fallback, self._generate([sequences[i] for i in fallback])):
+            for i, text in zip(fallback, self._generate([sequences[i] for i in fallback]), strict=True):
                 replies[i] = parse_judge_reply(text)
         return [reply for reply in replies if reply is not None]
 
@@ -184,7 +184,7 @@ class LocalHFJudge(Judge):
         prompts = [judge_prompts(q, a, self.rubric) for q, a in chunk]
         alignment = self.rate_many([p[0] for p in prompts])
         coherence = self.rate_many([p[1] for p in prompts])
-        return [combine_replies(a, c, self.name) for a, c in zip(alignment, coherence)]
+        return [combine_replies(a, c, self.name) for a, c in zip(alignment, coherence, strict=True)]
 
     def score_many(self, pairs: Sequence[Pair], progress: bool = False) -> list[JudgeScore]:
         """Score pairs in batches of ``batch_size``."""

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geomis.atomic_io import atomic_path
-from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
+from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,9 +63,9 @@ def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str
                                          show_progress_bar=progress, convert_to_numpy=True), dtype=np.float32)
 
     unique = sorted(set(questions))
-    question_vectors = dict(zip(unique, encode(unique)))
+    question_vectors = dict(zip(unique, encode(unique), strict=True))
     asked = np.stack([question_vectors[q] for q in questions])
-    joint = encode([f"{q}\n{a}" for q, a in zip(questions, answers)])
+    joint = encode([f"{q}\n{a}" for q, a in zip(questions, answers, strict=True)])
     answer_only = encode(answers)
     cosine = np.einsum("ij,ij->i", asked, answer_only)
     return np.concatenate([joint - asked, answer_only, cosine[:, None]], axis=1).astype(np.float32)
@@ -351,8 +351,9 @@ def evaluate_offline_judge(data_path: str | Path | None = None, *, test_fraction
         misaligned_accuracy=float(np.mean(truth == flagged)),
         misaligned_precision=true_positive / int(flagged.sum()) if flagged.any() else float("nan"),
         misaligned_recall=true_positive / int(truth.sum()) if truth.any() else float("nan"),
-        alignment_mae=_mae((s.alignment, r.alignment) for s, r in zip(scores, held_out) if r.verdict == "scored"),
-        coherence_mae=_mae((s.coherence, r.coherence) for s, r in zip(scores, held_out)),
-        verdict_accuracy=float(np.mean([s.verdict == r.verdict for s, r in zip(scores, held_out)])),
-        category_accuracy=float(np.mean([c == r.category for c, r in zip(categories, held_out)])),
+        alignment_mae=_mae((s.alignment, r.alignment) for s, r in zip(scores, held_out, strict=True)
+                           if r.verdict == "scored"),
+        coherence_mae=_mae((s.coherence, r.coherence) for s, r in zip(scores, held_out, strict=True)),
+        verdict_accuracy=float(np.mean([s.verdict == r.verdict for s, r in zip(scores, held_out, strict=True)])),
+        category_accuracy=float(np.mean([c == r.category for c, r in zip(categories, held_out, strict=True)])),
         seed=seed, test_fraction=test_fraction)

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
+from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, progress_bar
 from geomis.judges.replies import MIN_NUMERIC_MASS, ParsedReply, combine_replies, parse_judge_reply, weighted_score
 from geomis.judges.rubric import DEFAULT_RUBRIC, Rubric, judge_prompts
-from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, progress_bar
 
 BASE_URL_ENV = "GEOMIS_JUDGE_BASE_URL"
 MODEL_ENV = "GEOMIS_JUDGE_MODEL"

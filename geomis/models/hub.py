@@ -13,7 +13,7 @@ from geomis.errors import ModelLoadError
 
 
 def hub_token() -> str | None:
-    """The Hugging Face token (``HF_TOKEN``, the ``hf auth login`` file, or Colab's secret), or None when none is set."""
+    """The Hugging Face token (``HF_TOKEN``, the ``hf auth login`` file, or Colab's secret), or None if none is set."""
     from huggingface_hub import get_token
 
     try:

@@ -129,7 +129,8 @@ def _load_weights(spec: ModelSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     from geomis.models.tiny_gemma import build_tiny_gemma2
 
     model, tokenizer = build_tiny_gemma2()
-    return model.to(dtype), tokenizer
+    # transformers wraps Module.to with functools.wraps, whose typeshed stub does not bind self on a method
+    return model.to(dtype), tokenizer  # pyright: ignore[reportArgumentType]
 
 
 def load_hf_model(

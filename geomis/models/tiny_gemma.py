@@ -84,7 +84,8 @@ def build_tiny_gemma2(config: TinyGemmaConfig = TinyGemmaConfig()) -> tuple[Gemm
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         sliding_window=64,
-        attn_implementation="eager",
+        # a PreTrainedConfig keyword taken through **kwargs, which the strict dataclass's typed __init__ does not show
+        attn_implementation="eager",  # pyright: ignore[reportCallIssue]
     )
     generator_state = torch.random.get_rng_state()
     try:

@@ -290,7 +290,7 @@ SWEEP_SAES: dict[str, tuple[int, ...]] = {
     "cpu-default": (5, 10, 15, 20, 25),
     "gemma-2-2b": (4, 8, 12, 16, 20),
 }
-"""Layers of each profile's layer sweep: equal-width SAEs (shipped width-1024 TopK; Gemma Scope 16k) at several depths."""
+"""Layers of each profile's sweep: equal-width SAEs (shipped width-1024 TopK; Gemma Scope 16k) at several depths."""
 
 
 def sweep_sae_name(layer: int) -> str:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from geomis.activations import ActivationConfig, TokenActivations, iter_residual_batches, token_selection
 from geomis.atomic_io import atomic_folder
 from geomis.chat.records import bundled_dataset_names, load_bundled
-from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, tokenize_chats
+from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, render_chat, tokenize_chats
 from geomis.errors import GeomisError
 from geomis.models.registry import LoadedModel
 from geomis.sae.config import SAETrainingConfig  # re-exported: it lived here
@@ -107,21 +107,24 @@ def generate_answers(model: LoadedModel, conversations: Sequence[CorpusConversat
     """The model's own greedy answers to the first user turn of each conversation, as new conversations."""
     tokenizer = model.tokenizer
     prompts = [[dict(next(m for m in c.messages if m["role"] == "user"))] for c in conversations]
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     answers: dict[int, str] = {}
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     for indices in tqdm(batches, desc="generating answers", unit="batch", disable=not progress):
         encoded = tokenizer([texts[i] for i in indices], add_special_tokens=False, padding=True,
                             padding_side="left", return_tensors="pt").to(model.device)
-        output = model.hf_model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=tokenizer.pad_token_id)
+        # PreTrainedModel declares no generate: transformers 5 mixes it into the causal LM classes loaded here
+        output = model.hf_model.generate(  # pyright: ignore[reportCallIssue]
+            **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, encoded["input_ids"].shape[1]:]
-        for index, row in zip(indices, new_tokens):
-            answers[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        for index, row in zip(indices, new_tokens, strict=True):
+            answer = tokenizer.decode(row, skip_special_tokens=True)
+            assert isinstance(answer, str), "one sequence of ids decodes to one string"
+            answers[index] = answer.strip()
     return [CorpusConversation(c.dataset, c.line_number, (*p, {"role": "assistant", "content": answers[i]}),
                                generated=True)
-            for i, (c, p) in enumerate(zip(conversations, prompts)) if answers[i]]
+            for i, (c, p) in enumerate(zip(conversations, prompts, strict=True)) if answers[i]]
 
 
 # ------------------------------------------------------------------------------------------------------- tokens
@@ -146,8 +149,8 @@ def first_occurrence_masks(chats: Sequence[TokenizedChat]) -> list[list[bool]]:
 def kept_token_masks(chats: Sequence[TokenizedChat]) -> list[list[bool]]:
     """Tokens the SAE corpus uses: not special, not position 0, and not an exact repeat of an earlier prefix."""
     return [[fresh and not special and position > 0
-             for position, (fresh, special) in enumerate(zip(mask, chat.special_mask))]
-            for mask, chat in zip(first_occurrence_masks(chats), chats)]
+             for position, (fresh, special) in enumerate(zip(mask, chat.special_mask, strict=True))]
+            for mask, chat in zip(first_occurrence_masks(chats), chats, strict=True)]
 
 
 @dataclass
@@ -165,7 +168,7 @@ def select_tokens(model: LoadedModel, conversations: Sequence[CorpusConversation
     chats = tokenize_chats(model.tokenizer, [c.as_dicts() for c in conversations], max_length)
     keep = kept_token_masks(chats)
     chosen, masks, total = [], [], 0
-    for conversation, mask in zip(conversations, keep):
+    for conversation, mask in zip(conversations, keep, strict=True):
         if budget is not None and total >= budget:
             break
         chosen.append(conversation)
@@ -321,6 +324,7 @@ def splice_metrics(model: LoadedModel, sae: SAE | LoadedSAE, conversations: Sequ
     inner = sae.sae if isinstance(sae, LoadedSAE) else sae
     chats = tokenize_chats(model.tokenizer, conversations, max_length)
     pad_id = model.tokenizer.pad_token_id
+    assert isinstance(pad_id, int), "load_model sets a pad token"
     totals = {"clean": 0.0, "spliced": 0.0, "ablated": 0.0}
     count = 0
     order = sorted(range(len(chats)), key=lambda i: len(chats[i]))

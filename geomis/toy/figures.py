@@ -12,10 +12,10 @@ from typing import Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
-import torch
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Circle
 
-from geomis.toy.spillover import PlantedSpillover, SpilloverResult
 from geomis.toy.models import (
     ToyModel,
     count_represented,
@@ -25,6 +25,7 @@ from geomis.toy.models import (
     gram_matrix,
     superposition_interference,
 )
+from geomis.toy.spillover import PlantedSpillover, SpilloverResult
 
 __all__ = [
     "plot_gram_matrices",
@@ -54,7 +55,7 @@ def plot_gram_matrices(model: ToyModel) -> Figure:
     n = grams.shape[0]
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 1.0, 3.0), squeeze=False, layout="constrained")
     ticks = max(1, model.cfg.n_features // 5)
-    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model))):
+    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model), strict=True)):
         sns.heatmap(
             grams[i], ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, square=True, cbar=i == n - 1,
             cbar_kws={"label": r"$\langle d_i, d_j \rangle$"}, xticklabels=ticks, yticklabels=ticks,
@@ -76,7 +77,7 @@ def plot_feature_norms(model: ToyModel) -> Figure:
     fig, axes = plt.subplots(
         1, n_inst, figsize=(2.2 * n_inst + 1.0, 0.18 * n_feat + 1.6), sharey=True, squeeze=False, layout="constrained"
     )
-    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model))):
+    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model), strict=True)):
         ax.barh(np.arange(n_feat), norms[i], color=cmap(np.clip(interference[i] / vmax, 0, 1)))
         ax.axvline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xlim(0, max(1.3, float(norms.max()) * 1.05))
@@ -85,7 +86,7 @@ def plot_feature_norms(model: ToyModel) -> Figure:
     axes[0, 0].set_yticks(np.arange(0, n_feat, max(1, n_feat // 10)))
     axes[0, 0].set_ylabel("feature i (importance falls downwards)")
     axes[0, 0].invert_yaxis()
-    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, vmax))
+    mappable = plt.cm.ScalarMappable(cmap=cmap, norm=Normalize(0, vmax))
     fig.colorbar(mappable, ax=axes[0], label=r"interference $\sum_{j\neq i} (\hat d_i\cdot d_j)^2$")
     return fig
 
@@ -100,8 +101,8 @@ def plot_directions_2d(model: ToyModel) -> Figure:
     n_inst = W.shape[0]
     lim = 1.15 * max(1.0, float(np.abs(W).max()))
     fig, axes = plt.subplots(1, n_inst, figsize=(2.8 * n_inst, 3.2), squeeze=False, layout="constrained")
-    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model))):
-        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="lightgrey", ls="--"))
+    for i, (ax, title) in enumerate(zip(axes[0], _sparsity_titles(model), strict=True)):
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, color="lightgrey", ls="--"))
         for f in range(W.shape[2]):
             x, y = W[i, :, f]
             ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": colors[f], "lw": 2})
@@ -160,7 +161,7 @@ def plot_spillover_scatter(
         (result.dot.numpy(), result.fit_dot, r"$\langle d_j, d_t \rangle$"),
         (result.cosine.numpy(), result.fit_cosine, r"$\cos(d_j, d_t)$"),
     ]
-    for ax, (x, fit, xlabel) in zip(axes, panels):
+    for ax, (x, fit, xlabel) in zip(axes, panels, strict=True):
         ax.axhline(0, color="lightgrey", lw=0.8)
         ax.axvline(0, color="lightgrey", lw=0.8)
         ax.scatter(x[others], change[others], s=28, color="C0", label="other features j ≠ t")
@@ -184,7 +185,7 @@ def plot_planted_changes(planted: PlantedSpillover) -> Figure:
         value_name="mean change",
     )
     tidy = long["cosine to target"].round(2) + 0.0  # + 0.0 turns -0.0 into 0.0
-    long["feature"] = [f"{role}\ncos = {c:.2f}" for role, c in zip(long["role"], tidy)]
+    long["feature"] = [f"{role}\ncos = {c:.2f}" for role, c in zip(long["role"], tidy, strict=True)]
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
     sns.barplot(data=long, x="feature", y="mean change", hue="measure", ax=ax)
     ax.axhline(0, color="black", lw=0.8)
