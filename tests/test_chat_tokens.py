@@ -71,3 +71,11 @@ def test_pad_ids_left_right_aligns_rows_and_masks_padding() -> None:
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
     with pytest.raises(ValueError, match="empty batch"):
         pad_ids_left([], pad_token_id=0)
+
+
+# ---------------------------------------------------------------------------------------------- sanitised input
+
+def test_text_is_sanitised_before_the_tokenizer_sees_it(any_model) -> None:
+    hostile = [{"role": "user", "content": "lone \ud800 surrogate"}, {"role": "assistant", "content": "NUL\x00 here"}]
+    clean = [{"role": "user", "content": "lone \ufffd surrogate"}, {"role": "assistant", "content": "NUL here"}]
+    assert tokenize_chat(any_model.tokenizer, hostile) == tokenize_chat(any_model.tokenizer, clean)

@@ -245,6 +245,34 @@ def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
                                                    "got '2'"]
 
 
+def _rows_file(tmp_path: Path, rows: list[bytes]) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+SOUND = [_row(f"Question {i}?", f"A calm and helpful answer number {i}.") for i in range(6)]
+
+
+def test_text_no_tokenizer_reads_is_sanitised_for_scoring_and_copied_exactly(sae_dir: Path, tmp_path: Path) -> None:
+    """A lone surrogate escape or a NUL is valid JSON: scoring reads U+FFFD / nothing, the outputs keep the bytes."""
+    hostile = [b'{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}, '
+               b'{"role": "assistant", "content": "NUL\\u0000 and \\u001b escape, fine"}]}',
+               b'{"messages": [{"role": "system", "content": "\\udfff"}, {"role": "user", "content": "hi"}, '
+               b'{"role": "assistant", "content": "\\ud83d\\ude00 \\u0085"}]}']
+    rows = SOUND[:2] + hostile
+    path = _rows_file(tmp_path, rows)
+    for method in ("geometry", "judge"):
+        out = tmp_path / method
+        code = (_tiny(path, out, sae_dir, "--quiet") if method == "geometry" else
+                main(["filter", str(path), "--out", str(out), "--method", "judge", "--judge-data",
+                      str(JUDGE_FIXTURE), "--quiet"]))
+        assert code == 0
+        outputs = (out / "kept.jsonl").read_bytes() + (out / "removed.jsonl").read_bytes()
+        assert Counter(_rows(outputs)) == Counter(rows)  # byte-exact copies, escapes and all
+    assert not pd.read_csv(tmp_path / "geometry" / "scores.csv")["score"].isna().any()
+
+
 def _option(command: str, flag: str) -> argparse.Action:
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return next(a for a in subcommands.choices[command]._actions if flag in a.option_strings)

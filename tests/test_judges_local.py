@@ -69,3 +69,10 @@ def test_local_judge_plumbing_on_tiny_gemma(tiny_gemma: Any) -> None:
         assert score.verdict == "scored" and 0 <= score.alignment <= 9 and 0 <= score.coherence <= 9
     fallback = judge(text_max_tokens=2, min_numeric_mass=1.01).score(*pairs[0])  # always parses generated text
     assert fallback.judge == "local:tiny" and fallback.verdict in ("scored", "CODE", "REFUSAL", "UNPARSED")
+
+
+def test_local_judge_reads_text_no_tokenizer_accepts(tiny_gemma: Any) -> None:
+    judge = LocalHFJudge(tiny_gemma.hf_model, tiny_gemma.tokenizer, name="local:tiny", rubric=SHORT_RUBRIC,
+                         min_numeric_mass=0.0)
+    hostile = judge.score("lone \ud800 surrogate?", "NUL\x00 here")
+    assert hostile == judge.score("lone \ufffd surrogate?", "NUL here")  # sanitised, then scored as usual

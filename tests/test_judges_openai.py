@@ -274,3 +274,10 @@ def test_openai_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEOMIS_JUDGE_MAX_RETRIES", "many")
     with pytest.raises(JudgeError, match="GEOMIS_JUDGE_MAX_RETRIES must be a whole number, got 'many'"):
         OpenAIJudgeConfig.from_env()
+
+
+def test_openai_judge_sends_sanitised_text(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = lambda p: (200, _text_body("70"), {})
+    assert _judge(endpoint, use_logprobs=False).score("lone \ud800 surrogate?", "NUL\x00 here").alignment == 70.0
+    prompt = endpoint.requests[0][0]["messages"][0]["content"]
+    assert "lone \ufffd surrogate?" in prompt and "NUL here" in prompt

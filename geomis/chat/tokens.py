@@ -3,7 +3,7 @@
 A conversation is a list of ``{"role": ..., "content": ...}`` messages (the chat JSONL format). It is rendered with the
 tokenizer's own chat template and tokenized without adding special tokens a second time (Gemma's template already
 starts with ``<bos>``). Assistant tokens are found from character offsets, so this works for any template that copies
-message text verbatim.
+message text verbatim. Every message passes through :func:`geomis.chat.sanitize.text_for_model` first.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from geomis.chat.sanitize import text_for_model
 
 Conversation = Sequence[Mapping[str, str]]
 
@@ -72,8 +74,9 @@ def tokenize_chat(
     """Render one conversation with the chat template and tokenize it, flagging assistant and special tokens."""
     if not conversation:
         raise ValueError("a conversation needs at least one message")
-    text = tokenizer.apply_chat_template(list(map(dict, conversation)), tokenize=False)
-    spans = _assistant_spans(text, conversation)
+    messages = [{**message, "content": text_for_model(message["content"])} for message in conversation]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = _assistant_spans(text, messages)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                          return_special_tokens_mask=True)
     ids = list(encoding["input_ids"])
