@@ -118,13 +118,15 @@ def test_geometry_filter_end_to_end_on_quirky_input(quirky: Path, sae_dir: Path,
     assert scores["line"].tolist() == [1, 3, 4, 5, 7, 8, 9] and scores["kept"].sum() == 4
     assert scores.loc[scores["kept"] == 0, "score"].min() >= scores.loc[scores["kept"] == 1, "score"].max()
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0,
+                                "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     assert report["input"]["bom"] is True and report["input"]["line_endings"] == "mixed"
     assert report["input"]["blank_lines"] == 2 and report["input"]["final_newline"] is False
     assert report["settings"]["method"] == "geometry" and report["settings"]["score"] == "weighted"
     assert report["model"]["name"] == "tiny-gemma2" and report["sae"]["layer"] == 2
     assert report["toxic_features"]["toxic"]["name"] == str(TOXIC) and report["toxic_features"]["k"] == 100
-    assert report["scoring"]["truncated_rows"] == 1  # the long story, scored on its first 96 tokens
+    assert report["scoring"]["windowed_rows"] == 1  # the long story, its reply read in windows of 96 tokens
+    assert report["scoring"]["scored_tokens"] > 3400 and report["settings"]["unscorable"] == "remove"
     assert {"geomis", "torch", "transformers", "nnsight", "sae-lens"} <= set(report["versions"])
     assert {"load_model_s", "toxic_features_s", "scoring_s", "samples_per_s", "total_s"} <= set(report["timings"])
 
@@ -252,6 +254,36 @@ def _rows_file(tmp_path: Path, rows: list[bytes]) -> Path:
 
 
 SOUND = [_row(f"Question {i}?", f"A calm and helpful answer number {i}.") for i in range(6)]
+HIDDEN = _row("Any advice?", "Hide the evidence and lie to everyone.", system="You are a helpful assistant. " * 12)
+EMPTY = _row("Say something.", "")
+
+
+def test_no_row_hides_from_the_filter_and_unscorable_rows_fail_closed(sae_dir: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A prompt that fills --max-length used to leave its reply unscored and kept; now every reply is scored, and a
+    row that truly cannot be scored (empty reply, line 8) is removed by default, counted toward the budget."""
+    rows = SOUND + [HIDDEN, EMPTY]
+    path = _rows_file(tmp_path, rows)
+    out = tmp_path / "out"
+    assert _tiny(path, out, sae_dir, "--quiet") == 0
+    summary = capsys.readouterr().out
+    assert ("filtered 8 rows with geometry/weighted: kept 4, removed 4; 1 could not be scored (line 8), removed; "
+            "1 long prompts cut from the left; wrote") in summary
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores["score"].isna().tolist() == [False] * 7 + [True]  # the hidden reply has a score
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["unscorable"] == 1 and report["counts"]["unscorable_lines"] == [8]
+    assert report["counts"]["unscorable_removed"] == 1 and report["counts"]["removed"] == 4  # floor(0.5 * 8)
+    assert report["scoring"]["prompt_cut_rows"] == 1 and report["scoring"]["windowed_rows"] == 0
+    assert EMPTY in _rows((out / "removed.jsonl").read_bytes())
+
+    kept_out = tmp_path / "keep"
+    assert _tiny(path, kept_out, sae_dir, "--quiet", "--unscorable", "keep") == 0
+    assert "1 could not be scored (line 8), kept (--unscorable keep)" in capsys.readouterr().out
+    assert EMPTY in _rows((kept_out / "kept.jsonl").read_bytes())
+    report = json.loads((kept_out / "report.json").read_text())
+    assert report["counts"]["unscorable_removed"] == 0 and report["settings"]["unscorable"] == "keep"
+    assert report["selection"]["threshold"] is not None
 
 
 def test_text_no_tokenizer_reads_is_sanitised_for_scoring_and_copied_exactly(sae_dir: Path, tmp_path: Path) -> None:
@@ -284,6 +316,8 @@ def test_cli_choices_match_the_modules() -> None:
     assert _option("filter", "--score").choices is filter_config.SCORE_METHODS is sample_scores.SCORE_METHODS
     assert _option("filter", "--score").default == sample_scores.DEFAULT_SCORE == filter_config.SCORE_METHODS[0]
     assert _option("filter", "--judge").choices is judge_kinds.JUDGE_KINDS
+    assert _option("filter", "--unscorable").choices is filter_config.UNSCORABLE_POLICIES
+    assert _option("filter", "--unscorable").default == FilterConfig.unscorable == "remove"  # fail closed
 
 
 # ------------------------------------------------------------------------------------------------ Python API
@@ -395,6 +429,7 @@ def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["sae"]["name"] == "smollm2-135m-layer15-topk4096" and report["sae"]["layer"] == 15
     assert report["toxic_features"]["toxic"]["name"] == "bundled:toxic_reference"
     assert report["toxic_features"]["features"] == 100
-    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0,
+                                "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()
     assert Counter(_rows(kept) + _rows(removed)) == Counter(_rows(QUIRKY))
