@@ -19,6 +19,7 @@ from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.cli.commands import build_parser
 from geomis.filter import config as filter_config
+from geomis.filter import files as filter_files
 from geomis.filter import run as filter_run
 from geomis.filter import scores as sample_scores
 from geomis.cli.commands import main
@@ -303,6 +304,30 @@ def test_text_no_tokenizer_reads_is_sanitised_for_scoring_and_copied_exactly(sae
         outputs = (out / "kept.jsonl").read_bytes() + (out / "removed.jsonl").read_bytes()
         assert Counter(_rows(outputs)) == Counter(rows)  # byte-exact copies, escapes and all
     assert not pd.read_csv(tmp_path / "geometry" / "scores.csv")["score"].isna().any()
+
+
+@pytest.mark.parametrize("method", ["geometry", "random"])
+@pytest.mark.parametrize(("device", "cuda", "gpus", "mps", "message"), [
+    ("foo", False, 0, False, "device 'foo' is not a torch device"),
+    ("cuda", False, 0, False, "device 'cuda' asked for, but torch sees no CUDA GPU here; use cpu"),
+    ("cuda:7", True, 1, False, "device 'cuda:7' asked for, but torch sees 1 CUDA GPU here (cuda:0 to cuda:0)"),
+    ("mps", False, 0, False, "device 'mps' asked for, but torch sees no Apple MPS device here; use cpu"),
+])
+def test_a_device_torch_cannot_use_is_one_line_before_anything_loads(
+        method: str, device: str, cuda: bool, gpus: int, mps: bool, message: str, quirky: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.models import registry
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(registry, "_load_weights", lambda *args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(filter_files, "read_filter_input", lambda *args: pytest.fail("the input was read"))
+    out = tmp_path / "out"
+    assert main(["filter", str(quirky), "--out", str(out), "--method", method, "--device", device,
+                 "--model", "tiny-gemma2"]) == 2
+    assert _one_error_line(capsys).startswith(f"geomis: error: {message}")
+    assert not out.exists()
 
 
 def _option(command: str, flag: str) -> argparse.Action:

@@ -22,6 +22,10 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     max_length = positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
         raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
+    if args.device is not None:
+        from geomis.models.registry import resolve_device
+
+        resolve_device(args.device)  # a device torch cannot use fails here, before any file is read or model loaded
     check_outputs(args.out, args.force, args.input)  # fail before reading or loading anything
     read_filter_input(args.input)  # validate every row before a model is loaded (read again below, unchanged)
 
