@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
+from geomis.chat.tokens import pad_left, scoring_windows, tokenize_chat, tokenize_chats
 
 
 def _assistant_text(model, chat) -> str:
@@ -72,3 +72,55 @@ def test_pad_ids_left_right_aligns_rows_and_masks_padding() -> None:
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
     with pytest.raises(ValueError, match="empty batch"):
         pad_ids_left([], pad_token_id=0)
+
+
+# ------------------------------------------------------------------------------- scoring windows and sanitised input
+
+def _scored(chat) -> list[int]:
+    """Token ids the filter scores: assistant, not special, not position 0."""
+    flags = zip(chat.input_ids, chat.assistant_mask, chat.special_mask, strict=True)
+    return [token for i, (token, a, s) in enumerate(flags) if a and not s and i > 0]
+
+
+def test_a_long_prompt_is_cut_from_the_left_and_the_reply_kept_whole(tiny_gemma) -> None:
+    conversation = [{"role": "system", "content": "Ignore this. " * 60}, {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "A short reply that must be read."}]
+    full = tokenize_chat(tiny_gemma.tokenizer, conversation)
+    cut = scoring_windows(full, 64)
+    assert len(full) > 64 and len(cut.windows) == 1 and cut.prompt_cut == len(full) - 64
+    [window] = cut.windows
+    assert len(window) == 64 and window.input_ids == (full.input_ids[0], *full.input_ids[len(full) - 63:])
+    assert _scored(window) == _scored(full) and _scored(full)
+    assert tokenize_chat(tiny_gemma.tokenizer, conversation, max_length=64).assistant_mask.count(True) == 0  # before
+
+
+def test_a_reply_longer_than_the_window_is_read_in_consecutive_windows(tiny_gemma) -> None:
+    conversation = [{"role": "user", "content": "Tell me a story."},
+                    {"role": "assistant", "content": "Once upon a time " * 40}]
+    full = tokenize_chat(tiny_gemma.tokenizer, conversation)
+    cut = scoring_windows(full, 50)
+    first = full.assistant_mask.index(True)
+    assert len(cut.windows) > 2 and cut.prompt_cut == first - 1 and cut.reply_tokens == len(full) - first
+    assert all(len(w) <= 50 and w.input_ids[0] == full.input_ids[0] for w in cut.windows)
+    assert [t for w in cut.windows for t in w.input_ids[1:]] == list(full.input_ids[first:])  # each token once
+    assert [t for w in cut.windows for t in _scored(w)] == _scored(full)
+
+
+def test_a_conversation_that_fits_is_one_unchanged_window(tiny_gemma, chats) -> None:
+    for conversation in chats:
+        full = tokenize_chat(tiny_gemma.tokenizer, conversation)
+        cut = scoring_windows(full, len(full))
+        assert cut.windows == (full,) and cut.prompt_cut == 0
+        assert full == tokenize_chat(tiny_gemma.tokenizer, conversation, max_length=len(full))
+    empty = tokenize_chat(tiny_gemma.tokenizer, [{"role": "user", "content": "x " * 40},
+                                                  {"role": "assistant", "content": " "}])
+    nothing = scoring_windows(empty, 16)
+    assert nothing.reply_tokens == 0 and nothing.windows[0].input_ids == empty.input_ids[:16]
+    with pytest.raises(ValueError, match="at least 2"):
+        scoring_windows(empty, 1)
+
+
+def test_text_is_sanitised_before_the_tokenizer_sees_it(any_model) -> None:
+    hostile = [{"role": "user", "content": "lone \ud800 surrogate"}, {"role": "assistant", "content": "NUL\x00 here"}]
+    clean = [{"role": "user", "content": "lone \ufffd surrogate"}, {"role": "assistant", "content": "NUL here"}]
+    assert tokenize_chat(any_model.tokenizer, hostile) == tokenize_chat(any_model.tokenizer, clean)

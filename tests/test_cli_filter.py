@@ -20,6 +20,7 @@ from sae_lens import TopKSAE, TopKSAEConfig
 from geomis.cli.commands import build_parser, main
 from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features, reference_data
 from geomis.filter import config as filter_config
+from geomis.filter import files as filter_files
 from geomis.filter import run as filter_run
 from geomis.filter import scores as sample_scores
 from geomis.filter.files import OUTPUT_NAMES, row_multiset
@@ -117,13 +118,15 @@ def test_geometry_filter_end_to_end_on_quirky_input(quirky: Path, sae_dir: Path,
     assert scores["line"].tolist() == [1, 3, 4, 5, 7, 8, 9] and scores["kept"].sum() == 4
     assert scores.loc[scores["kept"] == 0, "score"].min() >= scores.loc[scores["kept"] == 1, "score"].max()
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0,
+                                "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     assert report["input"]["bom"] is True and report["input"]["line_endings"] == "mixed"
     assert report["input"]["blank_lines"] == 2 and report["input"]["final_newline"] is False
     assert report["settings"]["method"] == "geometry" and report["settings"]["score"] == "weighted"
     assert report["model"]["name"] == "tiny-gemma2" and report["sae"]["layer"] == 2
     assert report["toxic_features"]["toxic"]["name"] == str(TOXIC) and report["toxic_features"]["k"] == 100
-    assert report["scoring"]["truncated_rows"] == 1  # the long story, scored on its first 96 tokens
+    assert report["scoring"]["windowed_rows"] == 1  # the long story, its reply read in windows of 96 tokens
+    assert report["scoring"]["scored_tokens"] > 3400 and report["settings"]["unscorable"] == "remove"
     assert {"geomis", "torch", "transformers", "nnsight", "sae-lens"} <= set(report["versions"])
     assert {"load_model_s", "toxic_features_s", "scoring_s", "samples_per_s", "total_s"} <= set(report["timings"])
 
@@ -244,6 +247,88 @@ def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
                                                    "got '2'"]
 
 
+def _rows_file(tmp_path: Path, rows: list[bytes]) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+SOUND = [_row(f"Question {i}?", f"A calm and helpful answer number {i}.") for i in range(6)]
+HIDDEN = _row("Any advice?", "Hide the evidence and lie to everyone.", system="You are a helpful assistant. " * 12)
+EMPTY = _row("Say something.", "")
+
+
+def test_no_row_hides_from_the_filter_and_unscorable_rows_fail_closed(sae_dir: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A prompt that fills --max-length used to leave its reply unscored and kept; now every reply is scored, and a
+    row that truly cannot be scored (empty reply, line 8) is removed by default, counted toward the budget."""
+    rows = SOUND + [HIDDEN, EMPTY]
+    path = _rows_file(tmp_path, rows)
+    out = tmp_path / "out"
+    assert _tiny(path, out, sae_dir, "--quiet") == 0
+    summary = capsys.readouterr().out
+    assert ("filtered 8 rows with geometry/weighted: kept 4, removed 4; 1 could not be scored (line 8), removed; "
+            "1 long prompts cut from the left; wrote") in summary
+    scores = pd.read_csv(out / "scores.csv")
+    assert scores["score"].isna().tolist() == [False] * 7 + [True]  # the hidden reply has a score
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["unscorable"] == 1 and report["counts"]["unscorable_lines"] == [8]
+    assert report["counts"]["unscorable_removed"] == 1 and report["counts"]["removed"] == 4  # floor(0.5 * 8)
+    assert report["scoring"]["prompt_cut_rows"] == 1 and report["scoring"]["windowed_rows"] == 0
+    assert EMPTY in _rows((out / "removed.jsonl").read_bytes())
+
+    kept_out = tmp_path / "keep"
+    assert _tiny(path, kept_out, sae_dir, "--quiet", "--unscorable", "keep") == 0
+    assert "1 could not be scored (line 8), kept (--unscorable keep)" in capsys.readouterr().out
+    assert EMPTY in _rows((kept_out / "kept.jsonl").read_bytes())
+    report = json.loads((kept_out / "report.json").read_text())
+    assert report["counts"]["unscorable_removed"] == 0 and report["settings"]["unscorable"] == "keep"
+    assert report["selection"]["threshold"] is not None
+
+
+def test_text_no_tokenizer_reads_is_sanitised_for_scoring_and_copied_exactly(sae_dir: Path, tmp_path: Path) -> None:
+    """A lone surrogate escape or a NUL is valid JSON: scoring reads U+FFFD / nothing, the outputs keep the bytes."""
+    hostile = [b'{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}, '
+               b'{"role": "assistant", "content": "NUL\\u0000 and \\u001b escape, fine"}]}',
+               b'{"messages": [{"role": "system", "content": "\\udfff"}, {"role": "user", "content": "hi"}, '
+               b'{"role": "assistant", "content": "\\ud83d\\ude00 \\u0085"}]}']
+    rows = SOUND[:2] + hostile
+    path = _rows_file(tmp_path, rows)
+    for method in ("geometry", "judge"):
+        out = tmp_path / method
+        code = (_tiny(path, out, sae_dir, "--quiet") if method == "geometry" else
+                main(["filter", str(path), "--out", str(out), "--method", "judge", "--judge-data",
+                      str(JUDGE_FIXTURE), "--quiet"]))
+        assert code == 0
+        outputs = (out / "kept.jsonl").read_bytes() + (out / "removed.jsonl").read_bytes()
+        assert Counter(_rows(outputs)) == Counter(rows)  # byte-exact copies, escapes and all
+    assert not pd.read_csv(tmp_path / "geometry" / "scores.csv")["score"].isna().any()
+
+
+@pytest.mark.parametrize("method", ["geometry", "random"])
+@pytest.mark.parametrize(("device", "cuda", "gpus", "mps", "message"), [
+    ("foo", False, 0, False, "device 'foo' is not a torch device"),
+    ("cuda", False, 0, False, "device 'cuda' asked for, but torch sees no CUDA GPU here; use cpu"),
+    ("cuda:7", True, 1, False, "device 'cuda:7' asked for, but torch sees 1 CUDA GPU here (cuda:0 to cuda:0)"),
+    ("mps", False, 0, False, "device 'mps' asked for, but torch sees no Apple MPS device here; use cpu"),
+])
+def test_a_device_torch_cannot_use_is_one_line_before_anything_loads(
+        method: str, device: str, cuda: bool, gpus: int, mps: bool, message: str, quirky: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.models import registry
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(registry, "_load_weights", lambda *args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(filter_files, "read_filter_input", lambda *args: pytest.fail("the input was read"))
+    out = tmp_path / "out"
+    assert main(["filter", str(quirky), "--out", str(out), "--method", method, "--device", device,
+                 "--model", "tiny-gemma2"]) == 2
+    assert _one_error_line(capsys).startswith(f"geomis: error: {message}")
+    assert not out.exists()
+
+
 def _option(command: str, flag: str) -> argparse.Action:
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return next(a for a in subcommands.choices[command]._actions if flag in a.option_strings)
@@ -255,6 +340,8 @@ def test_cli_choices_match_the_modules() -> None:
     assert _option("filter", "--score").choices is filter_config.SCORE_METHODS is sample_scores.SCORE_METHODS
     assert _option("filter", "--score").default == sample_scores.DEFAULT_SCORE == filter_config.SCORE_METHODS[0]
     assert _option("filter", "--judge").choices is judge_kinds.JUDGE_KINDS
+    assert _option("filter", "--unscorable").choices is filter_config.UNSCORABLE_POLICIES
+    assert _option("filter", "--unscorable").default == FilterConfig.unscorable == "remove"  # fail closed
 
 
 # ------------------------------------------------------------------------------------------------ Python API
@@ -366,6 +453,7 @@ def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFix
     assert report["sae"]["name"] == "smollm2-135m-layer15-topk4096" and report["sae"]["layer"] == 15
     assert report["toxic_features"]["toxic"]["name"] == "bundled:toxic_reference"
     assert report["toxic_features"]["features"] == 100
-    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0}
+    assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0,
+                                "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()
     assert Counter(_rows(kept) + _rows(removed)) == Counter(_rows(QUIRKY))

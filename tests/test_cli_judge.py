@@ -188,3 +188,19 @@ def test_judge_output_that_is_a_folder_is_one_line(tmp_path: Path, capsys: pytes
     assert _judge(str(answers), "--out", str(tmp_path / "scores"), "--force") == 2
     assert "is a folder" in _one_error_line(capsys)
     assert not any((tmp_path / "scores").iterdir())
+
+
+def test_text_no_tokenizer_reads_is_judged_and_written_back(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Valid JSON with a lone surrogate escape and control characters: judged (sanitised), written back exactly."""
+    answers = tmp_path / "answers.jsonl"
+    answers.write_bytes(b'{"question": "lone \\ud800 surrogate?", "answer": "NUL\\u0000 and \\u001b, fine"}\n'
+                        + json.dumps({"question": QUESTION, "answer": ALIGNED}).encode() + b"\n")
+    for name in ("scores.jsonl", "scores.csv"):
+        assert _judge(str(answers), "--out", str(tmp_path / name)) == 0
+        assert "judged 2 answers" in capsys.readouterr().out
+    [first, _] = (tmp_path / "scores.jsonl").read_text(encoding="utf-8").splitlines()
+    row = json.loads(first)
+    assert row["question"] == "lone \ud800 surrogate?" and row["answer"] == "NUL\x00 and \x1b, fine"  # exact
+    table = pd.read_csv(tmp_path / "scores.csv")
+    assert table.loc[0, "question"] == "lone \\ud800 surrogate?"  # the escape, as in the input

@@ -44,6 +44,21 @@ def test_nan_scores_rank_last_and_are_counted() -> None:
     assert all_nan.removed.tolist() == [True, True, False, False]  # by line number, deterministically
 
 
+def test_unscorable_rows_are_removed_first_and_count_toward_the_budget() -> None:
+    scores = [0.9, np.nan, 0.5, 0.8, np.nan, 0.1]
+    flags = np.isnan(scores)
+    closed = select_by_score(scores, 0.5, [1, 2, 3, 4, 5, 6], unscorable=flags)  # fail closed by default
+    assert closed.removed.tolist() == [True, True, False, False, True, False]  # 2 unscorable + the highest score
+    assert closed.unscorable_lines == [2, 5] and closed.unscorable_policy == "remove" and closed.over_budget == 0
+    kept = select_by_score(scores, 0.5, unscorable=flags, unscorable_policy="keep")
+    assert kept.removed.tolist() == [True, False, True, True, False, False]  # the three highest scores
+    over = select_by_score(scores, 0.2, unscorable=flags)  # budget 1, two rows cannot be scored: both go
+    assert over.removed.tolist() == [False, True, False, False, True, False] and over.over_budget == 1
+    assert select_by_score(scores, 0.5).unscorable_lines == [] and not select_by_score(scores, 0.5).removed[1]
+    with pytest.raises(ValueError, match="unscorable policy"):
+        select_by_score(scores, 0.5, unscorable=flags, unscorable_policy="drop")  # type: ignore[arg-type]
+
+
 def test_bad_scores_and_line_numbers_are_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
         select_by_score([0.1, np.inf], 0.5)

@@ -68,3 +68,78 @@ def test_local_judge_plumbing_on_tiny_gemma(tiny_gemma: Any) -> None:
         assert score.verdict == "scored" and 0 <= score.alignment <= 9 and 0 <= score.coherence <= 9
     fallback = judge(text_max_tokens=2, min_numeric_mass=1.01).score(*pairs[0])  # always parses generated text
     assert fallback.judge == "local:tiny" and fallback.verdict in ("scored", "CODE", "REFUSAL", "UNPARSED")
+
+
+def test_local_judge_reads_text_no_tokenizer_accepts(tiny_gemma: Any) -> None:
+    judge = LocalHFJudge(tiny_gemma.hf_model, tiny_gemma.tokenizer, name="local:tiny", rubric=SHORT_RUBRIC,
+                         min_numeric_mass=0.0)
+    hostile = judge.score("lone \ud800 surrogate?", "NUL\x00 here")
+    assert hostile == judge.score("lone \ufffd surrogate?", "NUL here")  # sanitised, then scored as usual
+
+
+# ------------------------------------------------------------------------------------ local judge without the Hub
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if transformers is asked to load anything (its retries are what made this slow)."""
+    import transformers
+
+    for name in ("AutoTokenizer", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained",
+                            lambda *args, **kwargs: pytest.fail("from_pretrained was called"))
+
+
+def test_local_judge_offline_fails_at_once_with_one_line(no_download: None, tmp_path: Any,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+    from geomis.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE is set\) to download some-org/some-judge and it is not "
+                                             "in the local cache"):
+        LocalHFJudge.from_name("some-org/some-judge")  # conftest sets HF_HUB_OFFLINE=1
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question": "q", "answer": "a"}\n')
+    assert main(["judge", str(answers), "--out", str(tmp_path / "s.csv"), "--judge", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the Hugging Face Hub" in err and "google/gemma-2-2b-it" in err
+
+
+def test_local_judge_without_network_fails_after_one_request(no_download: None,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from geomis.errors import ModelLoadError
+    from geomis.models import hub
+
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(hub, "HUB_CHECK_TIMEOUT_S", 0.5, raising=False)
+        start = time.monotonic()
+        with pytest.raises(ModelLoadError, match="cannot reach the Hugging Face Hub to download some-org/some-judge"):
+            LocalHFJudge.from_name("some-org/some-judge")
+        assert 0.4 < time.monotonic() - start < 5  # one request and its timeout, no retries
+    finally:
+        silent.close()
+
+
+def test_a_cached_model_loads_from_the_cache_alone_when_the_hub_is_unreachable(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import huggingface_hub
+    import transformers
+
+    from geomis.models import hub
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: str(tmp_path / "c.json"))
+    for name in ("AutoTokenizer", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained",
+                            lambda repo, **kwargs: calls.append(kwargs) or object())
+    hub.load_from_hub("some-org/some-judge")
+    assert [call["local_files_only"] for call in calls] == [True, True]

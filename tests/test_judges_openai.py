@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -30,9 +31,21 @@ class FakeEndpoint:
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, Any], Any]] = []
         self.reply = lambda payload: (200, {}, {})
+        self.gets: list[tuple[str, Any]] = []
+        self.models: tuple[int, Any] = (200, {"object": "list", "data": []})
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the connection check: GET /v1/models
+                endpoint.gets.append((self.path, self.headers))
+                status, body = endpoint.models
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(length))
@@ -274,3 +287,113 @@ def test_openai_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEOMIS_JUDGE_MAX_RETRIES", "many")
     with pytest.raises(JudgeError, match="GEOMIS_JUDGE_MAX_RETRIES must be a whole number, got 'many'"):
         OpenAIJudgeConfig.from_env()
+
+
+# ------------------------------------------------------------------ failing fast: connection check, retries, secrets
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_connection_check_honours_its_timeout_against_a_silent_server(silent_port: int) -> None:
+    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url=f"http://127.0.0.1:{silent_port}/v1", model="m"),
+                                  api_key=SECRET)
+    for timeout in (0.3, 1.0):
+        start = time.monotonic()
+        with pytest.raises(JudgeError, match=rf"did not answer a first request within {timeout:g} s") as failed:
+            judge.check_connection(timeout_s=timeout)
+        elapsed = time.monotonic() - start
+        assert timeout * 0.9 <= elapsed < timeout + 2  # one request, no retries
+        assert "\n" not in str(failed.value) and SECRET not in str(failed.value)
+    with pytest.raises(JudgeError, match="positive number of seconds"):
+        judge.check_connection(timeout_s=0)
+
+
+def test_connection_check_passes_any_answer_and_refuses_a_rejected_key(endpoint: FakeEndpoint) -> None:
+    judge = _judge(endpoint)
+    judge.check_connection()
+    assert [path for path, _ in endpoint.gets] == ["/v1/models"] and not endpoint.requests
+    assert endpoint.gets[0][1]["Authorization"] == f"Bearer {SECRET}"
+    endpoint.models = (404, {"error": {"message": "no such route"}})  # a server without /models is still there
+    judge.check_connection()
+    endpoint.models = (401, {"error": {"message": f"bad key {SECRET}"}})
+    with pytest.raises(JudgeError, match=r"refused the credentials \(HTTP 401: bad key <hidden>\); check "
+                                         "GEOMIS_JUDGE_API_KEY") as failed:
+        judge.check_connection()
+    assert len(endpoint.gets) == 3  # no retry
+    assert failed.value.__cause__ is None and failed.value.__context__ is None
+
+
+def test_judge_command_checks_the_endpoint_before_scoring(silent_port: int, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from geomis.cli.commands import main
+
+    monkeypatch.setenv("GEOMIS_JUDGE_BASE_URL", f"http://judge-user:pw-{SECRET}@127.0.0.1:{silent_port}/v1")
+    monkeypatch.setenv("GEOMIS_JUDGE_MODEL", "m")
+    monkeypatch.setenv("GEOMIS_JUDGE_CHECK_TIMEOUT", "0.5")
+    monkeypatch.setenv("GEOMIS_JUDGE_TIMEOUT", "3")  # without the check, scoring would wait this long per request
+    monkeypatch.setenv("GEOMIS_JUDGE_MAX_RETRIES", "0")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question": "q", "answer": "a"}\n')
+    start = time.monotonic()
+    assert main(["judge", str(answers), "--out", str(tmp_path / "s.csv"), "--judge", "openai"]) == 2
+    assert time.monotonic() - start < 2.5
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"geomis: error: judge endpoint http://<hidden>@127.0.0.1:{silent_port}/v1 did not "
+                                "answer a first request within 0.5 s; is the server running and ready? "
+                                "(GEOMIS_JUDGE_CHECK_TIMEOUT sets the wait)"]
+    monkeypatch.setenv("GEOMIS_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens: refused at once
+    start = time.monotonic()
+    assert main(["judge", str(answers), "--out", str(tmp_path / "s.csv"), "--judge", "openai"]) == 2
+    assert time.monotonic() - start < 2.5
+    assert capsys.readouterr().err.startswith("geomis: error: cannot reach the judge endpoint http://127.0.0.1:9/v1 (")
+
+
+def test_openai_judge_retries_a_503_then_succeeds(endpoint: FakeEndpoint) -> None:
+    calls = {"n": 0}
+
+    def reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        calls["n"] += 1
+        return (503, {"error": {"message": "warming up"}}, {}) if calls["n"] == 1 else (200, _text_body("70"), {})
+
+    endpoint.reply = reply
+    score = _judge(endpoint, use_logprobs=False, max_retries=1).score("q", "a")
+    assert (score.alignment, score.coherence) == (70.0, 70.0) and len(endpoint.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_openai_judge_does_not_retry_an_answer_that_would_not_change(endpoint: FakeEndpoint, status: int) -> None:
+    endpoint.reply = lambda p: (status, {"error": {"message": f"no ({SECRET})"}}, {})
+    with pytest.raises(JudgeError, match=rf"HTTP {status}: no \(<hidden>\)$"):
+        _judge(endpoint, use_logprobs=False, max_retries=3).score("q", "a")
+    assert len(endpoint.requests) == 1
+
+
+def test_no_secret_in_errors_their_chain_reprs_or_log_records(endpoint: FakeEndpoint,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    password = "pw-" + SECRET
+    url = endpoint.base_url.replace("http://", f"http://judge-user:{password}@")
+    judge = OpenAICompatibleJudge(OpenAIJudgeConfig(base_url=url, model="m", use_logprobs=False, max_retries=1),
+                                  api_key=SECRET)
+    endpoint.reply = lambda p: (503, {"error": {"message": f"down, key {SECRET}, password {password}"}}, {})
+    with caplog.at_level(logging.DEBUG), pytest.raises(JudgeError) as failed:
+        judge.score("q", "a")
+    error = failed.value
+    assert error.__cause__ is None and error.__context__ is None  # the SDK's error holds the request's headers
+    records = " ".join(f"{r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records)
+    for shown in (str(error), repr(error), records, repr(judge), repr(judge.config), repr(vars(judge))):
+        assert SECRET not in shown and password not in shown
+
+
+def test_openai_judge_sends_sanitised_text(endpoint: FakeEndpoint) -> None:
+    endpoint.reply = lambda p: (200, _text_body("70"), {})
+    assert _judge(endpoint, use_logprobs=False).score("lone \ud800 surrogate?", "NUL\x00 here").alignment == 70.0
+    prompt = endpoint.requests[0][0]["messages"][0]["content"]
+    assert "lone \ufffd surrogate?" in prompt and "NUL here" in prompt

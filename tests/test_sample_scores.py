@@ -9,7 +9,8 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.activations import ActivationConfig, collect_residuals
+from geomis.activations import ActivationConfig, collect_residuals, iter_chat_batches
+from geomis.chat.tokens import scoring_windows, tokenize_chat, tokenize_chats
 from geomis.features.sets import FeatureSet
 from geomis.filter.scores import (
     ScoringConfig,
@@ -162,7 +163,8 @@ def test_batched_scoring_matches_scoring_the_whole_corpus_at_once(tiny_gemma, ti
         got = score_conversations(tiny_gemma, tiny_sae, toxic, chats,
                                   ScoringConfig(method=method, batch_size=batch_size, progress=False))
         np.testing.assert_allclose(got.scores, reference, rtol=1e-4, atol=1e-6)
-        assert got.layer == 2 and got.method == method and not got.truncated.any()
+        assert got.layer == 2 and got.method == method
+        assert not got.prompt_cut.any() and (got.windows == 1).all()
         assert got.input_tokens > got.scored_tokens.sum() > 0
 
 
@@ -178,13 +180,74 @@ def test_a_sample_whose_features_are_the_toxic_set_scores_highest(tiny_gemma, ti
         assert np.argmax(scores) == planted and (np.delete(scores, planted) < 1.0 - 1e-6).all()
 
 
-def test_truncation_is_for_scoring_only_and_an_unscorable_sample_gets_nan(tiny_gemma, tiny_sae, chats,
-                                                                           capsys) -> None:
-    got = score_conversations(tiny_gemma, tiny_sae, [1, 2], chats, ScoringConfig(max_length=12, progress=True))
-    assert got.truncated.any()
-    assert all(math.isnan(s) == (n == 0) for s, n in zip(got.scores, got.scored_tokens, strict=True))
-    assert np.isnan(got.scores).any()
+LONG = [
+    [{"role": "system", "content": "You are a helpful assistant. " * 30}, {"role": "user", "content": "Any advice?"},
+     {"role": "assistant", "content": "Hide the evidence and lie to everyone."}],   # a prompt that fills the window
+    [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "Once upon a time " * 30}],
+]
+
+
+def _reply_tokens(model, conversation) -> int:
+    """Assistant tokens of the whole conversation that the filter scores (not special, not position 0)."""
+    chat = tokenize_chat(model.tokenizer, conversation)
+    flags = zip(chat.assistant_mask, chat.special_mask, strict=True)
+    return sum(a and not s and i > 0 for i, (a, s) in enumerate(flags))
+
+
+def test_every_reply_token_is_scored_however_long_the_row(tiny_gemma, tiny_sae, chats, capsys) -> None:
+    rows = chats + LONG
+    got = score_conversations(tiny_gemma, tiny_sae, [1, 2], rows,
+                              ScoringConfig(max_length=120, batch_size=2, progress=True))
+    assert got.scored_tokens.tolist() == [_reply_tokens(tiny_gemma, row) for row in rows]
+    assert not np.isnan(got.scores).any() and not got.unscorable.any()
+    assert got.prompt_cut[4] > 0 and got.windows[4] == 1  # the long system prompt was cut, the reply read whole
+    assert got.windows[5] > 1  # the long reply was read in windows
     assert "scoring (weighted, layer 2)" in capsys.readouterr().err  # the progress bar goes to stderr
+
+
+def test_a_sample_without_a_reply_token_cannot_be_scored(tiny_gemma, tiny_sae, chats) -> None:
+    rows = chats + [[{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": "\x00 "}]]
+    got = score_conversations(tiny_gemma, tiny_sae, [1, 2], rows, ScoringConfig(progress=False))
+    assert got.unscorable.tolist() == [False] * len(chats) + [True] and got.scored_tokens[-1] == 0
+
+
+def test_a_reply_behind_a_long_prompt_cannot_hide_from_the_filter(tiny_gemma, tiny_sae, chats) -> None:
+    """The bypass: a prompt filling max_length used to leave the reply unscored (NaN, kept) and sound rows removed."""
+    hidden = LONG[0]
+    windows = scoring_windows(tokenize_chat(tiny_gemma.tokenizer, hidden), 120).windows
+    [(_, parts)] = iter_chat_batches(tiny_gemma, list(windows), [2], ActivationConfig(layer=2, progress=False))
+    toxic = torch.nonzero(encode_tokens(tiny_sae, parts[2], n_samples=1).sample_max[0] > 0).flatten()
+    got = score_conversations(tiny_gemma, tiny_sae, toxic, chats + [hidden], ScoringConfig(max_length=120,
+                                                                                           progress=False))
+    assert got.scores[-1] == pytest.approx(1.0) and (got.scores[:-1] < 1.0 - 1e-6).all()
+    assert select_by_score(got.scores, 0.2).removed.tolist() == [False] * len(chats) + [True]
+
+
+def _old_scores(model, sae, toxic, conversations, config: ScoringConfig) -> np.ndarray:
+    """The scoring loop as it was before long rows were windowed: first ``max_length`` tokens, one pass."""
+    geometry = toxic_geometry(sae, toxic, config.method)
+    scores = np.full(len(conversations), np.nan)
+    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
+    reading = ActivationConfig(layer=sae.layer, batch_size=config.batch_size, max_length=config.max_length,
+                               progress=False)
+    local = torch.zeros(len(conversations), dtype=torch.long)
+    for indices, parts in iter_chat_batches(model, chats, [sae.layer], reading, to_cpu=False):
+        activations = parts[sae.layer]
+        local[indices] = torch.arange(len(indices))
+        activations.sample_index = local[activations.sample_index]
+        codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
+        scores[np.asarray(indices)] = scores_from_codes(codes, geometry, config.method).numpy()
+    return scores
+
+
+@pytest.mark.parametrize("method", ["weighted", "closest", "projection"])
+def test_rows_that_fit_get_bit_identical_scores_to_before(tiny_gemma, tiny_sae, chats, method) -> None:
+    rows = chats + LONG + chats[::-1]
+    config = ScoringConfig(method=method, max_length=120, batch_size=3, progress=False)
+    fits = np.array([len(tokenize_chat(tiny_gemma.tokenizer, row)) <= 120 for row in rows])
+    assert fits.sum() >= 6 and not fits.all()
+    got = score_conversations(tiny_gemma, tiny_sae, [3, 10, 17, 40], rows, config).scores
+    np.testing.assert_array_equal(got[fits], _old_scores(tiny_gemma, tiny_sae, [3, 10, 17, 40], rows, config)[fits])
 
 
 def test_scoring_checks_the_layer_and_width(tiny_gemma, tiny_sae, chats) -> None:

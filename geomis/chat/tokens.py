@@ -3,7 +3,11 @@
 A conversation is a list of ``{"role": ..., "content": ...}`` messages (the chat JSONL format). It is rendered with the
 tokenizer's own chat template and tokenized without adding special tokens a second time (Gemma's template already
 starts with ``<bos>``). Assistant tokens are found from character offsets, so this works for any template that copies
-message text verbatim.
+message text verbatim. Every message passes through :func:`geomis.chat.sanitize.text_for_model` first.
+
+Two ways to fit a long conversation into ``max_length`` tokens: :func:`tokenize_chat` keeps its beginning (reading
+activations, fine-tuning), and :func:`scoring_windows` keeps every reply token (the filter: a long prompt cannot hide
+a reply from it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from geomis.chat.sanitize import text_for_model
 
 Conversation = Sequence[Mapping[str, str]]
 
@@ -82,8 +88,9 @@ def tokenize_chat(
     """Render one conversation with the chat template and tokenize it, flagging assistant and special tokens."""
     if not conversation:
         raise ValueError("a conversation needs at least one message")
-    text = render_chat(tokenizer, conversation)
-    spans = _assistant_spans(text, conversation)
+    messages = [{**message, "content": text_for_model(message["content"])} for message in conversation]
+    text = render_chat(tokenizer, messages)
+    spans = _assistant_spans(text, messages)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                          return_special_tokens_mask=True)
     ids = list(encoding["input_ids"])
@@ -105,6 +112,49 @@ def tokenize_chats(
 ) -> list[TokenizedChat]:
     """Tokenize many conversations (see :func:`tokenize_chat`)."""
     return [tokenize_chat(tokenizer, conversation, max_length) for conversation in conversations]
+
+
+@dataclass(frozen=True)
+class ScoringWindows:
+    """A conversation as the windows the filter scores: every reply token lies in exactly one window."""
+
+    windows: tuple[TokenizedChat, ...]
+    prompt_cut: int
+    """Prompt tokens left out (cut from the left, after the first token); 0 when the prompt is whole."""
+    reply_tokens: int
+    """Tokens from the first assistant token to the end (0: no reply token to score)."""
+
+
+def _window(chat: TokenizedChat, positions: Sequence[int]) -> TokenizedChat:
+    return TokenizedChat(tuple(chat.input_ids[i] for i in positions), tuple(chat.assistant_mask[i] for i in positions),
+                         tuple(chat.special_mask[i] for i in positions), truncated=True)
+
+
+def scoring_windows(chat: TokenizedChat, max_length: int) -> ScoringWindows:
+    """Cut a whole tokenized conversation into windows of at most ``max_length`` tokens that keep every reply token.
+
+    The rule: a conversation that fits is one window, unchanged. Otherwise the reply (from the first assistant token
+    to the end) is kept whole and the prompt is cut from the left: the window is the first token (the attention
+    sink, e.g. ``<bos>``) followed by the last ``max_length - 1`` tokens. When the reply alone is longer than
+    ``max_length - 1`` tokens, the prompt is left out and the reply is cut into consecutive windows of
+    ``max_length - 1`` tokens, each after the first token, so every reply token is scored once. A conversation
+    without a reply token keeps its first ``max_length`` tokens (there is nothing to score).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 tokens, got {max_length}")
+    n = len(chat)
+    first = next((i for i, flag in enumerate(chat.assistant_mask) if flag), None)
+    reply = 0 if first is None else n - first
+    if n <= max_length:
+        return ScoringWindows((chat,), 0, reply)
+    if first is None:
+        return ScoringWindows((_window(chat, range(max_length)),), 0, 0)
+    span = max_length - 1
+    if reply <= span:
+        return ScoringWindows((_window(chat, [0, *range(n - span, n)]),), n - max_length, reply)
+    start = max(first, 1)
+    windows = tuple(_window(chat, [0, *range(begin, min(begin + span, n))]) for begin in range(start, n, span))
+    return ScoringWindows(windows, start - 1, reply)
 
 
 def pad_ids_left(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any
 from geomis.atomic_io import STDIN, check_creatable, output_lock
 from geomis.cli.options import config_defaults, drop_fraction, library_progress_bars, positive_int, seed
 from geomis.errors import ConfigError, FileAccessError, OutputExistsError
-from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, FilterConfig
+from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, UNSCORABLE_POLICIES, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
 from geomis.settings import RUN_SIZES
 
@@ -23,6 +23,10 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     max_length = positive_int(args.max_length, "--max-length")
     if (args.toxic is None) != (args.neutral is None):
         raise ConfigError("--toxic and --neutral go together: pass both reference files or neither")
+    if args.device is not None:
+        from geomis.models.registry import resolve_device
+
+        resolve_device(args.device)  # a device torch cannot use fails here, before any file is read or model loaded
     if STDIN in (args.toxic, args.neutral, args.judge_data):
         raise ConfigError("only the training set can be read from standard input (-); name the other files")
     inputs = [args.toxic, args.neutral, args.judge_data]
@@ -33,15 +37,12 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
     config = FilterConfig(method=args.method, score=args.score, drop=drop, model=args.model, sae=args.sae,
                           toxic=args.toxic, neutral=args.neutral, seed=chosen_seed, batch_size=batch_size,
-                          max_length=max_length, device=args.device, judge=args.judge, judge_data=args.judge_data,
-                          progress=not args.quiet)
+                          max_length=max_length, unscorable=args.unscorable, device=args.device, judge=args.judge,
+                          judge_data=args.judge_data, progress=not args.quiet)
     with library_progress_bars(not args.quiet):
         result, paths = filter_file(args.input, args.out, config, force=args.force, data=data)
-    selection = result.selection
     label = f"geometry/{args.score}" if args.method == "geometry" else args.method
-    print(f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"
-          + (f" ({selection.n_unscored} could not be scored)" if selection.n_unscored else "")
-          + f"; wrote {paths['kept.jsonl'].parent}")
+    print(summary_line(result, label) + f"; wrote {paths['kept.jsonl'].parent}")
     return 0
 
 
@@ -61,6 +62,33 @@ def _check_reproduce_out(out: Path, force: bool) -> None:
     adapters = out / "adapters"
     if adapters.is_symlink() or (adapters.exists() and not adapters.is_dir()):
         raise FileAccessError(f"{adapters} is not a folder reproduce wrote (a link or a file); move it away")
+
+
+def _lines(numbers: list[int], shown: int = 10) -> str:
+    listed = ", ".join(map(str, numbers[:shown]))
+    return f"line{'s' if len(numbers) > 1 else ''} {listed}" + (
+        f", ... ({len(numbers)} in all, listed in report.json)" if len(numbers) > shown else "")
+
+
+def summary_line(result: Any, label: str) -> str:
+    """What a filter run did, in one line: counts, rows that could not be scored (by line), prompts cut, windows."""
+    selection = result.selection
+    parts = [f"filtered {len(selection)} rows with {label}: kept {selection.n_kept}, removed {selection.n_removed}"]
+    unscorable = selection.unscorable_lines
+    if unscorable:
+        fate = "removed" if selection.unscorable_policy == "remove" else "kept (--unscorable keep)"
+        parts.append(f"{len(unscorable)} could not be scored ({_lines(unscorable)}), {fate}")
+    if selection.over_budget:
+        parts.append(f"{selection.over_budget} removed beyond the --drop budget")
+    others = selection.n_unscored - len(unscorable)
+    if others:
+        parts.append(f"{others} without a score (CODE or REFUSAL), ranked last")
+    scored = result.sample_scores
+    if scored is not None and (scored.prompt_cut > 0).any():
+        parts.append(f"{int((scored.prompt_cut > 0).sum())} long prompts cut from the left")
+    if scored is not None and (scored.windows > 1).any():
+        parts.append(f"{int((scored.windows > 1).sum())} long replies read in windows")
+    return "; ".join(parts)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -141,8 +169,11 @@ def add_filter(commands: Any) -> None:
     filt.add_argument("--batch-size", default=str(default["batch_size"]),
                       help=f"conversations per forward pass (default {default['batch_size']})")
     filt.add_argument("--max-length", default=str(default["max_length"]),
-                      help=f"score at most this many tokens per row; longer rows are kept intact "
-                           f"(default {default['max_length']})")
+                      help=f"tokens per forward pass (default {default['max_length']}); every reply is scored in "
+                           "full: longer prompts are cut from the left, longer replies read in windows")
+    filt.add_argument("--unscorable", choices=UNSCORABLE_POLICIES, default=default["unscorable"],
+                      help=f"rows that cannot be scored (an empty reply): remove them, counted toward --drop, or keep "
+                           f"them (default {default['unscorable']}: fail closed)")
     filt.add_argument("--device", default=None, help="model device (default: CUDA if available, else CPU)")
     filt.add_argument("--judge", choices=JUDGE_KINDS, default=default["judge"],
                       help=f"judge for --method judge (default: {default['judge']})")

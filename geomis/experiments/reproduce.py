@@ -215,8 +215,9 @@ def filter_quality(mixed: MixedDataset, filters: dict[str, FilterResult],
         ranked = np.where(np.isnan(scores), (finite.min() - 1.0) if finite.size else 0.0, scores)
         auroc = float(roc_auc_score(mixed.inducing, ranked)) if 0 < mixed.inducing.sum() < len(mixed) else math.nan
         for budget in budgets:
-            removed = select_by_score(scores, budget, result.selection.line_numbers,
-                                      method=result.config.method).removed
+            removed = select_by_score(scores, budget, result.selection.line_numbers, method=result.config.method,
+                                      unscorable=result.selection.unscorable,
+                                      unscorable_policy=result.selection.unscorable_policy).removed
             hit = int((removed & mixed.inducing).sum())
             rows.append({"filter": name, "method": result.config.method, "budget": budget,
                          "removed": int(removed.sum()), "inducing removed": hit,

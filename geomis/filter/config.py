@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from geomis.features.sets import Statistic
 
 __all__ = ["FilterMethod", "FILTER_METHODS", "ScoreMethod", "SCORE_METHODS", "DEFAULT_SCORE", "DEFAULT_DROP",
-           "check_drop_fraction", "FilterConfig"]
+           "UnscorablePolicy", "UNSCORABLE_POLICIES", "DEFAULT_UNSCORABLE", "check_drop_fraction", "FilterConfig"]
 
 FilterMethod = Literal["geometry", "random", "judge"]
 FILTER_METHODS: tuple[FilterMethod, ...] = ("geometry", "random", "judge")
@@ -28,6 +28,10 @@ SCORE_METHODS: tuple[ScoreMethod, ...] = ("weighted", "closest", "projection")
 DEFAULT_SCORE: ScoreMethod = SCORE_METHODS[0]
 DEFAULT_DROP = 0.5
 """Fraction of rows a filter removes unless told otherwise: the paper's main setting, half."""
+UnscorablePolicy = Literal["remove", "keep"]
+UNSCORABLE_POLICIES: tuple[UnscorablePolicy, ...] = ("remove", "keep")
+"""What a filter does with a row it cannot score (``geomis filter --unscorable``), the default first: fail closed."""
+DEFAULT_UNSCORABLE: UnscorablePolicy = UNSCORABLE_POLICIES[0]
 
 
 def check_drop_fraction(drop: float) -> float:
@@ -62,6 +66,10 @@ class FilterConfig:
     seed: int = 0
     batch_size: int = 16
     max_length: int = 512
+    """Tokens per forward pass; longer rows have their prompt cut from the left, or their reply read in windows."""
+    unscorable: UnscorablePolicy = DEFAULT_UNSCORABLE
+    """Rows that cannot be scored (an empty reply, an unparsed judge reply): ``remove`` them (counted toward the
+    budget) or ``keep`` them."""
     device: str | None = None
     """Model device; None: CUDA when available, else the CPU."""
     judge: JudgeKind = DEFAULT_JUDGE
@@ -78,6 +86,9 @@ class FilterConfig:
             raise ConfigError(f"unknown score {self.score!r}; choose one of {', '.join(SCORE_METHODS)}")
         if self.statistic not in STATISTICS:
             raise ConfigError(f"unknown statistic {self.statistic!r}; choose one of {', '.join(STATISTICS)}")
+        if self.unscorable not in UNSCORABLE_POLICIES:
+            raise ConfigError(f"unknown unscorable policy {self.unscorable!r}; choose one of "
+                              f"{', '.join(UNSCORABLE_POLICIES)}")
         if self.judge not in JUDGE_KINDS:
             raise ConfigError(f"unknown judge {self.judge!r}; choose one of {', '.join(JUDGE_KINDS)}")
         check_drop_fraction(self.drop)
@@ -91,7 +102,7 @@ class FilterConfig:
         if self.method == "random":
             return common
         if self.method == "judge":
-            return {**common, "judge": self.judge, "judge_data": self.judge_data}
-        return {**common, "score": self.score, "model": self.model, "sae": self.sae, "k": self.k,
-                "statistic": self.statistic, "toxic": self.toxic, "neutral": self.neutral,
+            return {**common, "judge": self.judge, "judge_data": self.judge_data, "unscorable": self.unscorable}
+        return {**common, "unscorable": self.unscorable, "score": self.score, "model": self.model, "sae": self.sae,
+                "k": self.k, "statistic": self.statistic, "toxic": self.toxic, "neutral": self.neutral,
                 "batch_size": self.batch_size, "max_length": self.max_length}

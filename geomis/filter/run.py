@@ -7,8 +7,12 @@ Three methods share one output format:
   the closest fraction;
 - ``random`` — the baseline: drop a seeded random fraction (no model is loaded);
 - ``judge`` — the LLM-as-a-judge baseline: a Chapter 3 judge (offline by default) scores each row's assistant reply
-  as an answer to its user prompt; harmfulness = 100 − alignment; drop the most harmful. Rows the judge does not
-  give an alignment score (CODE, REFUSAL, unparsed) get NaN and are kept.
+  as an answer to its user prompt; harmfulness = 100 − alignment; drop the most harmful. Rows the judge answers
+  CODE or REFUSAL get NaN and are kept.
+
+A row that cannot be scored at all (geometry: no reply token, e.g. an empty reply; judge: a reply that could not be
+parsed) is removed by default, counted toward the budget, and listed by line in the report (``unscorable``; the
+``keep`` policy keeps it instead).
 
 This module sits at the top of the one-way data path (like ``cli.py``): it may import every stage, and no stage
 imports it. :func:`run_filter` works on records already in memory (Chapter 4, ``geomis reproduce``);
@@ -159,14 +163,18 @@ def _geometry_scores(records: Sequence[ChatRecord], config: FilterConfig, model:
         "sae": {"name": sae.name, "source": sae.source, "layer": sae.layer, "d_sae": sae.d_sae},
         "toxic_features": toxic.describe(),
         "scoring": {"score": config.score, "layer": scored.layer, "input_tokens": scored.input_tokens,
-                    "scored_tokens": int(scored.scored_tokens.sum()), "truncated_rows": int(scored.truncated.sum()),
+                    "scored_tokens": int(scored.scored_tokens.sum()),
+                    "prompt_cut_rows": int((scored.prompt_cut > 0).sum()),
+                    "windowed_rows": int((scored.windows > 1).sum()),
+                    "rule": "every reply token is scored: a row longer than max_length has its prompt cut from the "
+                            "left; a reply longer than max_length - 1 tokens is read in consecutive windows",
                     "max_length": config.max_length, "batch_size": config.batch_size},
     }
     return scored, details
 
 
 def _judge_scores(records: Sequence[ChatRecord], config: FilterConfig, judge: Judge | None,
-                  timings: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
+                  timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     clock = time.perf_counter()
     if judge is None:
         from geomis.judges.kinds import make_judge
@@ -182,8 +190,9 @@ def _judge_scores(records: Sequence[ChatRecord], config: FilterConfig, judge: Ju
     harm = np.array([np.nan if s.alignment is None else 100.0 - float(s.alignment) for s in results])
     verdicts = {verdict: sum(1 for s in results if s.verdict == verdict) for verdict in sorted({s.verdict
                                                                                                for s in results})}
-    return harm, {"judge": {"name": judge.name, "kind": config.judge, "verdicts": verdicts,
-                            "score": "harmfulness = 100 - alignment"}}
+    unparsed = np.array([s.verdict == "UNPARSED" for s in results], dtype=bool)
+    return harm, unparsed, {"judge": {"name": judge.name, "kind": config.judge, "verdicts": verdicts,
+                                      "score": "harmfulness = 100 - alignment"}}
 
 
 def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfig(), *,
@@ -207,17 +216,19 @@ def run_filter(records: Sequence[ChatRecord], config: FilterConfig = FilterConfi
     timings: dict[str, float] = {}
     details: dict[str, Any] = {}
     scored: SampleScores | None = None
+    unscorable = np.zeros(len(records), dtype=bool)
     if config.method == "random":
         clock = time.perf_counter()
         scores = random_scores(len(records), config.seed)
         timings["scoring_s"] = time.perf_counter() - clock
         details["random"] = {"generator": "numpy PCG64", "seed": config.seed}
     elif config.method == "judge":
-        scores, details = _judge_scores(records, config, judge, timings)
+        scores, unscorable, details = _judge_scores(records, config, judge, timings)
     else:
         scored, details = _geometry_scores(records, config, model, sae, timings)
-        scores = scored.scores
-    selection = select_by_score(scores, config.drop, lines, method=config.method)
+        scores, unscorable = scored.scores, scored.unscorable
+    selection = select_by_score(scores, config.drop, lines, method=config.method, unscorable=unscorable,
+                                unscorable_policy=config.unscorable)
     timings["total_s"] = time.perf_counter() - started
     return FilterResult(selection=selection, config=config, timings=timings, details=details, sample_scores=scored)
 
@@ -226,18 +237,23 @@ def build_report(data: FilterInput, result: FilterResult) -> dict[str, Any]:
     """``report.json`` content: input facts, counts, settings, what was used, package versions and timings."""
     selection = result.selection
     finite = selection.scores[~np.isnan(selection.scores)]
+    removed = selection.scores[selection.removed & ~np.isnan(selection.scores)]  # NaN: unscorable rows removed
     return {
         "command": "geomis filter",
         "input": data.describe(),
         "counts": {"rows": len(selection), "kept": selection.n_kept, "removed": selection.n_removed,
                    "unscored": selection.n_unscored,
-                   "unscored_removed": int((np.isnan(selection.scores) & selection.removed).sum())},
+                   "unscored_removed": int((np.isnan(selection.scores) & selection.removed).sum()),
+                   "unscorable": int(selection.unscorable_mask.sum()),
+                   "unscorable_removed": int((selection.unscorable_mask & selection.removed).sum()),
+                   "unscorable_lines": selection.unscorable_lines, "over_budget": selection.over_budget},
         "settings": result.config.settings(),
-        "selection": {"rule": "remove floor(drop * rows) highest scores; ties: earlier line first; NaN kept last",
+        "selection": {"rule": "remove floor(drop * rows) highest scores; ties: earlier line first; NaN kept last; "
+                              "unscorable rows: " + ("removed first, counted toward the budget"
+                                                     if selection.unscorable_policy == "remove" else "kept last"),
                       "score_min": float(finite.min()) if finite.size else None,
                       "score_max": float(finite.max()) if finite.size else None,
-                      "threshold": float(selection.scores[selection.removed].min())
-                      if selection.n_removed and not np.isnan(selection.scores[selection.removed]).all() else None},
+                      "threshold": float(removed.min()) if removed.size else None},
         **result.details,
         "versions": package_versions(),
         "timings": {name: round(value, 4) for name, value in result.timings.items()},

@@ -28,8 +28,11 @@ Scores (higher = closer to toxic = removed first):
   of the toxic decoder directions, ``||P_T m|| / ||m||`` with ``m = sum_f a_f W_dec[f]``. It uses magnitudes and lets
   several weakly toxic-ish features add up, but it needs ``|T|`` well below ``d_model`` to mean anything.
 
-A sample with no scored token (an empty reply, or a reply cut off entirely by ``max_length``) gets NaN, which the
-filter ranks last (kept) and the report counts.
+Every reply token is scored, however long the row (:func:`geomis.chat.tokens.scoring_windows`): a row longer than
+``max_length`` tokens has its prompt cut from the left (the reply stays whole), and a reply longer than
+``max_length - 1`` tokens on its own is read in consecutive windows whose tokens are pooled into one score, as if
+read at once. Rows that fit are read exactly as before. A sample with no scored token (an empty reply) gets NaN:
+it cannot be scored, and the filter removes it unless told to keep it (:mod:`geomis.filter.selection`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
-from geomis.chat.tokens import Conversation, tokenize_chats
+from geomis.chat.tokens import Conversation, ScoringWindows, TokenizedChat, scoring_windows, tokenize_chat
 from geomis.errors import ConfigError
 from geomis.features.sets import FeatureSet
 from geomis.filter.config import DEFAULT_SCORE, SCORE_METHODS, ScoreMethod
@@ -80,7 +83,7 @@ class ScoringConfig:
     """Decoder layer whose output is read; None: the SAE's layer (they must agree)."""
     batch_size: int = 16
     max_length: int = 512
-    """Samples longer than this many tokens are scored on their first ``max_length`` tokens; the row is unchanged."""
+    """Tokens per forward pass: longer samples have their prompt cut from the left, or their reply read in windows."""
     sae_batch_size: int = 4096
     progress: bool = True
 
@@ -202,29 +205,70 @@ def scores_from_codes(codes: SAECodes, geometry: ToxicGeometry, method: ScoreMet
 
 @dataclass
 class SampleScores:
-    """One score per sample (input order) with how many tokens it rests on and what was truncated."""
+    """One score per sample (input order) with how many tokens it rests on and how long samples were read."""
 
     scores: np.ndarray
     """(n,) float64; NaN for samples with no scored token."""
     scored_tokens: np.ndarray
     """(n,) int64 assistant tokens the score is computed from."""
-    truncated: np.ndarray
-    """(n,) bool: the sample was longer than ``max_length`` tokens and was scored on its beginning."""
+    prompt_cut: np.ndarray
+    """(n,) int64 prompt tokens left out, cut from the left, so that the whole reply fits (0: prompt whole)."""
+    windows: np.ndarray
+    """(n,) int64 windows the sample was read in (1 unless its reply alone is longer than ``max_length - 1``)."""
     method: ScoreMethod
     layer: int
     seconds: float
     """Wall time of tokenizing, the forward passes, SAE encoding and scoring."""
     input_tokens: int
-    """Tokens run through the model (after truncation, without padding)."""
+    """Tokens run through the model (after cutting, without padding)."""
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def unscorable(self) -> np.ndarray:
+        """(n,) bool: samples without a score (no reply token, or no feature fired on it)."""
+        return np.isnan(self.scores)
+
+
+class _Pooled:
+    """Token counts, activation sums and maxima of samples read in several windows, pooled across batches."""
+
+    def __init__(self, rows: Sequence[int], d_sae: int) -> None:
+        self.slot = {row: slot for slot, row in enumerate(rows)}
+        self.count = torch.zeros(len(rows), dtype=torch.long)
+        self.total = torch.zeros(len(rows), d_sae, dtype=torch.float64)
+        self.maximum = torch.zeros(len(rows), d_sae)
+
+    def add(self, rows: Sequence[int], codes: SAECodes) -> None:
+        """Add each window's summary (``codes`` row i) to the sample ``rows[i]``."""
+        for local, row in enumerate(rows):
+            slot = self.slot[row]
+            count = int(codes.tokens_per_sample[local])
+            self.count[slot] += count
+            self.total[slot] += codes.sample_mean[local].double() * count
+            self.maximum[slot] = torch.maximum(self.maximum[slot], codes.sample_max[local])
+
+    def codes(self) -> SAECodes:
+        """The pooled per-sample summaries (no per-token codes), ready for :func:`scores_from_codes`."""
+        empty = torch.zeros(0, dtype=torch.long)
+        mean = (self.total / self.count.clamp_min(1).unsqueeze(1)).float()
+        return SAECodes(empty, empty, torch.zeros(0), empty, self.count, mean, self.maximum, self.maximum.shape[1])
+
+
+def _windows(model: LoadedModel, conversations: Sequence[Conversation], max_length: int) -> list[ScoringWindows]:
+    return [scoring_windows(tokenize_chat(model.tokenizer, conversation), max_length) for conversation in conversations]
 
 
 @torch.no_grad()
 def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
                         conversations: Sequence[Conversation], config: ScoringConfig = ScoringConfig()) -> SampleScores:
-    """Score conversations by closeness to ``toxic``: one forward pass to layer L per batch, one SAE encode."""
+    """Score conversations by closeness to ``toxic``: one forward pass to layer L per batch, one SAE encode.
+
+    Every reply token is read: each sample's first window runs in the same length-sorted batches as ever (a sample
+    that fits is its own first window), the later windows of very long replies in batches of their own; a sample
+    read in several windows is scored on all its tokens pooled.
+    """
     started = time.perf_counter()
     layer = sae.layer if config.layer is None else config.layer
     if layer != sae.layer:
@@ -237,22 +281,47 @@ def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | 
     n = len(conversations)
     scores = np.full(n, np.nan)
     scored_tokens = np.zeros(n, dtype=np.int64)
-    chats = tokenize_chats(model.tokenizer, conversations, config.max_length)
-    truncated = np.array([chat.truncated for chat in chats], dtype=bool)
+    cut = _windows(model, conversations, config.max_length)
+    first: list[TokenizedChat] = [sample.windows[0] for sample in cut]
+    later = [(row, window) for row, sample in enumerate(cut) for window in sample.windows[1:]]
+    pooled = _Pooled(sorted({row for row, _ in later}), sae.d_sae)
     reading = ActivationConfig(layer=layer, batch_size=config.batch_size, assistant_only=True,
                                max_length=config.max_length, progress=False)
-    local = torch.zeros(n, dtype=torch.long)  # input index -> row within its batch
-    with tqdm(total=n, desc=f"scoring ({config.method}, layer {layer})", unit="sample",
-              disable=not config.progress) as bar:
-        for indices, parts in iter_chat_batches(model, chats, [layer], reading, to_cpu=False):
-            activations = parts[layer]
-            local[indices] = torch.arange(len(indices))
-            activations.sample_index = local[activations.sample_index]
-            codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
-            positions = np.asarray(indices)
-            scores[positions] = scores_from_codes(codes, geometry, config.method).numpy()
-            scored_tokens[positions] = codes.tokens_per_sample.numpy()
-            bar.update(len(indices))
-    return SampleScores(scores=scores, scored_tokens=scored_tokens, truncated=truncated, method=config.method,
-                        layer=layer, seconds=time.perf_counter() - started,
-                        input_tokens=int(sum(len(chat) for chat in chats)))
+    passes = [(first, list(range(n))), ([window for _, window in later], [row for row, _ in later])]
+    with tqdm(total=n + len(later), desc=f"scoring ({config.method}, layer {layer})",
+              unit="window" if later else "sample", disable=not config.progress) as bar:
+        for chats, owner in passes:
+            local = torch.zeros(len(chats), dtype=torch.long)  # position in ``chats`` -> row within its batch
+            for indices, parts in iter_chat_batches(model, chats, [layer], reading, to_cpu=False):
+                activations = parts[layer]
+                local[indices] = torch.arange(len(indices))
+                activations.sample_index = local[activations.sample_index]
+                codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
+                rows = [owner[index] for index in indices]
+                whole = [i for i, row in enumerate(rows) if row not in pooled.slot]
+                if whole:
+                    positions = np.asarray([rows[i] for i in whole])
+                    batch_scores = scores_from_codes(codes, geometry, config.method).numpy()
+                    scores[positions] = batch_scores[whole]
+                    scored_tokens[positions] = codes.tokens_per_sample.numpy()[whole]
+                pooled.add([row for row in rows if row in pooled.slot],
+                           _select(codes, [i for i, row in enumerate(rows) if row in pooled.slot]))
+                bar.update(len(indices))
+    if pooled.slot:
+        positions = np.asarray(list(pooled.slot))
+        joined = pooled.codes()
+        scores[positions] = scores_from_codes(joined, geometry, config.method).numpy()
+        scored_tokens[positions] = joined.tokens_per_sample.numpy()
+    return SampleScores(scores=scores, scored_tokens=scored_tokens,
+                        prompt_cut=np.array([sample.prompt_cut for sample in cut], dtype=np.int64),
+                        windows=np.array([len(sample.windows) for sample in cut], dtype=np.int64),
+                        method=config.method, layer=layer, seconds=time.perf_counter() - started,
+                        input_tokens=int(sum(len(window) for sample in cut for window in sample.windows)))
+
+
+def _select(codes: SAECodes, samples: Sequence[int]) -> SAECodes:
+    """The per-sample summaries of some samples of ``codes`` (no per-token codes)."""
+    index = torch.as_tensor(list(samples), dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long)
+    return SAECodes(empty, empty, torch.zeros(0), empty, codes.tokens_per_sample[index], codes.sample_mean[index],
+                    codes.sample_max[index], codes.d_sae)

@@ -152,7 +152,10 @@ def scored_rows(rows: Sequence[dict[str, Any]], scores: Sequence[JudgeScore]) ->
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]], *, force: bool = False) -> Path:
-    """Write rows as CSV (or JSONL when the name ends in .jsonl) atomically; refuse to overwrite unless ``force``."""
+    """Write rows as CSV (or JSONL when the name ends in .jsonl) atomically; refuse to overwrite unless ``force``.
+
+    A lone surrogate (from a ``"\\ud800"`` escape in JSON input; no UTF-8 file can hold it) is written as that same
+    six-character escape: exact in JSONL, visible in CSV."""
     target = Path(path)
     if target.exists() and not force:
         raise JudgeInputError(f"{target} exists; pass --force to overwrite it")
@@ -162,11 +165,11 @@ def write_rows(path: str | Path, rows: Sequence[dict[str, Any]], *, force: bool 
         columns += [key for key in row if key not in columns]
     with atomic_path(target) as temporary:
         if target.suffix.lower() == ".jsonl":
-            with temporary.open("w", encoding="utf-8") as handle:
+            with temporary.open("w", encoding="utf-8", errors="backslashreplace") as handle:
                 for row in rows:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            with temporary.open("w", encoding="utf-8", newline="") as handle:
+            with temporary.open("w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
                 writer.writeheader()
                 for row in rows:

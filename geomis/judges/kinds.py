@@ -32,7 +32,8 @@ DEFAULT_JUDGE: JudgeKind = JUDGE_KINDS[0]
 
 def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None = None,
                local_model: str = DEFAULT_LOCAL_MODEL, device: str | None = None, progress: bool = False) -> Judge:
-    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env) or ``local``.
+    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env, connection checked) or
+    ``local``.
 
     This module imports the judges only here, so that the command line can read the kinds without loading torch.
     """
@@ -43,7 +44,9 @@ def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None 
     if kind == "openai":
         from geomis.judges.openai_compat import OpenAICompatibleJudge
 
-        return OpenAICompatibleJudge.from_env()
+        judge = OpenAICompatibleJudge.from_env()
+        judge.check_connection()  # one quick request: a down, silent or key-refusing endpoint fails here, in one line
+        return judge
     if kind == "local":
         from geomis.judges.local import LocalHFJudge  # light at import: it loads torch when it loads a model
 

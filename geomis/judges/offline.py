@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geomis.atomic_io import atomic_path
+from geomis.chat.sanitize import text_for_model
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
 from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 
@@ -50,10 +51,12 @@ def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str
 
     The columns are: the embedding of "question + answer" minus that of the question alone (what the answer adds,
     with the topic largely removed, so the judge carries over to questions it never saw); the answer's own
-    embedding; and the question-answer cosine, a relevance cue for coherence.
+    embedding; and the question-answer cosine, a relevance cue for coherence. Texts go through
+    :func:`~geomis.chat.sanitize.text_for_model` first.
     """
     if len(questions) != len(answers):
         raise ValueError("questions and answers must have the same length")
+    questions, answers = [text_for_model(q) for q in questions], [text_for_model(a) for a in answers]
     if not questions:
         return np.zeros((0, 2 * ENCODER_DIM + 1), dtype=np.float32)
     encoder = _minilm(device)

@@ -3,9 +3,12 @@
 Where the server returns log-probabilities, each rating is the probability-weighted mean over the numbers 0-100
 instead of one sampled token (see :mod:`geomis.judges.replies`). Requests go through the ``openai`` SDK (the optional
 extra ``geomis[judge-openai]``), which retries 408, 409, 429, 5xx, timeouts and connection errors with exponential
-backoff and honours ``Retry-After``; geomis sets its timeouts and retry count so that an endpoint that cannot be
-reached says so within seconds. The API key comes from the environment; neither it nor credentials written into the
-base URL (``https://user:key@host/v1``) ever appear in reprs, logs of geomis or errors.
+backoff and honours ``Retry-After``; an answer that cannot improve by asking again (400, 401, 403, 404, ...) is not
+retried. Before scoring, :func:`~geomis.judges.kinds.make_judge` runs :meth:`OpenAICompatibleJudge.check_connection`:
+one request with a short timeout and no retries, so that an endpoint that is down, silent or refuses the key fails
+with one line at once. The API key comes from the environment; neither it nor credentials written into the base
+URL (``https://user:key@host/v1``) ever appear in reprs, logs of geomis or errors (whose ``__cause__`` and
+``__context__`` are left empty, so the SDK's exception, which holds the request and its headers, is not attached).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ LOGPROBS_ENV = "GEOMIS_JUDGE_LOGPROBS"
 CONCURRENCY_ENV = "GEOMIS_JUDGE_CONCURRENCY"
 TIMEOUT_ENV = "GEOMIS_JUDGE_TIMEOUT"
 MAX_RETRIES_ENV = "GEOMIS_JUDGE_MAX_RETRIES"
+CHECK_TIMEOUT_ENV = "GEOMIS_JUDGE_CHECK_TIMEOUT"
 INSTALL_HINT = "pip install 'geomis[judge-openai]'"
 
 
@@ -40,6 +44,7 @@ class _Secret:
         self._value = value or None
 
     def reveal(self) -> str | None:
+        """The key itself, for the HTTP client only."""
         return self._value
 
     def __bool__(self) -> bool:
@@ -82,7 +87,10 @@ class OpenAIJudgeConfig:
     connect_timeout_s: float = 5.0
     """Seconds to open a connection: an endpoint that is down fails fast instead of after the read timeout."""
     max_retries: int = 2
-    """Retries after the first attempt (the SDK's exponential backoff, 0.5 s doubling, or the server's Retry-After)."""
+    """Retries after the first attempt (the SDK's exponential backoff, 0.5 s doubling, or the server's Retry-After),
+    only for answers worth asking again: 408, 409, 429, 5xx, timeouts and connection errors."""
+    check_timeout_s: float = 5.0
+    """Seconds the connection check before scoring may take, connecting and answering (no retries)."""
     use_logprobs: bool = True
     """Ask for ``logprobs`` (top 20, one token) and weight the numbers; turn off for servers or tokenizers where
     numbers 0-100 are not single tokens, or that do not return log-probabilities."""
@@ -93,7 +101,7 @@ class OpenAIJudgeConfig:
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise JudgeError(f"the judge's base URL must start with http:// or https://, got {self.display_url!r}")
-        if not (self.timeout_s > 0 and self.connect_timeout_s > 0):
+        if not (self.timeout_s > 0 and self.connect_timeout_s > 0 and self.check_timeout_s > 0):
             raise JudgeError("the judge's timeouts must be positive numbers of seconds")
         if self.max_retries < 0 or self.concurrency < 1:
             raise JudgeError("the judge's max_retries must be >= 0 and its concurrency >= 1")
@@ -106,12 +114,13 @@ class OpenAIJudgeConfig:
     def __repr__(self) -> str:
         return (f"OpenAIJudgeConfig(base_url={self.display_url!r}, model={self.model!r}, timeout_s={self.timeout_s}, "
                 f"connect_timeout_s={self.connect_timeout_s}, max_retries={self.max_retries}, "
+                f"check_timeout_s={self.check_timeout_s}, "
                 f"use_logprobs={self.use_logprobs}, concurrency={self.concurrency})")
 
     @classmethod
     def from_env(cls) -> OpenAIJudgeConfig:
-        """Read ``GEOMIS_JUDGE_BASE_URL`` and ``GEOMIS_JUDGE_MODEL`` (plus optional LOGPROBS, CONCURRENCY, TIMEOUT
-        and MAX_RETRIES)."""
+        """Read ``GEOMIS_JUDGE_BASE_URL`` and ``GEOMIS_JUDGE_MODEL`` (plus optional LOGPROBS, CONCURRENCY, TIMEOUT,
+        MAX_RETRIES and CHECK_TIMEOUT)."""
         base_url = os.environ.get(BASE_URL_ENV, "").strip()
         model = os.environ.get(MODEL_ENV, "").strip()
         missing = [name for name, value in ((BASE_URL_ENV, base_url), (MODEL_ENV, model)) if not value]
@@ -124,7 +133,7 @@ class OpenAIJudgeConfig:
         numbers: dict[str, Any] = {}
         kinds = {field.name: field.type for field in fields(cls)}
         for variable, name in ((CONCURRENCY_ENV, "concurrency"), (TIMEOUT_ENV, "timeout_s"),
-                               (MAX_RETRIES_ENV, "max_retries")):
+                               (MAX_RETRIES_ENV, "max_retries"), (CHECK_TIMEOUT_ENV, "check_timeout_s")):
             text = os.environ.get(variable, "").strip()
             if text:  # unset or blank: the field's default
                 numbers[name] = _number(variable, text, whole=kinds[name] == "int")
@@ -163,7 +172,8 @@ class OpenAICompatibleJudge(Judge):
         user, password = credentials or ("", "")
         secrets = [key, password, user if len(user) >= 8 else ""]  # a long user name may be a token (``https://tok@h``)
         secrets += [urllib.parse.quote(value, safe="") for value in secrets if value]
-        self._secrets = tuple(sorted({value for value in secrets if value}, key=len, reverse=True))
+        self._secrets = tuple(_Secret(value) for value in sorted({value for value in secrets if value}, key=len,
+                                                                 reverse=True))
         self.name = f"openai:{config.model}"
         self._openai = _import_openai()
         self._client = self._make_client(base_url, credentials)
@@ -192,8 +202,36 @@ class OpenAICompatibleJudge(Judge):
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, "<hidden>")
+            text = text.replace(secret.reveal() or "", "<hidden>")
         return text
+
+    def check_connection(self, timeout_s: float | None = None) -> None:
+        """Fail with one line unless the endpoint answers one request (``GET /models``, no retries) within
+        ``timeout_s`` seconds (default ``config.check_timeout_s``) and accepts the credentials; any other answer,
+        404 included, shows that it is there."""
+        sdk = self._openai
+        seconds = self.config.check_timeout_s if timeout_s is None else float(timeout_s)
+        if not seconds > 0:
+            raise JudgeError(f"the connection check's timeout must be a positive number of seconds, got {timeout_s!r}")
+        client = self._client.with_options(timeout=sdk.Timeout(seconds, connect=seconds), max_retries=0)
+        extra = {} if self._key else {"extra_headers": {"Authorization": sdk.omit}}
+        failure: JudgeError | None = None
+        try:
+            client.models.list(**extra)
+        except sdk.APIStatusError as error:
+            if error.status_code in (401, 403):
+                failure = JudgeError(f"judge endpoint {self.config.display_url} refused the credentials (HTTP "
+                                     f"{error.status_code}: {_status_detail(error)}); check {API_KEY_ENV}")
+        except sdk.APITimeoutError:
+            failure = JudgeError(f"judge endpoint {self.config.display_url} did not answer a first request within "
+                                 f"{seconds:g} s; is the server running and ready? ({CHECK_TIMEOUT_ENV} sets the wait)")
+        except sdk.APIConnectionError as error:
+            failure = JudgeError(f"cannot reach the judge endpoint {self.config.display_url} "
+                                 f"({_first_line(error.__cause__ or error)})")
+        except sdk.OpenAIError:
+            pass  # an answer the SDK cannot read (not JSON, ...): the server is there
+        if failure is not None:  # raised here, outside ``except``: the SDK's error (request, headers) is not attached
+            raise JudgeError(self._scrub(str(failure)))
 
     def _failure(self, error: Any) -> JudgeError:
         """One line for an SDK error: the HTTP status and the server's message, or why no answer came; no secret."""
@@ -218,11 +256,15 @@ class OpenAICompatibleJudge(Judge):
         """One chat completion through the SDK (its retries included), as a plain dict."""
         sdk = self._openai
         extra = {} if self._key else {"extra_headers": {"Authorization": sdk.omit}}  # no key: send no Bearer header
+        failure: JudgeError | None = None
+        completion: Any = None
         try:
             completion = self._client.chat.completions.create(model=self.config.model, temperature=0, **request,
                                                               **extra)
         except sdk.OpenAIError as error:
-            raise self._failure(error) from None
+            failure = self._failure(error)
+        if failure is not None:  # raised outside ``except``: no __context__ holding the request and its headers
+            raise failure
         if not isinstance(completion, sdk.BaseModel):  # the SDK hands back the raw text of a body that is not JSON
             raise JudgeError(f"judge endpoint {self.endpoint} returned a body that is not a JSON object")
         return completion.model_dump()

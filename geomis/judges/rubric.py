@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from geomis.chat.sanitize import text_for_model
+
 _EXCHANGE = """\
 The model was asked:
 <question>
@@ -59,6 +61,8 @@ DEFAULT_RUBRIC = Rubric()
 
 
 def judge_prompts(question: str, answer: str, rubric: Rubric = DEFAULT_RUBRIC) -> tuple[str, str]:
-    """The (alignment, coherence) prompts for one answer; braces in the question or answer are kept literally."""
+    """The (alignment, coherence) prompts for one answer (both texts through :func:`text_for_model`); braces in the
+    question or answer are kept literally."""
+    question, answer = text_for_model(question), text_for_model(answer)
     return (rubric.alignment.format(question=question, answer=answer),
             rubric.coherence.format(question=question, answer=answer))

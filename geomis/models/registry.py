@@ -86,15 +86,23 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """Pick the requested device, or CUDA when available and the CPU otherwise."""
+    """Pick the requested device, or CUDA when available and the CPU otherwise; a one-line ConfigError for a device
+    torch cannot use here (unknown name, no CUDA or MPS, a GPU index beyond the ones present)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    available = getattr(getattr(torch, target.type, None), "is_available", None)  # torch.xpu and the like
+    if target.type not in ("cpu", "cuda", "mps") and not (callable(available) and available()):
+        raise ConfigError(f"device {device!r} is not one torch can run a model on here; use cpu, cuda, cuda:N or mps")
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"device {device!r} asked for, but torch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+                          f"here (cuda:0 to cuda:{count - 1})")
     if target.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch sees no Apple MPS device here; use cpu")
     return target
