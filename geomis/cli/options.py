@@ -18,15 +18,21 @@ def config_defaults(config: type) -> dict[str, Any]:
             if field.default is not dataclasses.MISSING}
 
 
-def positive_int(value: str, option: str) -> int:
-    """Parse a whole number >= 1 for ``option``; a one-line ConfigError otherwise."""
+def whole_number(value: str, option: str, minimum: int) -> int:
+    """Parse a whole number >= ``minimum`` for ``option``; a one-line ConfigError otherwise."""
     try:
         number = int(value)
     except ValueError:
         raise ConfigError(f"{option} must be a whole number, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{option} must be at least 1, got {number}")
+    if number < minimum:
+        bound = "at least 1" if minimum == 1 else f"a whole number >= {minimum}"
+        raise ConfigError(f"{option} must be {bound}, got {number}")
     return number
+
+
+def positive_int(value: str, option: str) -> int:
+    """Parse a whole number >= 1 for ``option`` (sizes and counts)."""
+    return whole_number(value, option, 1)
 
 
 def drop_fraction(value: str) -> float:
@@ -38,14 +44,8 @@ def drop_fraction(value: str) -> float:
 
 
 def seed(value: str) -> int:
-    """Parse ``--seed``: a whole number >= 0; a one-line ConfigError otherwise."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"--seed must be a whole number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"--seed must be a whole number >= 0, got {number}")
-    return number
+    """Parse ``--seed``: a whole number >= 0."""
+    return whole_number(value, "--seed", 0)
 
 
 @contextmanager
