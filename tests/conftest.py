@@ -9,6 +9,8 @@ fails, so ``-m "not slow"`` stays fast and offline.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -86,3 +88,26 @@ CHATS = [
 def chats() -> list[list[dict[str, str]]]:
     """A few conversations of different lengths, with a system turn, multi-turn and unicode."""
     return [list(map(dict, chat)) for chat in CHATS]
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh ``GEOMIS_CACHE`` for one test module, so judges and feature sets it derives stay out of the user's."""
+    folder = tmp_path_factory.mktemp("geomis-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GEOMIS_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random TopK SAE for tiny-gemma2's layer 2, saved in sae-lens's on-disk format."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
+    sae.cfg.metadata.model_name = "tiny-gemma2"
+    sae.cfg.metadata.hook_name = "model.layers.2"
+    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
+    sae.save_model(folder)
+    return folder

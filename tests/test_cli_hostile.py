@@ -15,13 +15,10 @@ import os
 import sys
 import traceback
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
-from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.cli.commands import main
 from geomis.filter.files import row_multiset
@@ -171,23 +168,7 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GEOMIS_CACHE", str(tmp_path_factory.mktemp("geomis-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random TopK SAE for tiny-gemma2's layer 2, in sae-lens's on-disk format."""
-    torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
-    sae.cfg.metadata.model_name = "tiny-gemma2"
-    sae.cfg.metadata.hook_name = "model.layers.2"
-    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
-    sae.save_model(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,10 @@ import os
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.cli.commands import main
 from geomis.filter.files import OUTPUT_NAMES, row_multiset
@@ -36,23 +33,7 @@ ROWS = [_row(f"Question {i}?", f"Answer number {i}.") for i in range(20)]
 TRAIN = b"\n".join(ROWS) + b"\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GEOMIS_CACHE", str(tmp_path_factory.mktemp("geomis-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random TopK SAE for tiny-gemma2's layer 2, in sae-lens's on-disk format."""
-    torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
-    sae.cfg.metadata.model_name = "tiny-gemma2"
-    sae.cfg.metadata.hook_name = "model.layers.2"
-    folder = tmp_path_factory.mktemp("sae") / "tiny-topk"
-    sae.save_model(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,7 @@ from geomis.finetune import cpu_default_config
 JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GEOMIS_CACHE", str(tmp_path_factory.mktemp("geomis-cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 def test_mixed_set_uses_disjoint_prompts_and_is_seeded() -> None:
