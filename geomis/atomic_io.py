@@ -34,8 +34,8 @@ except ImportError:  # Windows: no advisory locks; output_lock then only creates
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_path", "atomic_paths", "atomic_folder", "fsync_file", "fsync_folder", "read_input_bytes",
-           "check_creatable", "STDIN", "input_name", "input_identity", "check_not_input", "current_umask",
-           "output_lock", "LOCK_NAME", "OutputLockedError", "FileIdentity"]
+           "check_creatable", "STDIN", "input_name", "input_identity", "input_identities", "check_not_input",
+           "current_umask", "output_lock", "LOCK_NAME", "OutputLockedError", "FileIdentity"]
 
 STDIN = "-"
 """The input path that means standard input (read once, whole)."""
@@ -136,15 +136,13 @@ def atomic_paths(targets: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
 
 def _publish_folder(staging: Path, target: Path) -> None:
     """Move a finished staging folder to ``target`` by renames; an existing target is moved aside, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}") if target.exists() else None
+    if old is not None:
         os.replace(target, old)
-        os.replace(staging, target)
-        fsync_folder(target.parent)
+    os.replace(staging, target)
+    fsync_folder(target.parent)
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-        fsync_folder(target.parent)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -211,6 +209,11 @@ def input_identity(path: str | os.PathLike[str] | None) -> FileIdentity | None:
     return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
 
 
+def input_identities(paths: Iterable[str | os.PathLike[str] | None]) -> dict[str, FileIdentity | None]:
+    """Each given input (None skipped) by its name in messages, with its identity (see :func:`input_identity`)."""
+    return {input_name(path): input_identity(path) for path in paths if path is not None}
+
+
 def check_not_input(outputs: Iterable[str | os.PathLike[str]],
                     inputs: Mapping[str, FileIdentity | None] | Iterable[str | os.PathLike[str] | None],
                     error: type[GeomisError] = FileAccessError) -> None:
@@ -219,8 +222,7 @@ def check_not_input(outputs: Iterable[str | os.PathLike[str]],
     ``inputs`` are paths (``-`` for standard input) or a mapping from an input's name to its identity; ``error`` is
     the GeomisError subclass raised.
     """
-    named = dict(inputs) if isinstance(inputs, Mapping) else {
-        input_name(path): input_identity(path) for path in inputs if path is not None}
+    named = dict(inputs) if isinstance(inputs, Mapping) else input_identities(inputs)
     known = {identity: name for name, identity in named.items() if identity is not None}
     for output in outputs:
         identity = input_identity(output) if str(output) != STDIN else None

@@ -106,8 +106,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     size = args.size or run_size()
     config = reproduce_config(size, **overrides)
-    data = config.data
-    check_drop_removes(len(data.domains) * (data.inducing_per_domain + data.benign_per_domain), config.drop)
+    check_drop_removes(config.data.n_rows, config.drop)
     if args.seed is not None:  # one seed for everything; without --seed the recipe's own seeds
         config = dc_replace(config, finetune=dc_replace(config.finetune, seed=config.seed),
                             sampling=dc_replace(config.sampling, seed=config.seed),

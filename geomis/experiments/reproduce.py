@@ -79,6 +79,11 @@ class MixedDataConfig:
         if self.inducing_per_domain < 1 or self.benign_per_domain < 0:
             raise ConfigError("inducing_per_domain must be >= 1 and benign_per_domain >= 0")
 
+    @property
+    def n_rows(self) -> int:
+        """Rows of the mixed set this config builds."""
+        return len(self.domains) * (self.inducing_per_domain + self.benign_per_domain)
+
 
 @dataclass(frozen=True)
 class MixedDataset:

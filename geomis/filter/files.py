@@ -44,6 +44,7 @@ from geomis.atomic_io import (
     atomic_paths,
     check_creatable,
     check_not_input,
+    input_identities,
     input_identity,
     input_name,
     read_input_bytes,
@@ -171,8 +172,7 @@ def check_outputs(out_dir: str | os.PathLike[str], force: bool = False,
         raise FilterOutputError(f"{folder} exists and is not a folder")
     check_creatable(folder)
     paths = output_paths(folder)
-    named = dict(inputs) if isinstance(inputs, Mapping) else {
-        input_name(path): input_identity(path) for path in inputs if path is not None}
+    named = dict(inputs) if isinstance(inputs, Mapping) else input_identities(inputs)
     if input_path is not None:
         named.setdefault(input_name(input_path), input_identity(input_path))
     check_not_input([*paths.values(), folder / LOCK_NAME], named, FilterOutputError)

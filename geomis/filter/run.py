@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from geomis.atomic_io import FileIdentity, input_identity, output_lock
+from geomis.atomic_io import input_identities, output_lock
 from geomis.chat.records import ChatRecord
 from geomis.errors import GeomisError
 from geomis.filter.config import FILTER_METHODS, FilterConfig, FilterMethod
@@ -275,15 +275,11 @@ def filter_file(input_path: str | Path, out_dir: str | Path, config: FilterConfi
     check_drop_removes(len(data), config.drop)
     check_model_and_sae(config, model, sae)
     with output_lock(out_dir):
-        check_outputs(out_dir, force, inputs={data.source: data.identity, **_named(inputs)})  # again, locked
+        check_outputs(out_dir, force, inputs={data.source: data.identity, **input_identities(inputs)})  # again, locked
         result = run_filter(data.records, config, model=model, sae=sae, judge=judge, line_numbers=data.line_numbers)
         result.timings["wall_s"] = time.perf_counter() - started  # reading the input included, writing not
         paths = write_filter_outputs(out_dir, data, result.selection, build_report(data, result), force=force)
     return result, paths
-
-
-def _named(paths: Sequence[str | None]) -> dict[str, FileIdentity | None]:
-    return {path: input_identity(path) for path in paths if path is not None}
 
 
 def config_dict(config: FilterConfig) -> dict[str, Any]:
