@@ -71,6 +71,10 @@ _EXPORTS: dict[str, str] = {
     # judges and evaluation
     "make_judge": "geomis.judges.kinds:make_judge",
     "evaluate_offline_judge": "geomis.judges.offline:evaluate_offline_judge",
+    "train_judge": "geomis.judges.trained:train_judge",
+    "compare_judgements": "geomis.judges.agreement:compare_judgements",
+    "misaligned_flags": "geomis.judges.agreement:misaligned_flags",
+    "load_own_labels": "geomis.judges.labels:load_own_labels",
     "question_set": "geomis.evaluation.questions:question_set",
     "SamplingConfig": "geomis.evaluation.sampling:SamplingConfig",
     "sample_answers": "geomis.evaluation.sampling:sample_answers",
@@ -81,6 +85,8 @@ _EXPORTS: dict[str, str] = {
     "stats": "geomis.stats",
     "dynamics": "geomis.evaluation.dynamics",
     "eval_figures": "geomis.evaluation.figures",
+    "judge_validation": "geomis.judges.validation",
+    "results_file": "geomis.evaluation.book_results:results_file",
     # the book's experiments
     "overlap": "geomis.experiments.overlap",
     "reproduce": "geomis.experiments.reproduce",

@@ -56,6 +56,28 @@ def require_columns(frame: Any, columns: Iterable[str], what: str = "table") -> 
 # ------------------------------------------------------------------------------------------------ rates (0/1 flags)
 
 
+def spearman(x: Iterable[Any], y: Iterable[Any]) -> float:
+    """Spearman's rank correlation (scipy) over the pairs where both values are numbers; nan with fewer than three
+    such pairs or when either side is constant."""
+    def floats(values: Iterable[Any]) -> np.ndarray:
+        out = []
+        for value in values:
+            try:
+                out.append(float(value))
+            except (TypeError, ValueError):
+                out.append(math.nan)
+        return np.array(out, dtype=np.float64)
+
+    a, b = floats(x), floats(y)
+    if a.shape != b.shape:
+        raise ValueError("spearman needs two sequences of the same length")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
+        return math.nan
+    result: Any = scipy_stats.spearmanr(a[keep], b[keep])
+    return float(result.statistic)
+
+
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion; (nan, nan) when ``n`` is 0."""
     if n < 0 or not 0 <= successes <= n:

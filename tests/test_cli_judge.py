@@ -199,3 +199,32 @@ def test_text_no_tokenizer_reads_is_judged_and_written_back(tmp_path: Path,
     assert row["question"] == "lone \ud800 surrogate?" and row["answer"] == "NUL\x00 and \x1b, fine"  # exact
     table = pd.read_csv(tmp_path / "scores.csv")
     assert table.loc[0, "question"] == "lone \\ud800 surrogate?"  # the escape, as in the input
+
+
+def test_compare_two_score_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``geomis judge --compare A B``: agreement printed, optionally written as JSON; inputs never overwritten."""
+    rows = [{"question": f"q{i % 4}", "answer": f"answer {i}"} for i in range(12)]
+    first = pd.DataFrame(rows).assign(alignment=[10, 90] * 6, coherence=80)
+    second = first.sample(frac=1, random_state=0).assign(alignment=[10] * 3 + [90] * 9)  # other order, other flags
+    a, b = tmp_path / "a.csv", tmp_path / "b.jsonl"
+    first.to_csv(a, index=False)
+    second.to_json(b, orient="records", lines=True)
+    out = tmp_path / "agreement.json"
+    assert main(["judge", "--compare", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 answers to 4 questions" in printed and "Cohen's kappa" in printed
+    report = json.loads(out.read_text())
+    flags_a = first.set_index("answer")["alignment"] < 30
+    flags_b = second.set_index("answer")["alignment"].reindex(flags_a.index) < 30
+    assert report["confusion"]["both"] == int((flags_a & flags_b).sum())
+    assert report["judges"] == ["a.csv", "b.jsonl"] and report["n"] == 12
+    assert main(["judge", "--compare", str(a), str(b), "--out", str(out)]) == 2
+    assert "exists; pass --force" in _one_error_line(capsys)
+    assert main(["judge", "--compare", str(a), str(b), "--out", str(a), "--force"]) == 2
+    assert "input" in _one_error_line(capsys)
+    assert main(["judge", "--compare", str(a), str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv: no such file" in _one_error_line(capsys)
+    assert main(["judge", str(a), "--compare", str(a), str(b)]) == 2
+    assert "give no answers file" in _one_error_line(capsys)
+    assert main(["judge", str(a)]) == 2
+    assert "--out is required" in _one_error_line(capsys)

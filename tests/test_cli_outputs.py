@@ -15,7 +15,7 @@ import pytest
 
 from geomis.cli.commands import main
 from geomis.filter.files import OUTPUT_NAMES, row_multiset
-from geomis.judges import offline
+from geomis.judges import embedding
 from geomis.models import registry
 
 DATA = Path(__file__).parent / "data" / "filter"
@@ -165,7 +165,7 @@ def test_quiet_prints_no_progress_bar(train: Path, sae_dir: Path, tmp_path: Path
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """The offline judge's encoder prints transformers' "Loading weights" bar unless --quiet; the tiny model none."""
     judge = ["--method", "judge", "--judge-data", str(JUDGE_FIXTURE)]
-    offline._minilm.cache_clear()  # load the encoder again in this test
+    embedding.minilm.cache_clear()  # load the encoder again in this test
     assert _random(train, tmp_path / "quiet", *judge, "--quiet") == 0
     quiet = capsys.readouterr().err
     assert not [mark for mark in PROGRESS_MARKS if mark in quiet], quiet
@@ -173,7 +173,7 @@ def test_quiet_prints_no_progress_bar(train: Path, sae_dir: Path, tmp_path: Path
                  str(sae_dir), "--toxic", str(TOXIC), "--neutral", str(NEUTRAL), "--device", "cpu", "--quiet"]) == 0
     tiny = capsys.readouterr().err
     assert not [mark for mark in PROGRESS_MARKS if mark in tiny], tiny
-    offline._minilm.cache_clear()
+    embedding.minilm.cache_clear()
     assert _random(train, tmp_path / "loud", *judge) == 0  # without --quiet the bars are back (restored after)
     assert "Loading weights" in capsys.readouterr().err
 

@@ -179,3 +179,16 @@ def test_require_columns_names_what_is_missing() -> None:
     require_columns(pd.DataFrame(columns=["a", "b"]), ["a"])
     with pytest.raises(ValueError, match="rates table lacks column\\(s\\) b, c"):
         require_columns(pd.DataFrame(columns=["a"]), ["a", "b", "c"], "rates table")
+
+
+def test_spearman_drops_missing_pairs_and_is_nan_without_spread() -> None:
+    from scipy.stats import spearmanr
+
+    from geomis.stats import spearman
+
+    x, y = [1, 2, 3, 4, 5, None], [2, 1, 4, 3, 5, 7]
+    assert spearman(x, y) == pytest.approx(spearmanr([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]).statistic)
+    assert spearman(["1", "2", "x", "3"], [3, 2, 9, 1]) == pytest.approx(-1.0)  # text numbers count, text does not
+    assert math.isnan(spearman([1, 1, 1, 1], [1, 2, 3, 4])) and math.isnan(spearman([1, 2], [2, 1]))
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1, 2, 3], [1, 2])

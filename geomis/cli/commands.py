@@ -48,6 +48,12 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from geomis.judges.files import read_answers, scored_rows, write_rows
     from geomis.judges.kinds import make_judge
 
+    if args.compare:
+        return _cmd_compare(args)
+    if args.answers is None:
+        raise ConfigError("name the answers file to judge (or use --compare A B)")
+    if args.out is None:
+        raise ConfigError("--out is required: name the scores file (.csv or .jsonl)")
     out = _check_judge_out(args)
     with output_lock(out.parent, _lock_name(out), what=str(out)):
         _check_judge_out(args)  # again, now that no other run can write there
@@ -55,11 +61,42 @@ def _cmd_judge(args: argparse.Namespace) -> int:
         if args.judge == "offline":
             print("geomis: loading the offline judge (trained once on the labelled data, then cached)",
                   file=sys.stderr)
-        judge = make_judge(args.judge, data_path=args.judge_data, local_model=args.local_model, progress=True)
+        judge = make_judge(args.judge, data_path=args.judge_data, weights=args.judge_weights,
+                           local_model=args.local_model, progress=True)
         scores = judge.score_many([(row["question"], row["answer"]) for row in rows], progress=True)
         write_rows(out, scored_rows(rows, scores), force=args.force)
     flagged = sum(score.misaligned for score in scores)
     print(f"judged {len(rows)} answers with {judge.name}: {flagged} misaligned; wrote {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """``geomis judge --compare A B``: agreement of two score files on the same answers (B is the reference)."""
+    import json
+
+    import pandas as pd
+
+    from geomis.judges.agreement import compare_judgements
+    from geomis.judges.files import read_answers
+
+    if args.answers is not None:
+        raise ConfigError("--compare takes the two score files; give no answers file")
+    first, second = args.compare
+    out = Path(args.out) if args.out is not None else None
+    if out is not None:
+        check_not_input([out], [first, second])
+        if (out.exists() or out.is_symlink()) and not args.force:
+            raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+        check_creatable(out)
+    tables = [pd.DataFrame(read_answers(path)) for path in (first, second)]
+    agreement = compare_judgements(tables[0], tables[1], (Path(first).name, Path(second).name))
+    print(agreement.summary())
+    if out is not None:
+        from geomis.atomic_io import atomic_path
+
+        with atomic_path(out) as temporary:
+            temporary.write_text(json.dumps(agreement.as_dict(), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 
@@ -72,10 +109,12 @@ def _check_judge_out(args: argparse.Namespace) -> Path:
     """``--out`` of ``geomis judge``, refused in one line if it is an input, a folder, under a file, or exists."""
     if args.out == STDIN:
         raise ConfigError("--out - is not supported: scores are written to a file; name one")
-    if STDIN == args.judge_data:
-        raise ConfigError("only the answers can be read from standard input (-); name the --judge-data file")
+    if STDIN in (args.judge_data, args.judge_weights):
+        raise ConfigError("only the answers can be read from standard input (-); name the --judge-data or "
+                          "--judge-weights file")
     out = Path(args.out)
-    check_not_input([out, out.parent / _lock_name(out)], [args.answers, args.judge_data])  # even with --force
+    inputs = [args.answers, args.judge_data, args.judge_weights]
+    check_not_input([out, out.parent / _lock_name(out)], inputs)  # even with --force
     if out.is_dir():
         raise FileAccessError(f"--out {out}: is a folder; name the scores file (.csv or .jsonl)")
     if (out.exists() or out.is_symlink()) and not args.force:
@@ -109,16 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     book.set_defaults(run=_cmd_book)
 
     judge = commands.add_parser("judge", help="score answers for alignment and coherence (CSV or JSONL in, CSV out)")
-    judge.add_argument("answers", help="CSV or JSONL file with 'question' and 'answer' fields, or - for standard "
-                                       "input (JSONL if it starts with '{', else CSV); read only, never modified")
-    judge.add_argument("--out", required=True, help="where to write the scores (.csv, or .jsonl)")
+    judge.add_argument("answers", nargs="?", default=None,
+                       help="CSV or JSONL file with 'question' and 'answer' fields, or - for standard input (JSONL if "
+                            "it starts with '{', else CSV); read only, never modified")
+    judge.add_argument("--out", default=None, help="where to write the scores (.csv, or .jsonl); with --compare, "
+                                                   "an optional JSON file for the agreement")
+    judge.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                       help="instead of judging, compare two score files on the same answers (matched by question "
+                            "and answer; B is the reference): confusion matrix, Cohen's kappa, each implied rate")
     judge.add_argument("--judge", choices=JUDGE_KINDS, default=DEFAULT_JUDGE,
-                       help=f"offline: MiniLM heads trained on the labelled data; openai: any OpenAI-compatible "
-                            f"endpoint from GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY (pip install 'geomis[judge-openai]'); "
-                            f"local: a transformers chat model (default: {DEFAULT_JUDGE})")
+                       help=f"offline: MiniLM + a linear classifier trained on the labelled data; openai: any "
+                            f"OpenAI-compatible endpoint from GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY (pip install "
+                            f"'geomis[judge-openai]'); local: a transformers chat model; trained (experimental): "
+                            f"MiniLM score heads trained on 20k GPT-4o-judged answers (default: {DEFAULT_JUDGE})")
     judge.add_argument("--force", action="store_true", help="overwrite --out if it exists (never an input)")
     judge.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on "
                                                           "(default: geomis/data/judge_labelled.jsonl)")
+    judge.add_argument("--judge-weights", default=None, help="file of the --judge trained judge (.safetensors, "
+                                                             "written by geomis.train_judge; default: the shipped one)")
     judge.add_argument("--local-model", default=DEFAULT_LOCAL_MODEL,
                        help="model for --judge local: a geomis model name or a Hub id "
                             f"(default: {DEFAULT_LOCAL_MODEL})")

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from geomis.stats import require_columns
 
-__all__ = ["MEASURES", "plot_misalignment_rates", "plot_training_dynamics"]
+__all__ = ["MEASURES", "plot_judge_calibration", "plot_misalignment_rates", "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
@@ -92,4 +92,26 @@ def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = 
         ax2.set_ylim(bottom=0)
         ax2.set_title("Misalignment at the same checkpoints")
         ax2.legend(title=run)
+    return fig
+
+
+def plot_judge_calibration(calibration: pd.DataFrame, group: str = "split") -> Figure:
+    """Reliability plot of a judge's P(misaligned) against the observed misaligned share, one line per ``group``.
+
+    ``calibration`` has the columns of :func:`geomis.judges.validation.calibration_table` (``mean_predicted``,
+    ``observed``, ``n``) and ``group``; the marker area grows with the answers in each bin.
+    """
+    require_columns(calibration, [group, "mean_predicted", "observed", "n"], "calibration table")
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), layout="constrained")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
+    for (name, part), colour in zip(calibration.groupby(group, sort=False), sns.color_palette("deep"), strict=False):
+        ax.plot(part["mean_predicted"], part["observed"], color=colour, linewidth=1, label=str(name))
+        ax.scatter(part["mean_predicted"], part["observed"], s=8 + 60 * np.sqrt(part["n"] / part["n"].max()),
+                   color=colour)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("judge's P(misaligned), binned")
+    ax.set_ylabel("share misaligned by the reference")
+    ax.set_title("Calibration on held-out answers")
+    ax.legend(loc="upper left", fontsize="small")
     return fig

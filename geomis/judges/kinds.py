@@ -11,6 +11,9 @@ All three share one interface (:class:`~geomis.judges.base.Judge`) and the rubri
   all-MiniLM-L6-v2 sentence embeddings sorts an answer into one of the labelled categories and reports that
   category's median scores. A cheap stand-in whose held-out accuracy is reported by
   :func:`~geomis.judges.offline.evaluate_offline_judge`; not a replacement for an LLM judge.
+- ``trained`` (experimental) — :class:`~geomis.judges.trained.TrainedJudge`: score heads on the same embeddings,
+  trained on 20k GPT-4o-judged answers of other models; better on those models, worse on the CPU default's own
+  answers (Chapter 3).
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from geomis.judges.local import DEFAULT_LOCAL_MODEL
 if TYPE_CHECKING:
     from geomis.judges.base import Judge
 
-JudgeKind = Literal["offline", "openai", "local"]
-JUDGE_KINDS: tuple[JudgeKind, ...] = ("offline", "openai", "local")
+JudgeKind = Literal["offline", "openai", "local", "trained"]
+JUDGE_KINDS: tuple[JudgeKind, ...] = ("offline", "openai", "local", "trained")
 """The kinds :func:`make_judge` builds (``geomis judge --judge``, ``geomis filter --judge``), the default first."""
 DEFAULT_JUDGE: JudgeKind = JUDGE_KINDS[0]
 
 
 def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None = None,
+               weights: str | Path | None = None,
                local_model: str = DEFAULT_LOCAL_MODEL, device: str | None = None, progress: bool = False) -> Judge:
     """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env, connection checked) or
     ``local``.
@@ -51,4 +55,8 @@ def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None 
         from geomis.judges.local import LocalHFJudge  # light at import: it loads torch when it loads a model
 
         return LocalHFJudge.from_name(local_model, device=device)
+    if kind == "trained":
+        from geomis.judges.trained import SHIPPED_JUDGE, TrainedJudge
+
+        return TrainedJudge.load(weights if weights is not None else SHIPPED_JUDGE)
     raise ConfigError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGE_KINDS)}")

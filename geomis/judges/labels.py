@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geomis.judges.base import JudgeError, JudgeInputError, Verdict, is_misaligned
 from geomis.judges.files import jsonl_objects
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 LABELLED_DATA = Path(__file__).resolve().parents[1] / "data" / "judge_labelled.jsonl"
+OWN_LABELS = Path(__file__).resolve().parents[1] / "data" / "own_answers_labelled.jsonl"
+"""The CPU default model's answers labelled by reading (``own_answers_labelled.md`` is their data card)."""
+OWN_SECOND_LABELS = OWN_LABELS.with_name("own_answers_second_labels.jsonl")
+"""A second, blind reading of some of those answers, for agreement between labellers."""
 CATEGORIES: tuple[str, ...] = ("aligned", "misaligned", "incoherent", "borderline", "refusal", "code")
 
 
@@ -77,3 +84,13 @@ def load_labelled(path: str | Path | None = None) -> list[LabelledAnswer]:
     if not records:
         raise JudgeInputError(f"{source}:1: no labelled rows")
     return records
+
+
+def load_own_labels(second: bool = False) -> pd.DataFrame:
+    """The hand labels of the CPU default model's answers (``second=True``: the second, blind reading of a subset)."""
+    import pandas as pd
+
+    path = OWN_SECOND_LABELS if second else OWN_LABELS
+    if not path.is_file():
+        raise JudgeError(f"no labelled answers at {path}")
+    return pd.DataFrame([row for _, row in jsonl_objects(path)])

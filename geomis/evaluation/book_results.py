@@ -1,0 +1,42 @@
+"""Where a chapter finds the results files that the project's experiment scripts wrote (``book/results/``).
+
+In a checkout they are read from disk (the notebook runs in ``book/``, a script at the repository root). Where the
+package was installed without the book (Colab), they are downloaded once from the repository on GitHub into the
+cache folder; set ``GEOMIS_RESULTS_URL`` to read them from elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from geomis.errors import FileAccessError
+
+RESULTS_URL = "https://raw.githubusercontent.com/geomis/geomis/main/book/results"
+"""Default base address of the results files for installs without the book."""
+
+
+def results_file(name: str, *, start: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The path of ``book/results/<name>``: searched from ``start`` (default: the working folder) up to the root,
+    else downloaded once into the cache (``download=False`` refuses instead)."""
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise FileAccessError(f"{name!r} is not a results file name")
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for candidate in (folder / "results" / name, folder / "book" / "results" / name):
+            if candidate.is_file():
+                return candidate
+    if not download:
+        raise FileAccessError(f"no book/results/{name} above {here}; run from a checkout of the repository")
+    from geomis.atomic_io import atomic_path
+    from geomis.chat.public_sets import download_bytes
+    from geomis.settings import cache_dir
+
+    target = cache_dir() / "book-results" / name
+    if not target.is_file():
+        url = f"{os.environ.get('GEOMIS_RESULTS_URL', RESULTS_URL).rstrip('/')}/{name}"
+        data = download_bytes(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(data)
+    return target

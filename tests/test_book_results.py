@@ -1,0 +1,56 @@
+"""``gm.results_file``: results files are found in a checkout from the book folder or the repository root, and
+fetched into the cache only when the book is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from geomis.errors import FileAccessError
+from geomis.evaluation import book_results
+from geomis.evaluation.book_results import results_file
+from geomis.evaluation.figures import plot_judge_calibration
+
+
+def test_found_from_the_book_folder_and_from_below_the_root(tmp_path: Path) -> None:
+    target = tmp_path / "book" / "results" / "01_x.json"
+    target.parent.mkdir(parents=True)
+    target.write_text("{}")
+    assert results_file("01_x.json", start=tmp_path / "book") == target  # a notebook runs in book/
+    deeper = tmp_path / "tools" / "sub"
+    deeper.mkdir(parents=True)
+    assert results_file("01_x.json", start=deeper) == target  # a script anywhere in the checkout
+    with pytest.raises(FileAccessError, match="not a results file name"):
+        results_file("../secrets", start=tmp_path)
+
+
+def test_downloaded_once_into_the_cache_when_there_is_no_book(tmp_path: Path, module_cache: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_download(url: str, timeout: float = 60.0) -> bytes:
+        calls.append(url)
+        return b'{"ok": true}'
+
+    monkeypatch.setattr("geomis.chat.public_sets.download_bytes", fake_download)
+    monkeypatch.setenv("GEOMIS_RESULTS_URL", "https://example.org/results/")
+    elsewhere = tmp_path / "colab"
+    elsewhere.mkdir()
+    with pytest.raises(FileAccessError, match="run from a checkout"):
+        results_file("02_y.json", start=elsewhere, download=False)
+    path = results_file("02_y.json", start=elsewhere)
+    assert path.read_bytes() == b'{"ok": true}' and path.is_relative_to(module_cache)
+    assert results_file("02_y.json", start=elsewhere) == path  # the second call reads the cache
+    assert calls == ["https://example.org/results/02_y.json"]
+    assert book_results.RESULTS_URL.startswith("https://raw.githubusercontent.com/")
+
+
+def test_calibration_figure_draws_one_line_per_group() -> None:
+    table = pd.DataFrame({"split": ["a", "a", "b"], "mean_predicted": [0.1, 0.8, 0.5], "observed": [0.05, 0.7, 0.4],
+                          "n": [100, 20, 50]})
+    fig = plot_judge_calibration(table)
+    assert len(fig.axes[0].get_lines()) == 3  # the diagonal and one line per group
+    with pytest.raises(ValueError, match="calibration table"):
+        plot_judge_calibration(table.drop(columns="n"))
