@@ -118,6 +118,16 @@ def own_model(judge: Judge, name: str) -> dict[str, Any]:
     return out
 
 
+def labellers() -> dict[str, Any]:
+    """Agreement between the two readings of the double-labelled answers (the labels' own noise)."""
+    labels, second = load_own_labels(), load_own_labels(second=True)
+    first = labels.set_index("id").loc[second["id"]].reset_index()
+    agreement = compare_judgements(second.assign(question=first["question"], answer=first["answer"]), first,
+                                   ("second reading", "first reading"))
+    print(f"labellers:\n{agreement.summary()}", flush=True)
+    return agreement.as_dict()
+
+
 def main() -> None:
     """Run the steps and write the results files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,6 +161,7 @@ def main() -> None:
                          "file": str(SHIPPED_JUDGE.relative_to(ROOT))}
     results["other_text"] = other_text(judge)
     results["own_model"] = own_model(judge, "trained") if OWN_LABELS.is_file() else previous.get("own_model")
+    results["labellers"] = labellers() if OWN_LABELS.is_file() else None
     default = make_judge("offline")  # the default judge, measured the same way
     results["default_judge"] = {"name": default.name, "other_text": other_text(default),
                                 "own_model": own_model(default, "offline") if OWN_LABELS.is_file() else None}
