@@ -214,6 +214,7 @@ def test_agreement_matches_rows_by_text_and_refuses_missing_ones() -> None:
     result = compare_judgements(shuffled, labels, n_resamples=100)
     assert result.confusion == {"both": 1, "only_a": 0, "only_b": 0, "neither": 2}
     assert list(misaligned_flags(labels)) == [True, False, False]
+    assert "Cohen's kappa 1.00 (no interval: too few answers of one kind)" in result.summary()
     with pytest.raises(JudgeInputError, match="1 of 4 answers of the first table are not in the second"):
         compare_judgements(pd.concat([shuffled, _scores([True], ["z"]).assign(answer="new")]), labels)
     with pytest.raises(JudgeInputError, match="lacks column"):

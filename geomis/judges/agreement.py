@@ -75,12 +75,19 @@ class Agreement:
         return "\n".join([
             f"{self.n} answers to {self.n_questions} questions; misaligned flag: {a} vs {b}",
             f"  both {c['both']}, only {a} {c['only_a']}, only {b} {c['only_b']}, neither {c['neither']}",
-            f"  Cohen's kappa {self.kappa.estimate:.2f} [{self.kappa.low:.2f}, {self.kappa.high:.2f}]",
+            f"  Cohen's kappa {self.kappa.estimate:.2f} {_bracket(self.kappa)}",
             f"  rate {a} {self.rate_a.estimate:.1%} [{self.rate_a.low:.1%}, {self.rate_a.high:.1%}], "
             f"{b} {self.rate_b.estimate:.1%} [{self.rate_b.low:.1%}, {self.rate_b.high:.1%}]",
             f"  {a} against {b}: balanced accuracy {self.balanced_accuracy:.2f}, precision {self.precision:.2f}, "
             f"recall {self.recall:.2f}; Spearman alignment {self.spearman_alignment:.2f}, "
             f"coherence {self.spearman_coherence:.2f}"])
+
+
+def _bracket(value: ClusterInterval) -> str:
+    """``[low, high]``, or a note when the resampled statistic was undefined (too few answers of one kind)."""
+    if np.isnan(value.low) or np.isnan(value.high):
+        return "(no interval: too few answers of one kind)"
+    return f"[{value.low:.2f}, {value.high:.2f}]"
 
 
 def _kappa(a: np.ndarray, b: np.ndarray) -> float:
