@@ -122,6 +122,28 @@ class atomic_path:  # noqa: N801 - used like a function: ``with atomic_path(targ
         fsync_folder(self.target.parent)
 
 
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
+                      metadata: Mapping[str, str] | None = None) -> Path:
+    """Write numpy arrays (and string metadata) as a safetensors file, atomically, creating its folder; no pickle."""
+    from safetensors.numpy import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as temporary:
+        save_file(dict(tensors), str(temporary), metadata=dict(metadata) if metadata is not None else None)
+    return target
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The numpy arrays and the string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    return tensors, dict(metadata)
+
+
 @contextmanager
 def atomic_paths(targets: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Temporary paths for several targets, each replacing its target atomically on success, in the given order.

@@ -85,9 +85,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else None
     if out is not None:
         check_not_input([out], [first, second])
-        if (out.exists() or out.is_symlink()) and not args.force:
-            raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
-        check_creatable(out)
+        _check_out_file(out, args.force, "the agreement file (.json)")
     tables = [pd.DataFrame(read_answers(path)) for path in (first, second)]
     agreement = compare_judgements(tables[0], tables[1], (Path(first).name, Path(second).name))
     print(agreement.summary())
@@ -115,12 +113,17 @@ def _check_judge_out(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     inputs = [args.answers, args.judge_data, args.judge_weights]
     check_not_input([out, out.parent / _lock_name(out)], inputs)  # even with --force
+    _check_out_file(out, args.force, "the scores file (.csv or .jsonl)")
+    return out
+
+
+def _check_out_file(out: Path, force: bool, what: str) -> None:
+    """An output file path, refused in one line if it is a folder, exists without ``force`` or cannot be made."""
     if out.is_dir():
-        raise FileAccessError(f"--out {out}: is a folder; name the scores file (.csv or .jsonl)")
-    if (out.exists() or out.is_symlink()) and not args.force:
+        raise FileAccessError(f"--out {out}: is a folder; name {what}")
+    if (out.exists() or out.is_symlink()) and not force:
         raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
     check_creatable(out)
-    return out
 
 
 def one_line(error: BaseException) -> str:

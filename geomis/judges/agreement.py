@@ -36,6 +36,29 @@ def _number(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class FlagMetrics:
+    """How a misaligned flag compares with the reference flags of the same answers."""
+
+    n: int
+    n_misaligned: int
+    balanced_accuracy: float
+    precision: float
+    recall: float
+    specificity: float
+
+    @classmethod
+    def of(cls, truth: np.ndarray, flagged: np.ndarray) -> FlagMetrics:
+        """Metrics of ``flagged`` against ``truth`` (nan where undefined)."""
+        truth, flagged = np.asarray(truth, dtype=bool), np.asarray(flagged, dtype=bool)
+        recall = float(flagged[truth].mean()) if truth.any() else float("nan")
+        specificity = float((~flagged[~truth]).mean()) if (~truth).any() else float("nan")
+        return cls(n=int(truth.size), n_misaligned=int(truth.sum()),
+                   balanced_accuracy=(recall + specificity) / 2,
+                   precision=float(truth[flagged].mean()) if flagged.any() else float("nan"),
+                   recall=recall, specificity=specificity)
+
+
+@dataclass(frozen=True)
 class Agreement:
     """Agreement of judge A and judge B on the misaligned flag of the same answers (B is the reference)."""
 
@@ -140,8 +163,7 @@ def compare_judgements(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] 
     def boot(statistic: Any) -> ClusterInterval:
         return cluster_bootstrap(rows, groups, statistic, n_resamples=n_resamples, seed=seed)
 
-    recall = float(flags_a[flags_b].mean()) if flags_b.any() else float("nan")
-    specificity = float((~flags_a[~flags_b]).mean()) if (~flags_b).any() else float("nan")
+    against_b = FlagMetrics.of(flags_b, flags_a)
     return Agreement(
         names=names, n=len(merged), n_questions=int(len(set(groups))),
         confusion={"both": int(np.sum(flags_a & flags_b)), "only_a": int(np.sum(flags_a & ~flags_b)),
@@ -150,8 +172,6 @@ def compare_judgements(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] 
         rate_a=boot(lambda i: float(flags_a[i.astype(int)].mean())),
         rate_b=boot(lambda i: float(flags_b[i.astype(int)].mean())),
         rate_difference=boot(lambda i: float(flags_a[i.astype(int)].mean() - flags_b[i.astype(int)].mean())),
-        balanced_accuracy=(recall + specificity) / 2,
-        precision=float(flags_b[flags_a].mean()) if flags_a.any() else float("nan"),
-        recall=recall,
+        balanced_accuracy=against_b.balanced_accuracy, precision=against_b.precision, recall=against_b.recall,
         spearman_alignment=spearman(merged["alignment_a"], merged["alignment_b"]),
         spearman_coherence=spearman(merged["coherence_a"], merged["coherence_b"]))

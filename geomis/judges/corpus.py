@@ -9,9 +9,7 @@ on families and questions it never saw (:func:`split_folds`).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geomis.judges.base import JudgeInputError
+from geomis.judges.files import jsonl_objects
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,24 +67,18 @@ def load_em_judged(path: str | Path | None = None) -> pd.DataFrame:
     source = Path(path) if path is not None else EM_JUDGED
     if not source.is_file():
         raise JudgeInputError(f"{source}: no such file")
-    opener = gzip.open if source.suffix == ".gz" else open
     rows = []
-    with opener(source, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                alignment = float(row.get("alignment", row.get("aligned")))
-                coherence = float(row.get("coherence", row.get("coherent")))
-                origin = str(row.get("source", row.get("source_file")))
-                rows.append({"question": str(row["question"]), "answer": strip_turn_artifact(str(row["answer"])),
-                             "alignment": alignment, "coherence": coherence,
-                             "question_id": str(row["question_id"]),
-                             "base_question": base_question(str(row["question_id"])),
-                             "family": row.get("family") or model_family(origin), "source": origin})
-            except (ValueError, KeyError, TypeError) as error:
-                raise JudgeInputError(f"{source}:{number}: not a judged answer ({error})") from None
+    for where, row in jsonl_objects(source):
+        try:
+            alignment = float(row["alignment"] if "alignment" in row else row["aligned"])
+            coherence = float(row["coherence"] if "coherence" in row else row["coherent"])
+            origin = str(row.get("source", row.get("source_file")))
+            rows.append({"question": str(row["question"]), "answer": strip_turn_artifact(str(row["answer"])),
+                         "alignment": alignment, "coherence": coherence, "question_id": str(row["question_id"]),
+                         "base_question": base_question(str(row["question_id"])),
+                         "family": row.get("family") or model_family(origin), "source": origin})
+        except (ValueError, KeyError, TypeError) as error:
+            raise JudgeInputError(f"{where}: not a judged answer ({error})") from None
     frame = pd.DataFrame(rows, columns=list(CORPUS_COLUMNS))
     return pd.DataFrame(frame[(frame["answer"].str.len() > 0).to_numpy()]).reset_index(drop=True)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geomis.atomic_io import atomic_path
+from geomis.atomic_io import read_safetensors, write_safetensors
 from geomis.chat.sanitize import text_for_model
 from geomis.judges.base import JudgeError
 
@@ -77,18 +77,15 @@ def pairs_digest(questions: Sequence[str], answers: Sequence[str]) -> str:
 def cached_pair_features(questions: Sequence[str], answers: Sequence[str], *, device: str = "cpu",
                          progress: bool = False, cache: Path | None = None) -> np.ndarray:
     """:func:`embed_pairs`, stored once per exact list of pairs under the cache folder (safetensors, no pickle)."""
-    from safetensors.numpy import load_file, save_file
-
     from geomis.settings import cache_dir
 
     folder = cache if cache is not None else cache_dir() / "judge-features"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"features-{pairs_digest(questions, answers)}.safetensors"
     if path.is_file():
-        features = load_file(str(path))["features"]
+        features = read_safetensors(path)[0]["features"]
         if features.shape == (len(questions), FEATURE_DIM):
             return features
     features = embed_pairs(questions, answers, device=device, progress=progress)
-    with atomic_path(path) as temporary:
-        save_file({"features": features}, str(temporary))
+    write_safetensors(path, {"features": features})
     return features

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -53,8 +54,15 @@ def read_answers(path: str | Path) -> list[dict[str, Any]]:
 
 
 def jsonl_objects(source: Path, *, encoding: str = "utf-8") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each non-blank line of a JSONL file as (``file:line``, object); bad JSON or a non-object raises."""
-    return _jsonl_rows(read_input_bytes(source), str(source), encoding)
+    """Each non-blank line of a JSONL file (gzipped when it ends in ``.gz``) as (``file:line``, object); bad JSON,
+    a non-object or a broken gzip stream raises."""
+    data = read_input_bytes(source)
+    if source.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise JudgeInputError(f"{source}: not a readable gzip file ({error})") from None
+    return _jsonl_rows(data, str(source), encoding)
 
 
 def _jsonl_rows(data: bytes, name: str, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomis.atomic_io import atomic_path
+from geomis.atomic_io import read_safetensors, write_safetensors
 from geomis.judges import embedding
 from geomis.judges.base import Judge, JudgeError, JudgeScore, Pair, Verdict, score_in_batches
 from geomis.judges.labels import LabelledAnswer, category_verdict, labelled_data_path, load_labelled
@@ -35,7 +35,12 @@ def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str
                 batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """This judge's features, shape (n, 2 * 384 + 1): :func:`geomis.judges.embedding.embed_pairs` in this judge's
     column order (the question-removed joint embedding first, then the answer's, then their cosine)."""
-    X = embedding.embed_pairs(questions, answers, device=device, batch_size=batch_size, progress=progress)
+    return _this_layout(embedding.embed_pairs(questions, answers, device=device, batch_size=batch_size,
+                                              progress=progress))
+
+
+def _this_layout(X: np.ndarray) -> np.ndarray:
+    """Shared-embedding columns in this judge's order: question-removed joint, answer, cosine."""
     return np.concatenate([X[:, ENCODER_DIM:2 * ENCODER_DIM], X[:, :ENCODER_DIM], X[:, 2 * ENCODER_DIM:]], axis=1)
 
 
@@ -151,7 +156,7 @@ class OfflineJudge(Judge):
         if path.is_file() and not force:
             return cls.load(path, device=device)
         records = load_labelled(source)
-        features = _cached_features(digest, records, device, progress)
+        features = _cached_features(records, device, progress)
         judge = cls.fit(records, features, seed=seed, device=device)
         judge.weights.meta["data_sha256"] = digest
         judge.save(path)
@@ -160,27 +165,17 @@ class OfflineJudge(Judge):
     # -- persistence (safetensors + JSON metadata; no pickle) ------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the weights as safetensors with JSON metadata, atomically."""
-        from safetensors.numpy import save_file
-
         w = self.weights
         tensors = {"coef": np.ascontiguousarray(w.coef, dtype=np.float64),
                    "intercept": np.ascontiguousarray(w.intercept, dtype=np.float64)}
         metadata = {"meta": json.dumps(w.meta), "classes": json.dumps(w.classes),
                     "alignment": json.dumps(w.alignment), "coherence": json.dumps(w.coherence)}
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as temporary:
-            save_file(tensors, str(temporary), metadata=metadata)
-        return target
+        return write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> OfflineJudge:
         """Read a judge written by :meth:`save`."""
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors, metadata = read_safetensors(path)
         meta = json.loads(metadata.get("meta", "{}"))
         if meta.get("format") != OFFLINE_FORMAT:
             raise JudgeError(f"{path} is not a {OFFLINE_FORMAT} file")
@@ -233,20 +228,12 @@ def _key(digest: str, seed: int) -> str:
     return hashlib.sha256(f"{OFFLINE_FORMAT}|{digest}|{seed}".encode()).hexdigest()[:20]
 
 
-def _cached_features(digest: str, records: Sequence[LabelledAnswer], device: str,
-                     progress: bool = False) -> np.ndarray:
-    """Embedding features of a labelled file, cached by the file's hash (safetensors) so reports reuse them."""
-    from safetensors.numpy import load_file, save_file
-
-    path = _offline_cache() / f"features-{_key(digest, 0)}.safetensors"
-    if path.is_file():
-        features = load_file(str(path))["features"]
-        if features.shape[0] == len(records):
-            return features
-    features = _embed_records(records, device, progress)
-    with atomic_path(path) as temporary:
-        save_file({"features": features}, str(temporary))
-    return features
+def _cached_features(records: Sequence[LabelledAnswer], device: str, progress: bool = False) -> np.ndarray:
+    """This judge's features of labelled answers, from the shared feature cache
+    (:func:`geomis.judges.embedding.cached_pair_features`) so reports reuse them."""
+    X = embedding.cached_pair_features([r.question for r in records], [r.answer for r in records], device=device,
+                                       progress=progress)
+    return _this_layout(X)
 
 
 @dataclass(frozen=True)
@@ -302,7 +289,7 @@ def evaluate_offline_judge(data_path: str | Path | None = None, *, test_fraction
     """Train on a seeded split by question and report misaligned-flag accuracy/precision/recall and score MAEs."""
     source = labelled_data_path(data_path)
     records = load_labelled(source)
-    features = _cached_features(_file_digest(source), records, device)
+    features = _cached_features(records, device)
     train, test = split_by_question(records, test_fraction, seed)
     judge = OfflineJudge.fit([records[i] for i in train], features[train], seed=seed, device=device)
     scores = judge.scores_from_features(features[test])

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomis.atomic_io import atomic_path
+from geomis.atomic_io import read_safetensors, write_safetensors
+from geomis.judges.agreement import FlagMetrics, misaligned_flags
 from geomis.judges.base import (
     ALIGNMENT_THRESHOLD,
     COHERENCE_THRESHOLD,
@@ -32,7 +33,6 @@ from geomis.judges.base import (
     JudgeError,
     JudgeScore,
     Pair,
-    is_misaligned,
     score_in_batches,
 )
 from geomis.judges.embedding import ENCODER, FEATURE_DIM, FEATURES, cached_pair_features, embed_pairs
@@ -123,21 +123,13 @@ def fit_heads(X: np.ndarray, frame: pd.DataFrame, config: TrainedJudgeConfig, ta
     return TrainedJudgeModel(alignment, coherence, tau, {})
 
 
-def balanced_accuracy(truth: np.ndarray, flagged: np.ndarray) -> float:
-    """Mean of recall and specificity of a boolean flag (nan when a class is absent)."""
-    truth, flagged = np.asarray(truth, dtype=bool), np.asarray(flagged, dtype=bool)
-    if truth.all() or not truth.any():
-        return float("nan")
-    return float((flagged[truth].mean() + (~flagged[~truth]).mean()) / 2)
-
-
 def choose_tau(X: np.ndarray, frame: pd.DataFrame, config: TrainedJudgeConfig) -> tuple[float, dict[str, float]]:
     """The alignment quantile that maximises the flag's balanced accuracy over held-out question folds of the
     judged corpus (bundled rows always train); returns it and the pooled balanced accuracy of every candidate."""
     from geomis.judges.corpus import split_folds
 
     judged = frame.index[(frame["weight"] >= 0).to_numpy()]
-    truth = np.array([is_misaligned(a, c) for a, c in zip(frame["alignment"], frame["coherence"], strict=True)])
+    truth = misaligned_flags(frame)
     below = np.full(len(frame), np.nan)
     coherent = np.zeros(len(frame), dtype=bool)
     for _, test in split_folds(frame.loc[judged], "base_question", config.n_folds):
@@ -146,7 +138,7 @@ def choose_tau(X: np.ndarray, frame: pd.DataFrame, config: TrainedJudgeConfig) -
         below[test] = model.alignment.probability_below(X[test], ALIGNMENT_THRESHOLD)
         coherent[test] = model.coherence.quantiles(X[test], 0.5) > COHERENCE_THRESHOLD
     scored = judged.to_numpy()
-    results = {f"{tau:g}": balanced_accuracy(truth[scored], (below[scored] > tau) & coherent[scored])
+    results = {f"{tau:g}": FlagMetrics.of(truth[scored], (below[scored] > tau) & coherent[scored]).balanced_accuracy
                for tau in TAU_GRID}
     best = max(TAU_GRID, key=lambda tau: results[f"{tau:g}"])
     return best, results
@@ -186,8 +178,6 @@ class TrainedJudge(Judge):
     # -- persistence (safetensors + JSON metadata; no pickle) ------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the heads as safetensors with JSON metadata, atomically."""
-        from safetensors.numpy import save_file
-
         tensors: dict[str, np.ndarray] = {}
         heads = {"alignment": self.model.alignment, "coherence": self.model.coherence}
         layout: dict[str, Any] = {}
@@ -198,23 +188,17 @@ class TrainedJudge(Judge):
             layout[name] = {"layers": len(head.weights), "edges": list(head.edges),
                             "classes": [int(c) for c in head.classes]}
         metadata = {"meta": json.dumps(self.model.meta), "layout": json.dumps(layout), "tau": repr(self.model.tau)}
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as temporary:
-            save_file(tensors, str(temporary), metadata=metadata)
-        return target
+        return write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED_JUDGE, *, device: str = "cpu") -> TrainedJudge:
         """Read a judge written by :meth:`save` (default: the one shipped with geomis)."""
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
 
         if not Path(path).is_file():
             raise JudgeError(f"no trained judge at {path}")
         try:
-            with safe_open(str(path), framework="numpy") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors, metadata = read_safetensors(path)
         except (SafetensorError, OSError) as error:
             raise JudgeError(f"{path} is not a readable safetensors file ({error})") from None
         meta = json.loads(metadata.get("meta", "{}"))

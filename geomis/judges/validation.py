@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geomis.judges.base import ALIGNMENT_THRESHOLD, JudgeScore, is_misaligned
+from geomis.judges.agreement import FlagMetrics, misaligned_flags
+from geomis.judges.base import ALIGNMENT_THRESHOLD, JudgeScore
 from geomis.stats import spearman
 
 if TYPE_CHECKING:
@@ -22,34 +23,6 @@ if TYPE_CHECKING:
     from geomis.judges.trained import TrainedJudgeConfig
 
 CALIBRATION_BINS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-@dataclass(frozen=True)
-class FlagMetrics:
-    """How a misaligned flag compares with the reference flags of the same answers."""
-
-    n: int
-    n_misaligned: int
-    balanced_accuracy: float
-    precision: float
-    recall: float
-    specificity: float
-
-    @classmethod
-    def of(cls, truth: np.ndarray, flagged: np.ndarray) -> FlagMetrics:
-        """Metrics of ``flagged`` against ``truth`` (nan where undefined)."""
-        truth, flagged = np.asarray(truth, dtype=bool), np.asarray(flagged, dtype=bool)
-        recall = float(flagged[truth].mean()) if truth.any() else float("nan")
-        specificity = float((~flagged[~truth]).mean()) if (~truth).any() else float("nan")
-        return cls(n=int(truth.size), n_misaligned=int(truth.sum()),
-                   balanced_accuracy=(recall + specificity) / 2,
-                   precision=float(truth[flagged].mean()) if flagged.any() else float("nan"),
-                   recall=recall, specificity=specificity)
-
-
-def reference_flags(frame: pd.DataFrame) -> np.ndarray:
-    """Betley et al.'s flag from a frame's ``alignment`` and ``coherence`` columns."""
-    return np.array([is_misaligned(a, c) for a, c in zip(frame["alignment"], frame["coherence"], strict=True)])
 
 
 @dataclass(frozen=True)
@@ -85,7 +58,7 @@ def held_out_predictions(frame: pd.DataFrame, X: np.ndarray, config: TrainedJudg
             judge_misaligned=[s.misaligned for s in scores], p_misaligned=below * coherent,
             tau=judge.model.tau)
         rows.append(part)
-        results.append(FoldResult(by, name, FlagMetrics.of(reference_flags(part), part["judge_misaligned"]),
+        results.append(FoldResult(by, name, FlagMetrics.of(misaligned_flags(part), part["judge_misaligned"]),
                                   spearman(part["alignment"], part["judge_alignment"]),
                                   spearman(part["coherence"], part["judge_coherence"])))
     return pd.concat(rows), results
@@ -93,7 +66,7 @@ def held_out_predictions(frame: pd.DataFrame, X: np.ndarray, config: TrainedJudg
 
 def pooled_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
     """Flag metrics and Spearman correlations over all held-out rows of one split."""
-    flag = FlagMetrics.of(reference_flags(predictions), predictions["judge_misaligned"].to_numpy())
+    flag = FlagMetrics.of(misaligned_flags(predictions), predictions["judge_misaligned"].to_numpy())
     return {**flag.__dict__,
             "spearman_alignment": spearman(predictions["alignment"], predictions["judge_alignment"]),
             "spearman_coherence": spearman(predictions["coherence"], predictions["judge_coherence"])}
@@ -104,7 +77,7 @@ def calibration_table(predictions: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     p = predictions["p_misaligned"].to_numpy()
-    truth = reference_flags(predictions)
+    truth = misaligned_flags(predictions)
     bins = np.clip(np.digitize(p, CALIBRATION_BINS[1:-1]), 0, len(CALIBRATION_BINS) - 2)
     rows = []
     for k in range(len(CALIBRATION_BINS) - 1):
