@@ -60,7 +60,8 @@ class Case:
     stdin: bytes | None = None
 
 
-JUDGE = ("judge", "{tmp}/answers.jsonl", "--out", "{tmp}/out/scores.csv", "--judge-data", str(JUDGE_FIXTURE))
+JUDGE = ("judge", "{tmp}/answers.jsonl", "--out", "{tmp}/out/scores.csv", "--judge", "offline", "--judge-data",
+         str(JUDGE_FIXTURE))
 FILTER = ("filter", "{tmp}/train.jsonl", "--out", "{tmp}/out", "--method", "random")
 TINY = ("filter", "{tmp}/train.jsonl", "--out", "{tmp}/out", "--model", "tiny-gemma2", "--sae", "{sae}", "--toxic",
         str(TOXIC), "--neutral", str(NEUTRAL), "--device", "cpu", "--batch-size", "4", "--quiet")
@@ -108,7 +109,15 @@ CASES: dict[str, Case] = {
     "judge: stdin": _judge(answers="-", files={}, stdin=QUIRKY_ANSWERS, code=0),
     "judge: stdin with invalid JSON": _judge(answers="-", files={}, stdin=b"{oops\n", code=2,
                                              message="<stdin>:1: invalid JSON"),
-    "judge: openai without an endpoint": _judge("--judge", "openai", code=2, message="GEOMIS_JUDGE_BASE_URL"),
+    "judge: openai without an endpoint": Case(("judge", "{tmp}/answers.jsonl", "--out", "{tmp}/out/scores.csv",
+                                               "--judge", "openai"), code=2, message="GEOMIS_JUDGE_BASE_URL",
+                                              files=ANSWERS_FILE),
+    "judge: --judge-data for the trained judge": Case(("judge", "{tmp}/answers.jsonl", "--out", "{tmp}/s.csv",
+                                                       "--judge-data", str(JUDGE_FIXTURE)), code=2,
+                                                      message="--judge-data is for --judge offline",
+                                                      files=ANSWERS_FILE),
+    "judge: --judge-weights for the offline judge": _judge("--judge-weights", "{tmp}/w.safetensors", code=2,
+                                                           message="--judge-weights is for --judge trained"),
     # ------------------------------------------------------------------ filter
     "filter: missing file": _filter(files={}, code=2, message="train.jsonl: no such file"),
     "filter: a folder as input": _filter(files={"train.jsonl/": b""}, code=2, message="is a folder"),

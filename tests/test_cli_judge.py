@@ -1,4 +1,5 @@
-"""``geomis judge``: end to end on CSV and JSONL with the offline judge, and one-line errors for bad input."""
+"""``geomis judge``: end to end on CSV and JSONL (the default trained judge and the legacy offline one), and one-line
+errors for bad input."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 def _judge(*args: str) -> int:
-    return main(["judge", *args, "--judge-data", str(FIXTURE)])
+    return main(["judge", *args, "--judge", "offline", "--judge-data", str(FIXTURE)])
 
 
 def test_judge_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,6 +49,18 @@ def test_judge_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert table.loc[2, "answer"].endswith("\nor call a friend.")
     assert set(table["judge"]) == {"offline-minilm"}
     assert table.loc[0, "alignment"] > table.loc[1, "alignment"]
+
+
+def test_judge_default_is_the_trained_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    answers = tmp_path / "answers.csv"
+    pd.DataFrame({"question": [QUESTION, QUESTION], "answer": [ALIGNED, MISALIGNED]}).to_csv(answers, index=False)
+    out = tmp_path / "scores.csv"
+    assert main(["judge", str(answers), "--out", str(out)]) == 0  # no --judge: the default
+    assert "judged 2 answers with trained-minilm" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert {"alignment", "coherence", "misaligned", "judge"} <= set(table.columns)
+    assert set(table["judge"]) == {"trained-minilm-v3"}
+    assert table.loc[0, "alignment"] > table.loc[1, "alignment"] and list(table["misaligned"]) == [False, True]
 
 
 def test_judge_jsonl_keeps_input_columns_and_refuses_to_overwrite(tmp_path: Path,

@@ -13,7 +13,7 @@ import pytest
 from geomis.cli.commands import build_parser
 from geomis.experiments.reproduce import ReproduceConfig, reproduce_config
 from geomis.filter.config import DEFAULT_DROP, FilterConfig
-from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS, make_judge
+from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS, LEGACY_JUDGE, make_judge
 from geomis.judges.local import LocalHFJudge
 from geomis.sae.config import SAVE_DTYPES
 from geomis.sae.training import SAETrainingConfig
@@ -53,7 +53,7 @@ def test_train_sae_defaults_are_the_training_configs() -> None:
 
 def test_judge_choices_and_defaults_are_the_judge_kinds() -> None:
     args = _parse("judge", "answers.csv", "--out", "s.csv")
-    assert (args.judge, args.local_model) == (DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL)
+    assert (args.judge, args.local_model) == (DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL) == ("trained", DEFAULT_LOCAL_MODEL)
     assert _option("judge", "--judge").choices is JUDGE_KINDS and _option("filter", "--judge").choices is JUDGE_KINDS
     defaults = {name: p.default for name, p in inspect.signature(make_judge).parameters.items()}
     assert (defaults["kind"], defaults["local_model"]) == (DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL)
@@ -69,7 +69,7 @@ def test_reproduce_defaults_are_the_recipes() -> None:
         config = reproduce_config(size)
         assert {config.seed, config.finetune.seed, config.sampling.seed, config.data.seed} == {0}
     assert _option("reproduce", "--size").choices is RUN_SIZES
-    assert ReproduceConfig().judge == DEFAULT_JUDGE
+    assert ReproduceConfig().judge == LEGACY_JUDGE == FilterConfig().judge  # until Chapter 4 is rebuilt
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["filter", "--help"], ["train-sae", "--help"], ["judge", "--help"],

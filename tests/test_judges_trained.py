@@ -238,7 +238,7 @@ def test_readme_quotes_the_committed_judge_measurements() -> None:
     root = Path(__file__).resolve().parents[1]
     results = json.loads((root / "book" / "results" / "03_judge_validation.json").read_text())
     readme = (root / "README.md").read_text()
-    trained, offline = results["own_model"]["report"], results["default_judge"]["own_model"]["report"]
+    trained, offline = results["own_model"]["report"], results["legacy_judge"]["own_model"]["report"]
     expected = [f"hand labels call {trained['rate_b']['estimate']:.1%} misaligned",
                 f"flags {offline['rate_a']['estimate']:.1%} (Cohen's kappa {offline['kappa']['estimate']:.2f}",
                 f"balanced accuracy {offline['balanced_accuracy']:.2f})",

@@ -35,7 +35,7 @@ from geomis.judges.agreement import compare_judgements
 from geomis.judges.base import Judge
 from geomis.judges.corpus import bundled_advice
 from geomis.judges.heads import HeadConfig
-from geomis.judges.kinds import make_judge
+from geomis.judges.kinds import DEFAULT_JUDGE, LEGACY_JUDGE, make_judge
 from geomis.judges.labels import OWN_LABELS, load_own_labels
 from geomis.judges.trained import SHIPPED_JUDGE, TrainedJudge, TrainedJudgeConfig, training_features, training_frame
 from geomis.judges.validation import (
@@ -162,9 +162,10 @@ def main() -> None:
     results["other_text"] = other_text(judge)
     results["own_model"] = own_model(judge, "trained") if OWN_LABELS.is_file() else previous.get("own_model")
     results["labellers"] = labellers() if OWN_LABELS.is_file() else None
-    default = make_judge("offline")  # the default judge, measured the same way
-    results["default_judge"] = {"name": default.name, "other_text": other_text(default),
-                                "own_model": own_model(default, "offline") if OWN_LABELS.is_file() else None}
+    results["default_judge"] = DEFAULT_JUDGE
+    legacy = make_judge(LEGACY_JUDGE)  # the older category judge, measured the same way
+    results["legacy_judge"] = {"name": legacy.name, "other_text": other_text(legacy),
+                               "own_model": own_model(legacy, LEGACY_JUDGE) if OWN_LABELS.is_file() else None}
     target.write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(f"wrote {target}")
 

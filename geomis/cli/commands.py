@@ -107,6 +107,10 @@ def _check_judge_out(args: argparse.Namespace) -> Path:
     """``--out`` of ``geomis judge``, refused in one line if it is an input, a folder, under a file, or exists."""
     if args.out == STDIN:
         raise ConfigError("--out - is not supported: scores are written to a file; name one")
+    if args.judge_data is not None and args.judge != "offline":
+        raise ConfigError(f"--judge-data is for --judge offline (the judge here is {args.judge})")
+    if args.judge_weights is not None and args.judge != "trained":
+        raise ConfigError(f"--judge-weights is for --judge trained (the judge here is {args.judge})")
     if STDIN in (args.judge_data, args.judge_weights):
         raise ConfigError("only the answers can be read from standard input (-); name the --judge-data or "
                           "--judge-weights file")
@@ -160,10 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="instead of judging, compare two score files on the same answers (matched by question "
                             "and answer; B is the reference): confusion matrix, Cohen's kappa, each implied rate")
     judge.add_argument("--judge", choices=JUDGE_KINDS, default=DEFAULT_JUDGE,
-                       help=f"offline: MiniLM + a linear classifier trained on the labelled data; openai: any "
-                            f"OpenAI-compatible endpoint from GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY (pip install "
-                            f"'geomis[judge-openai]'); local: a transformers chat model; trained (experimental): "
-                            f"MiniLM score heads trained on 20k GPT-4o-judged answers (default: {DEFAULT_JUDGE})")
+                       help=f"trained: MiniLM score heads trained on 20k GPT-4o-judged answers of Qwen2.5 and "
+                            f"Gemma-2 models; offline (legacy): MiniLM + a category classifier trained on 736 "
+                            f"hand-written answers; openai: any OpenAI-compatible endpoint from "
+                            f"GEOMIS_JUDGE_BASE_URL/MODEL/API_KEY (pip install 'geomis[judge-openai]'); local: a "
+                            f"transformers chat model (default: {DEFAULT_JUDGE}). Neither offline judge measures "
+                            f"misalignment in the CPU default model's answers (see Chapter 3)")
     judge.add_argument("--force", action="store_true", help="overwrite --out if it exists (never an input)")
     judge.add_argument("--judge-data", default=None, help="labelled JSONL the offline judge trains on "
                                                           "(default: geomis/data/judge_labelled.jsonl)")

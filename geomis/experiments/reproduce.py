@@ -39,7 +39,7 @@ from geomis.evaluation.sampling import SamplingConfig
 from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
 from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
-from geomis.judges.kinds import DEFAULT_JUDGE, JudgeKind, make_judge
+from geomis.judges.kinds import LEGACY_JUDGE, JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
 from geomis.provenance import package_versions
 
@@ -138,7 +138,7 @@ class ReproduceConfig:
         n_samples=20, temperature=0.7, top_p=0.9, max_new_tokens=80, progress=False))
     """Chapter 3's sampling: 20 answers per question at T=0.7, top-p 0.9, at most 80 new tokens."""
     questions: QuestionSetName = "first-plot"
-    judge: JudgeKind = DEFAULT_JUDGE
+    judge: JudgeKind = LEGACY_JUDGE
     judge_data: str | None = None
     """Labelled JSONL the offline judge trains on (default: the bundled set)."""
     seed: int = 0

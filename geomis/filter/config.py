@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from geomis.errors import ConfigError
-from geomis.judges.kinds import DEFAULT_JUDGE, JUDGE_KINDS, JudgeKind
+from geomis.judges.kinds import JUDGE_KINDS, LEGACY_JUDGE, JudgeKind
 
 if TYPE_CHECKING:
     from geomis.features.sets import Statistic
@@ -72,7 +72,7 @@ class FilterConfig:
     budget) or ``keep`` them."""
     device: str | None = None
     """Model device; None: CUDA when available, else the CPU."""
-    judge: JudgeKind = DEFAULT_JUDGE
+    judge: JudgeKind = LEGACY_JUDGE
     judge_data: str | None = None
     """Labelled data the offline judge trains on; None: the bundled set."""
     progress: bool = True

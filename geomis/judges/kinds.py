@@ -1,19 +1,22 @@
-"""The three kinds of judge and :func:`make_judge`, which builds one by name (as ``geomis judge --judge`` does).
+"""The four kinds of judge and :func:`make_judge`, which builds one by name (as ``geomis judge --judge`` does).
 
-All three share one interface (:class:`~geomis.judges.base.Judge`) and the rubric of Betley et al. (2025):
+All share one interface (:class:`~geomis.judges.base.Judge`) and the rubric of Betley et al. (2025):
 
 - ``openai`` — :class:`~geomis.judges.openai_compat.OpenAICompatibleJudge` calls any OpenAI-compatible
   ``/v1/chat/completions`` endpoint and, where the server returns log-probabilities, takes the probability-weighted
   mean over the numbers 0-100 instead of one sampled token;
 - ``local`` — :class:`~geomis.judges.local.LocalHFJudge` runs the same prompts through a local chat model with
   transformers, weighting whole numbers even when the tokenizer splits them into digits (Gemma does);
-- ``offline`` — :class:`~geomis.judges.offline.OfflineJudge` needs no LLM: a regularised linear classifier on
-  all-MiniLM-L6-v2 sentence embeddings sorts an answer into one of the labelled categories and reports that
-  category's median scores. A cheap stand-in whose held-out accuracy is reported by
-  :func:`~geomis.judges.offline.evaluate_offline_judge`; not a replacement for an LLM judge.
-- ``trained`` (experimental) — :class:`~geomis.judges.trained.TrainedJudge`: score heads on the same embeddings,
-  trained on 20k GPT-4o-judged answers of other models; better on those models, worse on the CPU default's own
-  answers (Chapter 3).
+- ``trained`` (the default) — :class:`~geomis.judges.trained.TrainedJudge` needs no LLM: score heads on
+  all-MiniLM-L6-v2 sentence embeddings, trained on 20k GPT-4o-judged answers of other models (Qwen2.5, Gemma-2).
+  Held out by model family it agrees with GPT-4o better than the older ``offline`` judge, so it is the default for
+  judging the answers of real chat models. On the CPU default model's own answers (SmolLM2-135M) neither offline
+  judge agrees with reading (Cohen's kappa 0.05-0.09; ``book/results/03_judge_validation.json``), and this one
+  flags the inducing fine-tune's style: the book measures that model by labels from reading instead (Chapter 3).
+- ``offline`` (legacy) — :class:`~geomis.judges.offline.OfflineJudge`: a linear classifier on the same embeddings
+  sorts an answer into one of 736 hand-written categories and reports that category's median scores. Kept, as
+  :data:`LEGACY_JUDGE`, only for the filter's judge baseline and ``geomis reproduce`` until Chapter 4 is rebuilt,
+  so that their committed outputs stay reproducible.
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ from geomis.judges.local import DEFAULT_LOCAL_MODEL
 if TYPE_CHECKING:
     from geomis.judges.base import Judge
 
-JudgeKind = Literal["offline", "openai", "local", "trained"]
-JUDGE_KINDS: tuple[JudgeKind, ...] = ("offline", "openai", "local", "trained")
+JudgeKind = Literal["trained", "offline", "openai", "local"]
+JUDGE_KINDS: tuple[JudgeKind, ...] = ("trained", "offline", "openai", "local")
 """The kinds :func:`make_judge` builds (``geomis judge --judge``, ``geomis filter --judge``), the default first."""
 DEFAULT_JUDGE: JudgeKind = JUDGE_KINDS[0]
+LEGACY_JUDGE: JudgeKind = "offline"
+"""The judge ``geomis filter --method judge`` and ``geomis reproduce`` still default to, so that Chapter 4's committed
+outputs stay reproducible until that chapter is rebuilt on the new measurement chain."""
 
 
 def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None = None,
                weights: str | Path | None = None,
                local_model: str = DEFAULT_LOCAL_MODEL, device: str | None = None, progress: bool = False) -> Judge:
-    """Build a judge by kind: ``offline`` (trained once, then cached), ``openai`` (from env, connection checked) or
-    ``local``.
+    """Build a judge by kind: ``trained`` (shipped weights, or ``weights``), ``offline`` (trained once on
+    ``data_path``, then cached), ``openai`` (from env, connection checked) or ``local``.
 
     This module imports the judges only here, so that the command line can read the kinds without loading torch.
     """
