@@ -56,3 +56,13 @@ def test_finetune_cost_prints_every_placement_against_all_layers() -> None:
     rows = _table("finetune_cost.py", "--steps", "1", "--rounds", "1", header="LoRA on", columns=5)
     assert set(rows) == {"all layers", "layers >= 15", "layers >= 20"}
     assert float(rows["all layers"][-1]) == 1.0
+
+
+@pytest.mark.slow
+def test_sampling_cost_prints_both_decoders_against_the_bound() -> None:
+    rows = _table("sampling_cost.py", "--model", "tiny-gemma2", "--answers", "8", "--batches", "1,4", "--rounds", "1",
+                  "--max-new-tokens", "6", "--threads", "1", header="method", columns=5)
+    assert set(rows) == {f"{kind}, batch {b}" for kind in ("generate", "nucleus", "bound") for b in (1, 4)}
+    assert float(rows["bound, batch 4"][-1]) == 1.0
+    for values in rows.values():
+        assert all(float(value) > 0 for value in values)
