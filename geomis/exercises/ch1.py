@@ -166,7 +166,7 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
     for index, (name, batch, n_features, p) in enumerate(_BATCH_CASES):
         case = Case(name, (batch, n_features, p, _generator(100 + index)))
         cases.append(case)
-        x = call_student(exercise, sparse_batch, case)
+        x = call_student(exercise, sparse_batch, case, global_seed=1)
         if not isinstance(x, Tensor):
             raise ExerciseFailure(f"❌ {exercise} returned a {type(x).__name__} on case '{name}'; expected a tensor")
         fail = f"❌ {exercise} is wrong on case '{name}' (batch {batch}, {n_features} features, p = {p})"
@@ -197,7 +197,8 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
                 f"{fail}: the number of present features per input has standard deviation {got['row_std']:.2f}, "
                 f"the reference gives {want['row_std']:.2f}. Each feature must be present independently of the "
                 "others: draw one coin per entry, not one per input.")
-        again = call_student(exercise, sparse_batch, Case(name, (batch, n_features, p, _generator(100 + index))))
+        again = call_student(exercise, sparse_batch, Case(name, (batch, n_features, p, _generator(100 + index))),
+                             global_seed=2)
         if not (isinstance(again, Tensor) and torch.equal(again, x)):
             raise ExerciseFailure(
                 f"{fail}: two calls with generators seeded alike gave different batches. Draw every random "

@@ -84,12 +84,20 @@ def describe_args(case: Case) -> str:
     return ", ".join(parts)
 
 
-def call_student(exercise: str, function: Callable[..., Any], case: Case) -> Any:
-    """Call the student's function on one case; turn a stub, a missing return or an exception into a clear failure."""
+def call_student(exercise: str, function: Callable[..., Any], case: Case, global_seed: int | None = None) -> Any:
+    """Call the student's function on one case; turn a stub, a missing return or an exception into a clear failure.
+
+    The call runs inside `torch.random.fork_rng`; `global_seed` seeds torch's global generator there first, so a
+    check can tell a function that draws from its `generator` argument from one that uses the global state.
+    """
+    if not callable(function):
+        raise ExerciseFailure(f"❌ pass the function itself to the check (got a {type(function).__name__})")
     args = tuple(_clone(value) for value in case.args)
     kwargs = {key: _clone(value) for key, value in case.kwargs.items()}
     try:
         with torch.random.fork_rng(devices=[]):
+            if global_seed is not None:
+                torch.manual_seed(global_seed)
             result = function(*args, **kwargs)
     except NotImplementedError as error:
         raise ExerciseFailure(
@@ -176,9 +184,6 @@ def check_function(
     what: str = "matches the reference",
 ) -> None:
     """Run `student` and `reference` on every case; print ✅ when all agree, else raise `ExerciseFailure`."""
-    if not callable(student):
-        raise ExerciseFailure(f"❌ pass the function itself to the check (got a {type(student).__name__})")
-
     def default(got: Tensor, expected: Tensor, case: Case) -> str | None:
         return compare_tensors(got, expected, case, tolerance)
 
