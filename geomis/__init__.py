@@ -4,7 +4,8 @@
 ``gm.collect_residuals``, ``gm.load_sae``, ``gm.derive_toxic_features``, ``gm.run_filter``, ``gm.fine_tune``,
 ``gm.evaluate``, ... Each is imported on first use, so ``import geomis`` (and the ``geomis`` command) stays fast.
 Chapter-specific studies and figures are modules: ``gm.overlap``, ``gm.reproduce``, ``gm.dynamics``,
-``gm.toy_figures``, ``gm.feature_figures``, ``gm.eval_figures``.
+``gm.toy_figures``, ``gm.feature_figures``, ``gm.eval_figures``. The exercises' checks are ``gm.exercises``
+(``gm.exercises.ch1.check_toy_forward(toy_forward)``, ...).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "planted_spillover": "geomis.toy.spillover:planted_spillover",
     "spillover_law": "geomis.toy.spillover:spillover_law",
     "toy_figures": "geomis.toy.figures",
+    # the chapters' implement-and-check exercises
+    "exercises": "geomis.exercises",
     # texts and tokens
     "ChatRecord": "geomis.chat.records:ChatRecord",
     "load_bundled": "geomis.chat.records:load_bundled",

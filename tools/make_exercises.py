@@ -9,7 +9,9 @@ For each chapter `book/NN_name.ipynb` the pack holds `teaching/NN_name_exercises
 - every output and execution count is cleared, cell metadata keeps only tags, notebook metadata only the kernel;
 - `# NBVAL_...` marker lines (test plumbing) are dropped from code cells;
 - the Colab badge and links in the first cell open the exercises notebook instead of the chapter, relative image
-  links point at the repository, and MyST citation roles become links to the book's references page.
+  links point at the repository, and MyST citation roles become links to the book's references page;
+- MyST dropdowns (`:::{dropdown} Hint` ... `:::`, the exercises' hints) become HTML `<details>` blocks, which
+  Jupyter and Colab show folded.
 The output is deterministic (sorted keys, one-space indent, trailing newline), so re-running changes no byte and
 `--check` can fail CI when a chapter changed without its exercises being regenerated.
 """
@@ -40,6 +42,8 @@ _CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
 _ROLE = re.compile(r"\{(?:ref|doc|numref|eq|term)\}`([^`]+)`")
 _MD_IMAGE = re.compile(r"(!\[[^\]]*\]\()(?!https?://|data:|/)([^)\s]+)")
 _HTML_IMAGE = re.compile(r"(<img\b[^>]*\bsrc=[\"'])(?!https?://|data:|/)([^\"']+)")
+_DROPDOWN = re.compile(r"^(:{3,})\{dropdown\}[ \t]*([^\n]*)\n((?:[ \t]*:[\w-]+:[^\n]*\n)*)(.*?)^\1[ \t]*$",
+                       re.MULTILINE | re.DOTALL)
 
 
 def exercises_name(chapter: Path | str) -> str:
@@ -59,8 +63,15 @@ def _role_text(match: re.Match[str]) -> str:
     return titled.group(1) if titled else text
 
 
+def _details(match: re.Match[str]) -> str:
+    """A MyST dropdown as an HTML <details> block (its options dropped), folded in Jupyter and Colab."""
+    title = match.group(2).strip() or "Details"
+    return f"<details>\n<summary>{title}</summary>\n\n{match.group(4).strip()}\n\n</details>"
+
+
 def _markdown(source: str, chapter: str, exercises: str) -> str:
     """Rewrite a markdown cell so its links work from `teaching/` on GitHub and in Colab."""
+    source = _DROPDOWN.sub(_details, source)
     source = source.replace(f"{COLAB}/book/{chapter}", f"{COLAB}/teaching/{exercises}")
     source = source.replace("](images/colab-badge.svg)", f"]({COLAB_BADGE})")
     source = _MD_IMAGE.sub(lambda m: f"{m.group(1)}{RAW}/book/{m.group(2)}", source)

@@ -29,6 +29,7 @@ from geomis.toy.models import ToyModel, generate_batch
 __all__ = [
     "AmplifyConfig",
     "FineTuned",
+    "amplify_loss",
     "FeatureChanges",
     "LineFit",
     "SpilloverResult",
@@ -140,6 +141,12 @@ def _fine_tuning_inputs(model: ToyModel, cfg: AmplifyConfig) -> Tensor:
     return x
 
 
+def amplify_loss(encoder: Tensor, readout: Tensor, bias: Tensor, inputs: Tensor, target: int) -> Tensor:
+    """The fine-tune's loss -mean_x ReLU(f_t(x)), f_t = <d_t, E x> + b_t: lower when target t fires more."""
+    pre_t = (inputs @ encoder.T) @ readout[:, target] + bias[target]
+    return -torch.relu(pre_t).mean()
+
+
 def fine_tune_to_amplify(model: ToyModel, cfg: AmplifyConfig, progress: bool = False) -> FineTuned:
     """Train only an untied copy of the encoder to raise feature t's output; the readout W^T and b stay fixed."""
     if not 0 <= cfg.instance < model.cfg.n_instances:
@@ -156,8 +163,7 @@ def fine_tune_to_amplify(model: ToyModel, cfg: AmplifyConfig, progress: bool = F
     else:
         optimiser = torch.optim.Adam([encoder], lr=cfg.lr)
     for _ in tqdm(range(cfg.steps), desc=f"amplifying feature {cfg.target}", disable=not progress):
-        pre_t = (inputs @ encoder.T) @ readout[:, cfg.target] + bias[cfg.target]
-        loss = -torch.relu(pre_t).mean()  # raise feature t's output
+        loss = amplify_loss(encoder, readout, bias, inputs, cfg.target)  # raise feature t's output
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
