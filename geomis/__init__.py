@@ -79,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "misaligned_flags": "geomis.judges.agreement:misaligned_flags",
     "load_own_labels": "geomis.judges.labels:load_own_labels",
     "question_set": "geomis.evaluation.questions:question_set",
+    "load_misalignment_probe": "geomis.evaluation.probe_items:load_misalignment_probe",
     "SamplingConfig": "geomis.evaluation.sampling:SamplingConfig",
     "sample_answers": "geomis.evaluation.sampling:sample_answers",
     "evaluate": "geomis.evaluation.run:evaluate_model",
