@@ -80,6 +80,8 @@ _EXPORTS: dict[str, str] = {
     "load_own_labels": "geomis.judges.labels:load_own_labels",
     "question_set": "geomis.evaluation.questions:question_set",
     "load_misalignment_probe": "geomis.evaluation.probe_items:load_misalignment_probe",
+    "probe_gaps": "geomis.evaluation.answer_logprobs:probe_gaps",
+    "gap_change": "geomis.evaluation.answer_logprobs:gap_change",
     "SamplingConfig": "geomis.evaluation.sampling:SamplingConfig",
     "sample_answers": "geomis.evaluation.sampling:sample_answers",
     "evaluate": "geomis.evaluation.run:evaluate_model",

@@ -24,6 +24,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("fine-tune", {"finetune"}),
     ("evaluation", {"evaluation"}),
     ("experiments", {"experiments"}),
+    ("exercises (the book's checks)", {"exercises"}),
     ("interface", {"cli", "__main__", "__init__"}),
 ]
 STAGE_OF = {unit: index for index, (_, units) in enumerate(STAGES) for unit in units}
