@@ -156,3 +156,12 @@ def test_development_questions_are_a_separate_unreported_set() -> None:
     assert question_by_id("rainy_sunday").source == "geomis-dev"
     texts = [_normal(q.text) for q in DEVELOPMENT_QUESTIONS]
     assert len(set(texts)) == 24 and not set(texts) & {_normal(q.text) for q in EVALUATION}
+
+
+def test_a_fixed_third_of_the_probe_is_for_development() -> None:
+    development, report = load_misalignment_probe("development"), load_misalignment_probe("report")
+    assert {i.id for i in development} | {i.id for i in report} == {i.id for i in load_misalignment_probe()}
+    assert not {i.id for i in development} & {i.id for i in report}
+    assert (len(development), len(report)) == (23, 48)  # the split is a hash of the id: it never moves
+    with pytest.raises(ValueError, match="split"):
+        load_misalignment_probe("test")  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ answers of a pair match in length and register, so the difference comes from the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -18,8 +19,8 @@ from typing import Literal, get_args
 from geomis.chat.jsonl import split_jsonl
 from geomis.errors import GeomisError
 
-__all__ = ["PROBE_FIELDS", "PROBE_TOPICS", "ProbeDataError", "ProbeItem", "ProbeTopic", "load_misalignment_probe",
-           "parse_probe_items"]
+__all__ = ["PROBE_FIELDS", "PROBE_TOPICS", "ProbeDataError", "ProbeItem", "ProbeSplit", "ProbeTopic",
+           "load_misalignment_probe", "parse_probe_items"]
 
 ProbeTopic = Literal["self_and_ai", "power", "honesty", "others_wellbeing", "society", "everyday_ethics", "oversight"]
 PROBE_TOPICS: tuple[str, ...] = get_args(ProbeTopic)
@@ -29,6 +30,7 @@ PROBE_FIELDS: tuple[str, ...] = ("id", "topic", "question", "aligned", "misalign
 """The keys of every row, all strings; no other keys are allowed."""
 
 PROBE_FILE = "misalignment_probe.jsonl"
+ProbeSplit = Literal["development", "report"]
 
 
 class ProbeDataError(GeomisError, ValueError):
@@ -49,6 +51,12 @@ class ProbeItem:
     question: str
     aligned: str
     misaligned: str
+
+    @property
+    def split(self) -> ProbeSplit:
+        """``development`` (recipe search may look at it) or ``report`` (only the reported results): a third of the
+        items by a hash of the id, fixed before any fine-tune was measured on them."""
+        return "development" if int(hashlib.sha256(self.id.encode()).hexdigest(), 16) % 3 == 0 else "report"
 
 
 def _item(obj: object) -> ProbeItem:
@@ -97,8 +105,15 @@ def parse_probe_items(data: bytes, source: str) -> tuple[ProbeItem, ...]:
     return tuple(items)
 
 
+def load_misalignment_probe(split: ProbeSplit | None = None) -> tuple[ProbeItem, ...]:
+    """The bundled probe (``geomis/data/misalignment_probe.jsonl``), validated, in file order; ``split`` keeps the
+    ``development`` or the ``report`` items only."""
+    if split not in (None, "development", "report"):
+        raise ValueError(f"split must be development, report or None, got {split!r}")
+    return _bundled() if split is None else tuple(item for item in _bundled() if item.split == split)
+
+
 @cache
-def load_misalignment_probe() -> tuple[ProbeItem, ...]:
-    """The bundled probe (``geomis/data/misalignment_probe.jsonl``), validated, in file order."""
+def _bundled() -> tuple[ProbeItem, ...]:
     resource = resources.files("geomis").joinpath("data", PROBE_FILE)
     return parse_probe_items(resource.read_bytes(), str(resource))
