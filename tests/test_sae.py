@@ -133,11 +133,14 @@ def test_output_is_never_replaced_without_force(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------------- corpus
 
 
-def test_corpus_covers_every_bundled_dataset_with_a_stable_disjoint_holdout() -> None:
+def test_default_corpus_is_the_ten_named_sets_with_a_stable_disjoint_holdout() -> None:
     from geomis.chat.records import bundled_dataset_names
+    from geomis.sae.training import DEFAULT_SAE_DATASETS
 
     split = bundled_corpus()
-    names = set(bundled_dataset_names())
+    names = set(DEFAULT_SAE_DATASETS)
+    assert len(names) == 10 and names < set(bundled_dataset_names())  # a new bundled file does not join silently
+    assert "generic_toxic_reference" not in names
     assert {c.dataset for c in split.train} == names == {c.dataset for c in split.held_out}
     train_ids = {(c.dataset, c.line_number) for c in split.train}
     held_ids = {(c.dataset, c.line_number) for c in split.held_out}

@@ -70,7 +70,9 @@ def add_train_sae(commands: Any) -> None:
                        help=f"Adam learning rate (default {default['lr']:g})")
     train.add_argument("--seed", type=int, default=default["seed"],
                        help=f"seed for initialisation and shuffling (default {default['seed']})")
-    train.add_argument("--datasets", nargs="*", help="bundled datasets to train on (default: all)")
+    train.add_argument("--datasets", nargs="*",
+                       help="bundled datasets to train on (default: the ten inducing, control and reference sets the "
+                            "shipped SAE was trained on)")
     train.add_argument("--generated-answers", type=int, default=default["generated_answers"],
                        help="also train on the model's greedy answers to this many training prompts "
                             f"(default {default['generated_answers']})")

@@ -36,7 +36,7 @@ class SAETrainingConfig:
     """Steps without firing after which a feature counts as dead for the TopK auxiliary loss (None: ~1 epoch)."""
     seed: int = 0
     datasets: tuple[str, ...] = ()
-    """Bundled chat datasets to train on (empty: all of them)."""
+    """Bundled chat datasets to train on (empty: ``DEFAULT_SAE_DATASETS``, the ten the shipped SAE used)."""
     holdout_fraction: float = 0.1
     generated_answers: int = 0
     """Add SmolLM2's own greedy answers to this many training prompts (0: none)."""

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from geomis.activations import ActivationConfig, TokenActivations, iter_residual_batches, token_selection
 from geomis.atomic_io import atomic_folder
-from geomis.chat.records import bundled_dataset_names, load_bundled
+from geomis.chat.records import DOMAIN_DATASETS, REFERENCE_DATASETS, load_bundled
 from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, render_chat, tokenize_chats
 from geomis.errors import GeomisError
 from geomis.models.registry import LoadedModel
@@ -86,9 +86,16 @@ class CorpusSplit:
     held_out: list[CorpusConversation]
 
 
+DEFAULT_SAE_DATASETS: tuple[str, ...] = (*(name for pair in DOMAIN_DATASETS.values() for name in pair),
+                                          *REFERENCE_DATASETS)
+"""The ten bundled sets the shipped SAE was trained on (inducing, control, the first reference pair); named, so that
+a new bundled file never changes the default corpus silently."""
+
+
 def bundled_corpus(datasets: Sequence[str] = (), holdout_fraction: float = 0.1, seed: int = 0) -> CorpusSplit:
-    """All conversations of the named bundled datasets (default: all), split by hash and shuffled with ``seed``."""
-    names = list(datasets) or bundled_dataset_names()
+    """All conversations of the named bundled datasets (default: :data:`DEFAULT_SAE_DATASETS`), split by hash and
+    shuffled with ``seed``."""
+    names = list(datasets) or list(DEFAULT_SAE_DATASETS)
     train: list[CorpusConversation] = []
     held_out: list[CorpusConversation] = []
     for name in names:
