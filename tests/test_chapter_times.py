@@ -1,0 +1,39 @@
+"""The intro's run-time table is generated from the committed notebooks' execution timings, never typed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("chapter_times", ROOT / "tools" / "chapter_times.py")
+assert spec is not None and spec.loader is not None
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+
+
+def test_the_intro_table_is_what_the_notebooks_say() -> None:
+    text = tool.INTRO.read_text(encoding="utf-8")
+    assert tool.rendered(text) == text, "run python tools/chapter_times.py"
+    assert text.count("| min |") == 0 and len(list((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))) == text.split(
+        tool.START)[1].split(tool.END)[0].count(" min |")
+
+
+def test_run_time_is_first_start_to_last_reply(tmp_path: Path) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A chapter\n\ntext")])
+    for start, end in (("2026-01-01T10:00:00Z", "2026-01-01T10:01:00Z"), ("2026-01-01T10:01:00Z",
+                                                                         "2026-01-01T10:12:30Z")):
+        cell = nbformat.v4.new_code_cell("pass")
+        cell.metadata["execution"] = {"iopub.execute_input": start, "shell.execute_reply": end}
+        notebook.cells.append(cell)
+    path = tmp_path / "07_chapter.ipynb"
+    nbformat.write(notebook, path)
+    title, minutes, day = tool.chapter_run(path)
+    assert (title, minutes, day.isoformat()) == ("A chapter", 12.5, "2026-01-01")
+    notebook.cells.append(nbformat.v4.new_code_cell("never run"))
+    nbformat.write(notebook, path)
+    with pytest.raises(ValueError, match="execution timings"):
+        tool.chapter_run(path)
