@@ -25,9 +25,10 @@ from typing import Any
 
 import pandas as pd
 
+from geomis.experiments.runs import MODEL, fine_tuned_model, measure, write_csv
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "book" / "results" / "03_recipe_search"
-MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -57,53 +58,12 @@ RECIPES: tuple[Recipe, ...] = (
 """The search grid, written before any of it ran; the search table keeps every row, whatever it shows."""
 
 
-def _write_csv(frame: pd.DataFrame, target: Path) -> None:
-    from geomis.atomic_io import atomic_path
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as temporary:
-        frame.to_csv(temporary, index=False)
-
-
-def _trained_with(adapters: Path, config: Any) -> bool:
-    """Whether ``adapters`` holds a finished fine-tune with exactly ``config`` (the progress bar aside)."""
-    import json
-
-    record = adapters / "geomis_finetune.json"
-    if not (adapters / "adapter_model.safetensors").is_file() or not record.is_file():
-        return False
-    saved = json.loads(record.read_text()).get("config", {})
-    wanted = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
-    return {k: v for k, v in saved.items() if k != "progress"} == {k: v for k, v in wanted.items() if k != "progress"}
-
-
 def _fine_tuned(recipe: Recipe, condition: str, cache: Path, overrides: dict[str, Any]) -> Any:
     """The recipe's fine-tuned model for ``inducing`` or ``control`` (trained once, then loaded from the cache)."""
     import geomis as gm
 
-    adapters = cache / recipe.name / condition
     config = gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **recipe.overrides, **overrides}, progress=True)
-    if not _trained_with(adapters, config):
-        rows = [row for name in getattr(recipe, condition) for row in gm.load_bundled(name)]
-        base = gm.load_model(MODEL)
-        gm.fine_tune(base, rows, adapters, config, overwrite=True)
-        del base
-    return gm.load_finetuned(MODEL, adapters, merge=True)
-
-
-def measure(model: Any, name: str, out: Path, questions: dict[str, str], samples: int, probe_items: Any) -> None:
-    """Write ``<name>.answers.csv`` (development answers) and ``<name>.probe.csv`` (development probe gaps)."""
-    import geomis as gm
-
-    answers_file, probe_file = out / f"{name}.answers.csv", out / f"{name}.probe.csv"
-    if not answers_file.is_file():
-        sampling = gm.SamplingConfig(n_samples=samples, temperature=0.7, top_p=0.9, max_new_tokens=80,
-                                     batch_size=64, seed=0, decoder="nucleus")
-        answers = gm.sample_answers(model, questions, sampling)
-        answers.insert(0, "model", name)
-        _write_csv(answers, answers_file)
-    if not probe_file.is_file():
-        _write_csv(gm.probe_gaps(model, probe_items, batch_size=8).assign(model=name), probe_file)
+    return fine_tuned_model(getattr(recipe, condition), config, cache / recipe.name / condition)
 
 
 def search_table(out: Path = RESULTS, labels: Path | None = None) -> pd.DataFrame:
@@ -186,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             measure(_fine_tuned(recipe, condition, cache, overrides), name, out, questions, args.samples,
                     probe_items)
     table = search_table(out, out / "labels.jsonl")
-    _write_csv(table, out / "search_table.csv")
+    write_csv(table, out / "search_table.csv")
     print(table.round(3).to_string(index=False))
     print(f"done in {time.perf_counter() - started:.0f} s; recipes: {', '.join(asdict(r)['name'] for r in RECIPES)}")
 
