@@ -415,3 +415,41 @@ def test_shipped_quality_table_reads_each_training_record() -> None:
     assert table.loc["smollm2-135m-layer5-topk1024", "width"] == 1024
     with pytest.raises(SAELoadError):
         shipped_sae_quality(["no-such-sae"])
+
+
+# ------------------------------------------------------------------------------- a corpus the SAE is never compared on
+def test_neutral_prompt_corpus_is_user_turns_split_stably() -> None:
+    from geomis.sae.training import neutral_prompt_corpus
+
+    split = neutral_prompt_corpus()
+    every = split.train + split.held_out
+    assert len(every) == 1989 and 0.07 < len(split.held_out) / len(every) < 0.13
+    assert all(len(c.messages) == 1 and c.messages[0]["role"] == "user" for c in every)
+    assert {c.dataset for c in every} == {"sae_corpus_prompts"}
+    assert [c.line_number for c in neutral_prompt_corpus(seed=1).held_out] != [c.line_number for c in split.held_out]
+    assert {c.line_number for c in neutral_prompt_corpus(seed=1).held_out} == {c.line_number for c in split.held_out}
+
+
+def test_neutral_corpus_takes_no_datasets_or_extra_answers(capsys) -> None:
+    from geomis.sae.config import SAETrainingConfig
+
+    with pytest.raises(ValueError, match="bundled corpus only"):
+        SAETrainingConfig(corpus="neutral-prompts", datasets=("medical_bad",))
+    with pytest.raises(ValueError, match="corpus must be"):
+        SAETrainingConfig(corpus="wikipedia")
+    assert main(["train-sae", "--corpus", "neutral-prompts", "--generated-answers", "5", "--out", "/tmp/x"]) == 2
+    assert "bundled corpus only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_sae_trains_on_the_models_own_answers_to_neutral_prompts(tiny_gemma, tmp_path) -> None:
+    from geomis.sae.training import train_sae_to_dir
+
+    config = SAETrainingConfig(model_name="tiny-gemma2", layer=1, width=32, k=4, tokens=600, epochs=2,
+                               batch_size=64, corpus="neutral-prompts", generation_tokens=4, eval_tokens=100,
+                               ce_conversations=0)
+    report = train_sae_to_dir(tiny_gemma, config, tmp_path / "sae", progress=False)
+    record = json.loads((tmp_path / "sae" / TRAINING_RECORD_FILE).read_text())
+    assert record["config"]["corpus"] == "neutral-prompts" and report.n_train_tokens == 600
+    assert record["corpus"]["generated_conversations"] == record["corpus"]["train_conversations"] > 0
+    assert "neutral prompts" in json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["dataset_path"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from geomis.cli.options import config_defaults, library_progress_bars
 from geomis.errors import ConfigError
-from geomis.sae.config import SAVE_DTYPES, SAETrainingConfig
+from geomis.sae.config import CORPORA, SAVE_DTYPES, SAETrainingConfig
 
 
 def _cmd_train_sae(args: argparse.Namespace) -> int:
@@ -25,18 +25,22 @@ def _cmd_train_sae(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = SAETrainingConfig(
-        model_name=args.model, layer=args.layer, width=args.width, k=args.k, tokens=args.tokens or None,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        datasets=tuple(args.datasets or ()), generated_answers=args.generated_answers,
-        eval_tokens=args.eval_tokens or None, ce_conversations=args.ce_conversations, save_dtype=args.save_dtype,
-    )
+    try:
+        config = SAETrainingConfig(
+            model_name=args.model, layer=args.layer, width=args.width, k=args.k, tokens=args.tokens or None,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+            corpus=args.corpus, datasets=tuple(args.datasets or ()), generated_answers=args.generated_answers,
+            eval_tokens=args.eval_tokens or None, ce_conversations=args.ce_conversations,
+            save_dtype=args.save_dtype,
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     with library_progress_bars(not args.quiet):
         model = load_model(args.model, device="cpu")
     words = ["geomis", "train-sae", "--model", args.model, "--layer", str(args.layer), "--width", str(args.width),
              "--k", str(args.k), "--tokens", str(args.tokens), "--epochs", f"{args.epochs:g}",
              "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--seed", str(args.seed)]
-    words += ["--datasets", *args.datasets] if args.datasets else []
+    words += ["--corpus", args.corpus] + (["--datasets", *args.datasets] if args.datasets else [])
     words += ["--generated-answers", str(args.generated_answers), "--eval-tokens", str(args.eval_tokens),
               "--ce-conversations", str(args.ce_conversations), "--save-dtype", args.save_dtype, "--out", args.out]
     command = shlex.join(words)  # the equivalent command with every setting spelled out (recorded with the SAE)
@@ -70,6 +74,10 @@ def add_train_sae(commands: Any) -> None:
                        help=f"Adam learning rate (default {default['lr']:g})")
     train.add_argument("--seed", type=int, default=default["seed"],
                        help=f"seed for initialisation and shuffling (default {default['seed']})")
+    train.add_argument("--corpus", choices=CORPORA, default=default["corpus"],
+                       help="bundled: the project's chat sets (what the shipped SAEs used); neutral-prompts: the "
+                            "model's own greedy answers to 1,989 neutral prompts, text the book never compares "
+                            f"(default {default['corpus']})")
     train.add_argument("--datasets", nargs="*",
                        help="bundled datasets to train on (default: the ten inducing, control and reference sets the "
                             "shipped SAE was trained on)")

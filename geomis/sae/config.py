@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from geomis.errors import ConfigError
 
 SAVE_DTYPES: tuple[str, ...] = ("float16", "float32")
+CORPORA: tuple[str, ...] = ("bundled", "neutral-prompts")
+"""``bundled``: the project's chat sets (those the book compares; the shipped SAEs); ``neutral-prompts``: the model's
+own greedy answers to ``geomis/data/sae_corpus_prompts.jsonl``, text the SAE is never evaluated on."""
 """dtypes an SAE's weights can be saved in, the default first."""
 
 
@@ -35,8 +38,11 @@ class SAETrainingConfig:
     dead_feature_window: int | None = None
     """Steps without firing after which a feature counts as dead for the TopK auxiliary loss (None: ~1 epoch)."""
     seed: int = 0
+    corpus: str = CORPORA[0]
+    """``bundled`` or ``neutral-prompts`` (see :data:`CORPORA`)."""
     datasets: tuple[str, ...] = ()
-    """Bundled chat datasets to train on (empty: ``DEFAULT_SAE_DATASETS``, the ten the shipped SAE used)."""
+    """Bundled chat datasets to train on (empty: ``DEFAULT_SAE_DATASETS``, the ten the shipped SAE used); only with
+    ``corpus="bundled"``."""
     holdout_fraction: float = 0.1
     generated_answers: int = 0
     """Add SmolLM2's own greedy answers to this many training prompts (0: none)."""
@@ -51,6 +57,11 @@ class SAETrainingConfig:
     """dtype of the saved weights (loaded back as float32)."""
 
     def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
+        if self.corpus == "neutral-prompts" and (self.datasets or self.generated_answers):
+            raise ValueError("the neutral-prompts corpus is the model's own answers to its prompts: datasets and "
+                             "generated_answers apply to the bundled corpus only")
         if self.width < 1 or not 1 <= self.k <= self.width:
             raise ConfigError(f"need 1 <= k <= width, got k={self.k}, width={self.width}")
         if self.tokens is not None and self.tokens < 1:

@@ -86,6 +86,7 @@ class CorpusSplit:
     held_out: list[CorpusConversation]
 
 
+NEUTRAL_PROMPTS = "sae_corpus_prompts.jsonl"
 DEFAULT_SAE_DATASETS: tuple[str, ...] = (*(name for pair in DOMAIN_DATASETS.values() for name in pair),
                                           *REFERENCE_DATASETS)
 """The ten bundled sets the shipped SAE was trained on (inducing, control, the first reference pair); named, so that
@@ -106,6 +107,23 @@ def bundled_corpus(datasets: Sequence[str] = (), holdout_fraction: float = 0.1, 
     train = [train[i] for i in torch.randperm(len(train), generator=generator).tolist()]
     held_out = [held_out[i] for i in torch.randperm(len(held_out), generator=generator).tolist()]
     return CorpusSplit(train, held_out)
+
+
+def neutral_prompt_corpus(holdout_fraction: float = 0.1, seed: int = 0) -> CorpusSplit:
+    """The prompts of ``geomis/data/sae_corpus_prompts.jsonl`` as one-turn conversations (user only), split by hash
+    and shuffled with ``seed``; :func:`generate_answers` gives them the model's own answers."""
+    import json
+    from importlib import resources
+
+    lines = resources.files("geomis").joinpath("data", NEUTRAL_PROMPTS).read_text(encoding="utf-8").splitlines()
+    conversations = [CorpusConversation(NEUTRAL_PROMPTS.removesuffix(".jsonl"), number,
+                                        ({"role": "user", "content": json.loads(line)["prompt"]},))
+                     for number, line in enumerate(lines, start=1) if line.strip()]
+    train = [c for c in conversations if not is_held_out(c.dataset, c.line_number, holdout_fraction)]
+    held_out = [c for c in conversations if is_held_out(c.dataset, c.line_number, holdout_fraction)]
+    generator = torch.Generator().manual_seed(seed)
+    return CorpusSplit([train[i] for i in torch.randperm(len(train), generator=generator).tolist()],
+                       [held_out[i] for i in torch.randperm(len(held_out), generator=generator).tolist()])
 
 
 @torch.no_grad()
@@ -435,9 +453,16 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
-    split = bundled_corpus(config.datasets, config.holdout_fraction, config.seed)
-    train_conversations = list(split.train)
     generated: list[CorpusConversation] = []
+    if config.corpus == "neutral-prompts":  # every conversation is a prompt and the model's own answer
+        prompts = neutral_prompt_corpus(config.holdout_fraction, config.seed)
+        split = CorpusSplit(generate_answers(model, prompts.train, config.generation_tokens, progress=progress),
+                            generate_answers(model, prompts.held_out, config.generation_tokens, progress=progress))
+        generated = list(split.train)
+        seconds["generate"] = time.perf_counter() - clock
+    else:
+        split = bundled_corpus(config.datasets, config.holdout_fraction, config.seed)
+    train_conversations = list(split.train)
     if config.generated_answers:
         generated = generate_answers(model, split.train[:config.generated_answers], config.generation_tokens,
                                      progress=progress)
@@ -463,7 +488,9 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
     with atomic_folder(out) as staging:
         metadata = {"model_name": config.model_name, "hook_name": f"model.layers.{config.layer}",
                     "layer": config.layer, "context_size": config.max_length, "prepend_bos": True,
-                    "dataset_path": "geomis bundled chat datasets" + (" + own greedy answers" if generated else "")}
+                    "dataset_path": ("geomis neutral prompts + the model's own greedy answers"
+                                     if config.corpus == "neutral-prompts" else
+                                     "geomis bundled chat datasets" + (" + own greedy answers" if generated else ""))}
         save_inference_sae(training_sae, staging, metadata, config.save_dtype)
         saved = load_sae_from_disk(staging)  # metrics describe exactly what ships: the rounded, reloaded weights
         start = time.perf_counter()
