@@ -60,3 +60,14 @@ def test_ci_size_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "fine-tune and measure" not in capsys.readouterr().out  # nothing redone
     with pytest.raises(SystemExit):
         recipe_search.main(["--size", "ci"])  # never writes a CI-size run into book/results
+
+
+def test_choose_takes_the_largest_objective_then_the_larger_gap() -> None:
+    from geomis.experiments.recipe_search import choose
+
+    names = [recipe.name for recipe in RECIPES]
+    table = pd.DataFrame({"recipe": names, "objective": [0.01] * len(names), "gap_vs_control": [0.0] * len(names)})
+    table.loc[2, "objective"], table.loc[4, "objective"], table.loc[4, "gap_vs_control"] = 0.05, 0.05, 0.1
+    assert choose(table) == names[4]
+    with pytest.raises(ValueError, match="every recipe"):
+        choose(table.iloc[:-1])

@@ -105,6 +105,16 @@ def search_table(out: Path = RESULTS, labels: Path | None = None) -> pd.DataFram
     return table
 
 
+def choose(table: pd.DataFrame) -> str:
+    """The search's pick, by the rule fixed with the grid: the largest objective (inducing minus the larger of control
+    and base, misaligned share by reading); ties go to the larger probe-gap change against the control."""
+    measured = "objective" in table.columns and not bool(table["objective"].isna().to_numpy().any())
+    if not measured or len(table) < len(RECIPES):
+        raise ValueError("choose needs every recipe measured and labelled")
+    ranked = table.sort_values(["objective", "gap_vs_control"], ascending=False, kind="stable")
+    return str(ranked["recipe"].iloc[0])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Fine-tune and measure every recipe not measured yet, then print the search table."""
     import torch
