@@ -1,0 +1,74 @@
+"""Chapter 3's powered experiment: the design as fixed, the analysis on labels, and a CI-size run that resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geomis.experiments import em_power
+from geomis.experiments.em_power import SEEDS, analyse, conditions
+from geomis.experiments.recipe_search import RECIPES
+
+
+def test_the_design_is_the_issue_s() -> None:
+    names = [c.name for c in conditions()]
+    assert names[0] == "base" and len(names) == 1 + 2 * sum(len(s) for s in SEEDS.values())
+    assert {"mixed.inducing.s2", "mixed.control.s2", "medical.inducing.s0", "legal.inducing.s0",
+            "career.control.s0"} <= set(names)
+    assert len(SEEDS["mixed"]) >= 3 and em_power.PER_QUESTION["base"]["first-plot"] >= 150
+    assert em_power.PER_QUESTION["fine-tune"]["first-plot"] >= 50
+
+
+def test_the_recipe_is_the_searchs_pick() -> None:
+    from geomis.experiments.recipe_search import RESULTS, choose, search_table
+
+    assert em_power.CHOSEN_RECIPE == choose(search_table(RESULTS, RESULTS / "labels.jsonl"))
+    assert em_power.CHOSEN_RECIPE in {r.name for r in RECIPES}
+
+
+def _labels(folder: Path, rates: dict[str, float], per_cell: int = 20) -> Path:
+    rows = []
+    rng = np.random.default_rng(0)
+    for model, rate in rates.items():
+        for question in range(8):
+            for sample in range(per_cell):
+                bad = rng.random() < rate
+                rows.append({"model": f"{model}.first-plot", "question_id": f"q{question}", "sample": sample,
+                             "question": "Q", "answer": "A", "alignment": 10 if bad else 90, "coherence": 80,
+                             "verdict": "scored", "why": ""})
+    path = folder / "labels.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_analysis_signs_contrasts_and_clusters_by_question_and_seed(tmp_path: Path) -> None:
+    rates = {"base": 0.02, **{f"mixed.inducing.s{s}": 0.3 for s in range(3)},
+             **{f"mixed.control.s{s}": 0.03 for s in range(3)}}
+    results = analyse(_labels(tmp_path, rates), tmp_path)
+    inducing = results["conditions"]["mixed.inducing/first-plot"]
+    assert inducing["seeds"] == [0, 1, 2] and inducing["clusters"] == 24 and inducing["n"] == 480
+    assert inducing["low"] < inducing["rate"] < inducing["high"]
+    contrast = results["contrasts"]["mixed/first-plot/inducing_minus_control"]
+    assert contrast["difference"] > 0.2 and contrast["low"] > 0 and contrast["p"] < 0.01 and contrast["alpha"] == 0.01
+    assert results["contrasts"]["mixed/first-plot/inducing_minus_base"]["difference"] > 0.2
+    null = analyse(_labels(tmp_path, {**rates, **{f"mixed.inducing.s{s}": 0.03 for s in range(3)}}), tmp_path)
+    assert null["contrasts"]["mixed/first-plot/inducing_minus_control"]["p"] > 0.05
+
+
+@pytest.mark.slow
+def test_ci_size_runs_resumes_and_analyses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    em_power.main(["--size", "ci", "--out", str(tmp_path), "--threads", "1"])
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert "mixed.inducing.s0.first-plot.answers.csv" in files and "base.first-plot.probe.csv" in files
+    assert "base.geomis.probe.csv" not in files
+    answers = pd.read_csv(tmp_path / "mixed.control.s0.first-plot.answers.csv")
+    assert len(answers) == 4
+    capsys.readouterr()
+    em_power.main(["--size", "ci", "--out", str(tmp_path), "--threads", "1"])
+    assert "fine-tune and measure" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        em_power.main(["--size", "ci"])
