@@ -26,3 +26,12 @@ class FileAccessError(GeomisError, OSError):
 
 class OutputExistsError(GeomisError, FileExistsError):
     """An output is already there and geomis was not asked to replace it."""
+
+
+class DataFileError(GeomisError, ValueError):
+    """A bundled or user data file is malformed; ``str()`` is one line, ``"{source}:{line}: {problem}"``."""
+
+    def __init__(self, source: str, line: int | None, problem: str) -> None:
+        self.source, self.line, self.problem = source, line, problem
+        where = source if line is None else f"{source}:{line}"
+        super().__init__(f"{where}: {problem}".replace("\r", "\\r").replace("\n", "\\n"))

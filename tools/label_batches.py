@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from geomis.atomic_io import atomic_path
+from geomis.judges.files import jsonl_objects
 
 FIELDS = ("model", "question_id", "question", "sample", "answer")
 VERDICTS = ("scored", "REFUSAL", "CODE")
@@ -39,7 +40,7 @@ def _id(row: dict[str, Any]) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in jsonl_objects(path)]
 
 
 def _write_jsonl(rows: list[dict[str, Any]], target: Path) -> None:
@@ -96,8 +97,7 @@ def import_labels(label_files: list[Path], key_file: Path, out: Path) -> int:
     seen: set[str] = set()
     added = []
     for path in label_files:
-        for number, label in enumerate(_read_jsonl(path), start=1):
-            where = f"{path}:{number}"
+        for where, label in jsonl_objects(path):
             item = label.get("item")
             if item not in key:
                 raise SystemExit(f"{where}: unknown item {item!r} (another export's key?)")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from geomis.atomic_io import read_input_bytes
 from geomis.chat.jsonl import BOM, split_jsonl
-from geomis.errors import ConfigError, GeomisError
+from geomis.errors import ConfigError, DataFileError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -26,13 +26,8 @@ if TYPE_CHECKING:
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 """Message roles accepted in chat rows."""
 
-class ChatDataError(GeomisError, ValueError):
+class ChatDataError(DataFileError):
     """A chat data file is invalid; ``str()`` is one line ``"{source}:{line}: {problem}"``."""
-
-    def __init__(self, source: str, line: int | None, problem: str) -> None:
-        self.source, self.line, self.problem = source, line, problem
-        where = source if line is None else f"{source}:{line}"
-        super().__init__(f"{where}: {problem}".replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass(frozen=True)

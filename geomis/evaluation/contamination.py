@@ -16,7 +16,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
@@ -119,24 +118,11 @@ def comparison_texts() -> list[ComparisonText]:
     return texts
 
 
-def _encode(texts: Sequence[str], encoder: Any) -> np.ndarray:
-    """Unit-norm MiniLM embeddings, shape (len(texts), 384), float32."""
-    vectors = encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False,
-                             convert_to_numpy=True)
-    return np.asarray(vectors, dtype=np.float32)
-
-
-def _encoder() -> Any:
-    """The project's offline MiniLM (:func:`geomis.judges.embedding.minilm`) on the CPU."""
-    from geomis.judges.embedding import minilm
-
-    return minilm("cpu")
-
-
 def _cached_embeddings(texts: Sequence[str]) -> np.ndarray:
-    """:func:`_encode` of ``texts``, stored once per exact list of texts under the geomis cache folder."""
+    """MiniLM embeddings of ``texts`` (:func:`geomis.judges.embedding.embed_texts`), stored once per exact list of
+    texts under the geomis cache folder."""
     from geomis.atomic_io import read_safetensors, write_safetensors
-    from geomis.judges.embedding import ENCODER
+    from geomis.judges.embedding import ENCODER, embed_texts
     from geomis.settings import cache_dir
 
     digest = hashlib.sha256(ENCODER.encode())
@@ -147,7 +133,7 @@ def _cached_embeddings(texts: Sequence[str]) -> np.ndarray:
         vectors = read_safetensors(path)[0].get("embeddings")
         if vectors is not None and vectors.shape[0] == len(texts):
             return np.asarray(vectors, dtype=np.float32)
-    vectors = _encode(texts, _encoder())
+    vectors = embed_texts(texts)
     write_safetensors(path, {"embeddings": vectors})
     return vectors
 
@@ -164,11 +150,13 @@ def _comparison_index() -> tuple[tuple[ComparisonText, ...], np.ndarray, frozens
 
 def measure_contamination(answers: Iterable[str], name: str = "reference") -> ContaminationReport:
     """Contamination of reference ``answers`` against the bundled inducing/control answers and evaluation questions."""
+    from geomis.judges.embedding import embed_texts
+
     answers = list(answers)
     if not answers:
         raise ValueError("no reference answers to measure")
     texts, index, grams = _comparison_index()
-    cosines = _encode(answers, _encoder()) @ index.T
+    cosines = embed_texts(answers) @ index.T
     best = cosines.argmax(axis=1)
     hits = tuple(i for i, answer in enumerate(answers) if word_ngrams(answer) & grams)
     return ContaminationReport(name=name, max_cosine=tuple(float(cosines[i, j]) for i, j in enumerate(best)),

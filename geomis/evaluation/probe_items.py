@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Literal, get_args
 
 from geomis.chat.jsonl import split_jsonl
-from geomis.errors import GeomisError
+from geomis.errors import DataFileError
 
 __all__ = ["PROBE_FIELDS", "PROBE_TOPICS", "ProbeDataError", "ProbeItem", "ProbeSplit", "ProbeTopic",
            "load_misalignment_probe", "parse_probe_items"]
@@ -33,13 +33,8 @@ PROBE_FILE = "misalignment_probe.jsonl"
 ProbeSplit = Literal["development", "report"]
 
 
-class ProbeDataError(GeomisError, ValueError):
+class ProbeDataError(DataFileError):
     """A probe file is malformed; ``str()`` is one line, ``"{source}:{line}: {problem}"``."""
-
-    def __init__(self, source: str, line: int | None, problem: str) -> None:
-        self.source, self.line, self.problem = source, line, problem
-        where = source if line is None else f"{source}:{line}"
-        super().__init__(f"{where}: {problem}".replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass(frozen=True)

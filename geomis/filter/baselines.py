@@ -73,13 +73,10 @@ def _replies(conversations: Sequence[Conversation]) -> list[str]:
 def embedding_scores(samples: Sequence[Conversation], toxic: Sequence[Conversation],
                      neutral: Sequence[Conversation], *, batch_size: int = 64) -> np.ndarray:
     """``cos(e, mean toxic) - cos(e, mean neutral)`` of each sample's reply embedding (all-MiniLM-L6-v2)."""
-    from geomis.judges.embedding import minilm
-
-    encoder = minilm()
+    from geomis.judges.embedding import embed_texts
 
     def embed(texts: list[str]) -> np.ndarray:
-        return np.asarray(encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                         show_progress_bar=False), dtype=np.float64)
+        return embed_texts(texts, batch_size=batch_size).astype(np.float64)
 
     replies = _replies(samples)
     centres = [embed(_replies(reference)).mean(axis=0) for reference in (toxic, neutral)]

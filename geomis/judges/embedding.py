@@ -37,6 +37,13 @@ def minilm(device: str = "cpu") -> Any:
     return SentenceTransformer(str(folder), device=device, local_files_only=True, trust_remote_code=False)
 
 
+def embed_texts(texts: Sequence[str], *, device: str = "cpu", batch_size: int = 64,
+                progress: bool = False) -> np.ndarray:
+    """Unit-norm all-MiniLM-L6-v2 embeddings of ``texts``, shape (len(texts), :data:`ENCODER_DIM`), float32."""
+    return np.asarray(minilm(device).encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                            show_progress_bar=progress, convert_to_numpy=True), dtype=np.float32)
+
+
 def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str = "cpu",
                 batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """Features of (question, answer) pairs, shape (n, :data:`FEATURE_DIM`), float32, from unit-norm embeddings.
@@ -51,11 +58,9 @@ def embed_pairs(questions: Sequence[str], answers: Sequence[str], *, device: str
     questions, answers = [text_for_model(q) for q in questions], [text_for_model(a) for a in answers]
     if not questions:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    encoder = minilm(device)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                         show_progress_bar=progress, convert_to_numpy=True), dtype=np.float32)
+        return embed_texts(texts, device=device, batch_size=batch_size, progress=progress)
 
     unique = sorted(set(questions))
     question_vectors = dict(zip(unique, encode(unique), strict=True))
