@@ -72,3 +72,29 @@ def test_ci_size_runs_resumes_and_analyses(tmp_path: Path, capsys: pytest.Captur
     assert "fine-tune and measure" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         em_power.main(["--size", "ci"])
+
+
+def _probe(folder: Path, model: str, shift: float, noise: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gaps = np.linspace(-2, 1, 30) + shift + rng.normal(0, noise, 30)
+    pd.DataFrame({"id": [f"i{k}" for k in range(30)], "gap": gaps}).to_csv(
+        folder / f"{model}.first-plot.probe.csv", index=False)
+
+
+def test_probe_contrast_pools_seeds_per_item_and_keeps_each_seed(tmp_path: Path) -> None:
+    rates = {"base": 0.02, **{f"mixed.{r}.s{s}": 0.05 for s in range(3) for r in ("inducing", "control")}}
+    labels = _labels(tmp_path, rates)
+    _probe(tmp_path, "base", 0.0, 0.0, 0)
+    for s in range(3):
+        _probe(tmp_path, f"mixed.inducing.s{s}", 0.3 * (s + 1), 0.1, 10 + s)
+        _probe(tmp_path, f"mixed.control.s{s}", 0.0, 0.1, 20 + s)
+    probe = analyse(labels, tmp_path)["contrasts"]["mixed/probe/inducing_minus_base"]
+    assert probe["seeds"] == 3 and probe["items"] == 30 and len(probe["per_seed"]) == 3
+    assert [round(s["estimate"], 1) for s in probe["per_seed"]] == pytest.approx([0.3, 0.6, 0.9], abs=0.1)
+    assert probe["difference"] == pytest.approx(np.mean([s["estimate"] for s in probe["per_seed"]]))
+    assert probe["low"] < probe["difference"] < probe["high"] and probe["p"] < 0.001
+    _probe(tmp_path, "mixed.inducing.s0", -0.5, 0.1, 30)
+    _probe(tmp_path, "mixed.inducing.s1", -0.5, 0.1, 31)
+    _probe(tmp_path, "mixed.inducing.s2", -0.5, 0.1, 32)
+    against_control = analyse(labels, tmp_path)["contrasts"]["mixed/probe/inducing_minus_control"]
+    assert against_control["difference"] < 0 and against_control["p"] > 0.5

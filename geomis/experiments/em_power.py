@@ -157,8 +157,6 @@ def _contrast(a: pd.DataFrame, b: pd.DataFrame, alpha: float | None) -> dict[str
 
 def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     """The results file's content from the labels (and the probe files): rates per condition, contrasts."""
-    from geomis.evaluation.answer_logprobs import gap_change
-
     flags = _flags(pd.read_json(labels_file, lines=True))
     results: dict[str, Any] = {"design": (__doc__ or "").split("**Design")[1].split("Answers and probe")[0].strip(),
                                "recipe": CHOSEN_RECIPE, "primary_metric": "misaligned rate among all answers to "
@@ -179,15 +177,35 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     probes = {p.name.split(".first-plot")[0]: pd.read_csv(p) for p in sorted(probe_folder.glob("*.probe.csv"))}
     for domain, seeds in SEEDS.items():
         for reference in ("base", "control"):
-            changes = [gap_change(probes[f"{domain}.inducing.s{s}"],
-                                  probes["base" if reference == "base" else f"{domain}.control.s{s}"])
-                       for s in seeds if f"{domain}.inducing.s{s}" in probes and "base" in probes
-                       and (reference == "base" or f"{domain}.control.s{s}" in probes)]
-            if changes:
-                results["contrasts"][f"{domain}/probe/inducing_minus_{reference}"] = {
-                    "difference": float(np.mean([c.estimate for c in changes])),
-                    "per_seed": [{"estimate": c.estimate, "low": c.low, "high": c.high} for c in changes],
-                    "items": changes[0].n_items, "method": "probe gap change, paired over report items, per seed"}
+            pairs = [(probes[f"{domain}.inducing.s{s}"], probes["base" if reference == "base" else
+                                                                  f"{domain}.control.s{s}"])
+                     for s in seeds if f"{domain}.inducing.s{s}" in probes and "base" in probes
+                     and (reference == "base" or f"{domain}.control.s{s}" in probes)]
+            if pairs:
+                results["contrasts"][f"{domain}/probe/inducing_minus_{reference}"] = _probe_contrast(pairs)
+    return results
+
+
+def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
+    """Probe gap change of the inducing model over its reference: per seed, and pooled (seed means per item)."""
+    from scipy.stats import wilcoxon
+
+    from geomis.evaluation.answer_logprobs import gap_change
+
+    per_seed = [gap_change(inducing, reference, n_resamples=N_RESAMPLES) for inducing, reference in pairs]
+    pooled_gaps = [pd.concat([frame[["id", "gap"]] for frame in side]).groupby("id", as_index=False)["gap"].mean()
+                   for side in zip(*pairs, strict=True)]
+    pooled = gap_change(pooled_gaps[0], pooled_gaps[1], n_resamples=N_RESAMPLES)
+    merged = pooled_gaps[0].merge(pooled_gaps[1], on="id", suffixes=("", "_reference"), validate="one_to_one")
+    changes = (merged["gap"] - merged["gap_reference"]).to_numpy(float)
+    return {"difference": pooled.estimate, "low": pooled.low, "high": pooled.high,
+            "p": float(wilcoxon(changes, alternative="greater").pvalue), "alpha": None, "items": pooled.n_items,
+            "seeds": len(pairs), "per_seed": [{"estimate": c.estimate, "low": c.low, "high": c.high}
+                                              for c in per_seed],
+            "method": "probe gap change (nats), item gaps averaged over seeds, paired over report items: "
+                      "percentile bootstrap over items; one-sided Wilcoxon signed-rank p"}
+
+
     return results
 
 
