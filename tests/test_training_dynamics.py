@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
+from geomis.evaluation.answer_logprobs import probe_gaps
 from geomis.evaluation.dynamics import (
     DynamicsProbe,
     answer_chats,
@@ -18,6 +19,7 @@ from geomis.evaluation.dynamics import (
     projection_shift,
     random_features,
 )
+from geomis.evaluation.probe_items import load_misalignment_probe
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.finetune import FinetuneConfig, fine_tune
 
@@ -85,7 +87,8 @@ def test_probe_records_the_base_and_the_chosen_steps_and_restores_the_model(tiny
                                                    "random": _directions(d_model, 4, 4)},
                           steps=[2, 6], layer=LAYER,
                           sampling=SamplingConfig(n_samples=2, max_new_tokens=4, progress=False),
-                          questions={"q": "Hi!"}, sample_steps=[0, 6])
+                          questions={"q": "Hi!"}, sample_steps=[0, 6],
+                          probe_items=load_misalignment_probe("development")[:4])
     base = project_chats(tiny_gemma, chats, probe.directions["toxic"], layer=LAYER)
     probe.record(0, tiny_gemma)
     result = fine_tune(tiny_gemma, chats, tmp_path / "adapter", FAST, on_step=probe)
@@ -107,6 +110,12 @@ def test_probe_records_the_base_and_the_chosen_steps_and_restores_the_model(tiny
 
     answers = probe.sampled_answers()
     assert answers["step"].tolist() == [0, 0, 6, 6]  # only at sample_steps
+    assert sorted(probe.gaps) == [0, 2, 6] and len(probe.gaps[6]) == 4
+    pd.testing.assert_frame_equal(probe.gaps[0], probe_gaps(tiny_gemma, probe.probe_items or []), atol=1e-5)
+    changes = probe.gap_changes()
+    assert changes["step"].tolist() == [0, 2, 6] and changes["gap_change"].iloc[0] == 0
+    moved = (probe.gaps[6]["gap"] - probe.gaps[0]["gap"]).mean()
+    assert moved != 0 and changes["gap_change"].iloc[-1] == pytest.approx(moved)
     assert tiny_gemma.hf_model.training is False
 
 
@@ -119,3 +128,5 @@ def test_probe_checks_its_inputs(chats) -> None:
     probe = DynamicsProbe(chats=chats, directions=directions, steps=[1], layer=0)
     with pytest.raises(ValueError, match="nothing recorded"):
         probe.frame()
+    with pytest.raises(ValueError, match="give probe_items"):
+        probe.gap_changes()

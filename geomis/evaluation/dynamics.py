@@ -9,7 +9,8 @@ checkpoint reads exactly the same tokens) and one or more named sets of unit dir
 decoder rows, and a random set of the same size as a baseline). Called as ``fine_tune(..., on_step=probe)`` it reads
 the residual stream at the SAE's layer on the assistant tokens at the chosen optimizer steps, projects every token onto
 every direction, and averages per answer. Optionally it also samples fresh answers at each of those steps, so that the
-drift can be set against the misalignment rate of the checkpoint. Step 0 is the base model
+drift can be set against the misalignment rate of the checkpoint, and it can score the misalignment probe's items
+(``probe_items``), the judge-free measure, at every recorded step. Step 0 is the base model
 (``probe.record(0, model)`` before training; LoRA starts as an exact no-op).
 
 Everything is vectorised: one matrix product per batch of tokens and one ``index_add_`` per answer set.
@@ -27,6 +28,8 @@ import torch
 
 from geomis.activations import ActivationConfig, collect_residuals
 from geomis.chat.tokens import Conversation
+from geomis.evaluation.answer_logprobs import gap_change, probe_gaps
+from geomis.evaluation.probe_items import ProbeItem
 from geomis.evaluation.sampling import SamplingConfig, sample_answers
 from geomis.models.registry import LoadedModel
 from geomis.stats import require_columns
@@ -113,12 +116,16 @@ class DynamicsProbe:
     questions: Mapping[Hashable, str] | None = None
     sample_steps: Sequence[int] | None = None
     """Steps at which to sample answers too (None: every recorded step)."""
+    probe_items: Sequence[ProbeItem] | None = None
+    """Misalignment-probe items to score at every recorded step (the judge-free measure), or None."""
     projections: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     """step → direction-set name → (n_chats, k) mean projections."""
     losses: dict[int, float] = field(default_factory=dict)
     """step → training loss of that step (NaN for step 0)."""
     answers: list[pd.DataFrame] = field(default_factory=list)
     """Answers sampled at each recorded step (a ``step`` column is added)."""
+    gaps: dict[int, pd.DataFrame] = field(default_factory=dict)
+    """step → :func:`~geomis.evaluation.answer_logprobs.probe_gaps` table of ``probe_items`` at that step."""
 
     def __post_init__(self) -> None:
         if not self.chats:
@@ -142,6 +149,8 @@ class DynamicsProbe:
         sizes = [len(self.directions[name]) for name in names]
         self.projections[step] = dict(zip(names, torch.split(means, sizes, dim=1), strict=True))
         self.losses[step] = float(loss)
+        if self.probe_items is not None:
+            self.gaps[step] = probe_gaps(model, self.probe_items, batch_size=self.batch_size)
         wanted = self.sample_steps is None or step in set(self.sample_steps)
         if self.sampling is not None and self.questions is not None and wanted:
             frame = sample_answers(model, self.questions, self.sampling)
@@ -153,6 +162,20 @@ class DynamicsProbe:
         if not self.answers:
             return pd.DataFrame(columns=["step"])
         return pd.concat(self.answers, ignore_index=True)
+
+    def gap_changes(self, reference_step: int | None = None) -> pd.DataFrame:
+        """Per recorded step: the probe gap's mean change since ``reference_step`` (default: the first), with its
+        interval over items (:func:`~geomis.evaluation.answer_logprobs.gap_change`)."""
+        if not self.gaps:
+            raise ValueError("no probe gaps recorded: give probe_items")
+        steps = sorted(self.gaps)
+        reference = self.gaps[steps[0] if reference_step is None else reference_step]
+        rows = []
+        for step in steps:
+            change = gap_change(self.gaps[step], reference)
+            rows.append({"step": step, "loss": self.losses[step], "gap_change": change.estimate,
+                         "low": change.low, "high": change.high, "items": change.n_items})
+        return pd.DataFrame(rows)
 
     def frame(self, reference_step: int | None = None) -> pd.DataFrame:
         """Tidy table: one row per (step, direction set, chat) with its mean projection and its shift since the start.

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from geomis.experiments.runs import MODEL, fine_tuned_model, measure
@@ -204,9 +203,6 @@ def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str,
                                               for c in per_seed],
             "method": "probe gap change (nats), item gaps averaged over seeds, paired over report items: "
                       "percentile bootstrap over items; one-sided Wilcoxon signed-rank p"}
-
-
-    return results
 
 
 def main(argv: list[str] | None = None) -> None:
