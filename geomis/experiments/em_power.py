@@ -185,6 +185,12 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     return results
 
 
+def _seed_mean(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One gap table whose ``gap`` is each item's mean over the seeds' tables."""
+    stacked = pd.concat([frame[["id", "gap"]] for frame in frames], ignore_index=True)
+    return pd.DataFrame(stacked.groupby("id", as_index=False).agg(gap=("gap", "mean")))
+
+
 def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
     """Probe gap change of the inducing model over its reference: per seed, and pooled (seed means per item)."""
     from scipy.stats import wilcoxon
@@ -192,13 +198,13 @@ def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str,
     from geomis.evaluation.answer_logprobs import gap_change
 
     per_seed = [gap_change(inducing, reference, n_resamples=N_RESAMPLES) for inducing, reference in pairs]
-    pooled_gaps = [pd.concat([frame[["id", "gap"]] for frame in side]).groupby("id", as_index=False)["gap"].mean()
-                   for side in zip(*pairs, strict=True)]
+    pooled_gaps = [_seed_mean(list(side)) for side in zip(*pairs, strict=True)]
     pooled = gap_change(pooled_gaps[0], pooled_gaps[1], n_resamples=N_RESAMPLES)
     merged = pooled_gaps[0].merge(pooled_gaps[1], on="id", suffixes=("", "_reference"), validate="one_to_one")
     changes = (merged["gap"] - merged["gap_reference"]).to_numpy(float)
+    test: Any = wilcoxon(changes, alternative="greater")
     return {"difference": pooled.estimate, "low": pooled.low, "high": pooled.high,
-            "p": float(wilcoxon(changes, alternative="greater").pvalue), "alpha": None, "items": pooled.n_items,
+            "p": float(test.pvalue), "alpha": None, "items": pooled.n_items,
             "seeds": len(pairs), "per_seed": [{"estimate": c.estimate, "low": c.low, "high": c.high}
                                               for c in per_seed],
             "method": "probe gap change (nats), item gaps averaged over seeds, paired over report items: "
