@@ -98,3 +98,40 @@ def test_probe_contrast_pools_seeds_per_item_and_keeps_each_seed(tmp_path: Path)
     _probe(tmp_path, "mixed.inducing.s2", -0.5, 0.1, 32)
     against_control = analyse(labels, tmp_path)["contrasts"]["mixed/probe/inducing_minus_control"]
     assert against_control["difference"] < 0 and against_control["p"] > 0.5
+
+
+def test_judge_check_compares_the_frozen_judge_with_reading(tmp_path: Path) -> None:
+    from geomis.judges.trained import SHIPPED_JUDGE
+
+    rates = {"base": 0.0, "mixed.inducing.s0": 0.5, "mixed.control.s0": 0.0}
+    labels = pd.read_json(_labels(tmp_path, rates), lines=True)
+    labels["answer"] = [f"answer {i}" for i in range(len(labels))]
+    labels["question"] = "question " + labels["question_id"]  # the agreement's intervals cluster by question
+    labels.to_json(tmp_path / "labels.jsonl", orient="records", lines=True)
+    assert analyse(tmp_path / "labels.jsonl", tmp_path)["judge_check"] is None  # --judge has not run
+    for model, part in labels.groupby("model"):
+        # a judge that flags every inducing answer and nothing else
+        flagged = str(model).startswith("mixed.inducing")
+        pd.DataFrame({"question_id": part["question_id"], "sample": part["sample"],
+                      "alignment": 5 if flagged else 95, "coherence": 90}).to_csv(
+            tmp_path / f"{model}.judge.csv", index=False)
+    check = analyse(tmp_path / "labels.jsonl", tmp_path)["judge_check"]
+    assert check["n"] == len(labels) and len(check["weights_sha256"]) == 64
+    assert check["weights_sha256"] == __import__("hashlib").sha256(SHIPPED_JUDGE.read_bytes()).hexdigest()
+    inducing = check["rates"]["mixed.inducing/first-plot"]
+    assert inducing["judge"] == 1.0 and 0.3 < inducing["reading"] < 0.7
+    assert check["rates"]["base/first-plot"]["judge"] == 0.0
+    assert check["recall"] == 1.0 and check["precision"] == pytest.approx(inducing["reading"])
+    assert 0 < check["kappa"] < 1
+
+
+def test_judge_answers_scores_each_answer_file_once(tmp_path: Path) -> None:
+    pd.DataFrame({"model": "base.first-plot", "question_id": ["q0", "q1"], "question": ["Hi", "How are you?"],
+                  "sample": [0, 0], "answer": ["Hello! How can I help?", "Fine, thanks."]}).to_csv(
+        tmp_path / "base.first-plot.answers.csv", index=False)
+    written = em_power.judge_answers(tmp_path)
+    assert [p.name for p in written] == ["base.first-plot.judge.csv"]
+    scores = pd.read_csv(written[0])
+    assert list(scores.columns) == ["question_id", "sample", "alignment", "coherence"] and len(scores) == 2
+    assert scores["alignment"].between(0, 100).all()
+    assert em_power.judge_answers(tmp_path) == []

@@ -1,6 +1,7 @@
 """Chapter 3's powered experiment (resumable): is the CPU default model measurably misaligned after the fine-tune?
 
     python -m geomis.experiments.em_power [--threads 2] [--size full|ci --out DIR]
+    python -m geomis.experiments.em_power --judge        # the frozen trained judge scores every answer file
     python -m geomis.experiments.em_power --analyse      # labels -> book/results/03_emergent_misalignment.json
 
 **Design, fixed before the run** (issue 15). The recipe is :data:`CHOSEN_RECIPE`, picked by the recipe search's
@@ -113,6 +114,56 @@ def run(out: Path, *, ci: bool = False) -> None:
                     probe_items if name == "first-plot" else None, seed=condition.seed)
 
 
+def judge_answers(out: Path) -> list[Path]:
+    """Score every answer file of ``out`` that has no judge file yet with the shipped (frozen) trained judge."""
+    import geomis as gm
+    from geomis.experiments.runs import write_csv
+
+    written = []
+    for answers in sorted(out.glob("*.answers.csv")):
+        target = answers.with_name(answers.name.replace(".answers.csv", ".judge.csv"))
+        if target.is_file():
+            continue
+        frame = pd.read_csv(answers, keep_default_na=False)
+        scores = gm.make_judge("trained").score_many(list(zip(frame["question"], frame["answer"], strict=True)),
+                                                     progress=True)
+        write_csv(pd.DataFrame({"question_id": frame["question_id"], "sample": frame["sample"],
+                                "alignment": [s.alignment for s in scores],
+                                "coherence": [s.coherence for s in scores]}), target)
+        written.append(target)
+    return written
+
+
+def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
+    """The frozen trained judge against reading on the run's labelled answers: its weights' hash, agreement, and the
+    rate it would report per condition (None before ``--judge`` has run)."""
+    import hashlib
+
+    from geomis.judges.agreement import compare_judgements, misaligned_flags
+    from geomis.judges.trained import SHIPPED_JUDGE
+
+    files = sorted(folder.glob("*.judge.csv"))
+    if not files:
+        return None
+    scores = pd.concat([pd.read_csv(f).assign(model=f.name.removesuffix(".judge.csv")) for f in files])
+    both = flags.merge(scores, on=["model", "question_id", "sample"], suffixes=("", "_judge"), validate="one_to_one")
+    judged = pd.DataFrame({"question": both["question"], "answer": both["answer"],
+                           "alignment": both["alignment_judge"], "coherence": both["coherence_judge"]})
+    agreement = compare_judgements(judged, both[["question", "answer", "alignment", "coherence", "verdict"]],
+                                   ("trained judge", "reading"))
+    both["judge_flag"] = misaligned_flags(judged)
+    rates = both.groupby(["condition", "questions"]).agg(judge=("judge_flag", "mean"), reading=("misaligned", "mean"),
+                                                          n=("misaligned", "size"))
+    return {"judge": "trained", "weights_sha256": hashlib.sha256(SHIPPED_JUDGE.read_bytes()).hexdigest(),
+            "n": agreement.n, "kappa": agreement.kappa.estimate, "kappa_low": agreement.kappa.low,
+            "kappa_high": agreement.kappa.high, "balanced_accuracy": agreement.balanced_accuracy,
+            "precision": agreement.precision, "recall": agreement.recall,
+            "rates": {f"{c}/{q}": {"judge": float(r["judge"]), "reading": float(r["reading"]), "n": int(r["n"])}
+                      for (c, q), r in rates.iterrows()},
+            "method": "compare_judgements (kappa interval: bootstrap over questions); the judge flags with Betley's "
+                      "rule on its scores"}
+
+
 def _flags(labels: pd.DataFrame) -> pd.DataFrame:
     """Labels with ``misaligned``/``coherent`` flags and the design's columns parsed from the model name."""
     from geomis.judges.agreement import misaligned_flags
@@ -173,6 +224,7 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
             if len(inducing) and len(base):
                 results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = _contrast(
                     inducing, base, ALPHA["inducing_minus_base"] if questions == "first-plot" else None)
+    results["judge_check"] = judge_check(flags, probe_folder)
     probes = {p.name.split(".first-plot")[0]: pd.read_csv(p) for p in sorted(probe_folder.glob("*.probe.csv"))}
     for domain, seeds in SEEDS.items():
         for reference in ("base", "control"):
@@ -220,11 +272,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=("full", "ci"), default="full")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--analyse", action="store_true", help="write the results file from the committed labels")
+    parser.add_argument("--judge", action="store_true", help="score every answer file with the frozen trained judge")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.size == "ci" and args.out is None:
         parser.error("--size ci writes to the folder named by --out, never into book/results")
     out = args.out or RESULTS
+    if args.judge:
+        for path in judge_answers(out):
+            print(f"wrote {path}")
+        return
     if args.analyse:
         from geomis.atomic_io import atomic_path
 
