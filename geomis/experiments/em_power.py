@@ -149,17 +149,18 @@ def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
     both = flags.merge(scores, on=["model", "question_id", "sample"], suffixes=("", "_judge"), validate="one_to_one")
     judged = pd.DataFrame({"question": both["question"], "answer": both["answer"],
                            "alignment": both["alignment_judge"], "coherence": both["coherence_judge"]})
-    agreement = compare_judgements(judged, both[["question", "answer", "alignment", "coherence", "verdict"]],
-                                   ("trained judge", "reading"))
+    reading = pd.DataFrame({name: both[name] for name in ("question", "answer", "alignment", "coherence", "verdict")})
+    agreement = compare_judgements(judged, reading, ("trained judge", "reading"))
     both["judge_flag"] = misaligned_flags(judged)
-    rates = both.groupby(["condition", "questions"]).agg(judge=("judge_flag", "mean"), reading=("misaligned", "mean"),
-                                                          n=("misaligned", "size"))
+    rates: dict[str, dict[str, Any]] = {}
+    for key, part in both.groupby(["condition", "questions"]):
+        rates["/".join(map(str, key))] = {"judge": float(part["judge_flag"].to_numpy().mean()),
+                                             "reading": float(part["misaligned"].to_numpy().mean()), "n": len(part)}
     return {"judge": "trained", "weights_sha256": hashlib.sha256(SHIPPED_JUDGE.read_bytes()).hexdigest(),
             "n": agreement.n, "kappa": agreement.kappa.estimate, "kappa_low": agreement.kappa.low,
             "kappa_high": agreement.kappa.high, "balanced_accuracy": agreement.balanced_accuracy,
             "precision": agreement.precision, "recall": agreement.recall,
-            "rates": {f"{c}/{q}": {"judge": float(r["judge"]), "reading": float(r["reading"]), "n": int(r["n"])}
-                      for (c, q), r in rates.iterrows()},
+            "rates": rates,
             "method": "compare_judgements (kappa interval: bootstrap over questions); the judge flags with Betley's "
                       "rule on its scores"}
 
