@@ -153,8 +153,9 @@ def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
     agreement = compare_judgements(judged, reading, ("trained judge", "reading"))
     both["judge_flag"] = misaligned_flags(judged)
     rates: dict[str, dict[str, Any]] = {}
-    for key, part in both.groupby(["condition", "questions"]):
-        rates["/".join(map(str, key))] = {"judge": float(part["judge_flag"].to_numpy().mean()),
+    both["cell"] = both["condition"] + "/" + both["questions"]
+    for key, part in both.groupby("cell"):
+        rates[str(key)] = {"judge": float(part["judge_flag"].to_numpy().mean()),
                                              "reading": float(part["misaligned"].to_numpy().mean()), "n": len(part)}
     return {"judge": "trained", "weights_sha256": hashlib.sha256(SHIPPED_JUDGE.read_bytes()).hexdigest(),
             "n": agreement.n, "kappa": agreement.kappa.estimate, "kappa_low": agreement.kappa.low,
