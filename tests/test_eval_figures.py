@@ -11,7 +11,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from geomis.evaluation.figures import plot_misalignment_rates, plot_training_dynamics  # noqa: E402
+from geomis.evaluation.figures import (  # noqa: E402
+    plot_misalignment_rates,
+    plot_probe_changes,
+    plot_rates_by_question,
+    plot_training_dynamics,
+)
 from geomis.evaluation.metrics import misalignment_rates  # noqa: E402
 
 
@@ -66,5 +71,47 @@ def test_dynamics_figure_draws_one_line_per_direction_set_and_run() -> None:
     assert [line.get_ydata().tolist() for line in right.get_lines()] == [[0.0, 0.1, 0.2], [0.0, 0.0, 0.01]]
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["bad", "good"]
     plt.close(fig)
+    gaps = pd.DataFrame({"run": ["bad"] * 3, "step": [0, 5, 10], "gap_change": [0.0, 0.1, 0.3],
+                         "low": [0.0, 0.0, 0.1], "high": [0.0, 0.2, 0.5]})
+    fig = plot_training_dynamics(dynamics, rates, gaps=gaps)
+    assert len(fig.axes) == 3
+    lines = [list(line.get_ydata()) for line in fig.axes[2].get_lines() if len(line.get_xdata()) == 3]
+    assert lines == [[0.0, 0.1, 0.3]]
+    plt.close(fig)
+    assert len(plot_training_dynamics(dynamics, gaps=gaps).axes) == 2
+    plt.close("all")
     with pytest.raises(ValueError, match="directions"):
         plot_training_dynamics(dynamics.drop(columns="directions"))
+    with pytest.raises(ValueError, match="gap_change"):
+        plot_training_dynamics(dynamics, gaps=gaps.drop(columns="gap_change"))
+
+
+
+def test_rates_by_question_puts_each_condition_on_each_question_row() -> None:
+    rates = pd.DataFrame({"question_id": ["q1", "q2", "q1", "q2"], "condition": ["base", "base", "bad", "bad"],
+                          "rate": [0.0, 0.1, 0.2, 0.4], "low": [0.0, 0.05, 0.1, 0.3], "high": [0.1, 0.2, 0.3, 0.5]})
+    fig = plot_rates_by_question(rates, order=["bad", "base"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["q1", "q2"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bad", "base"]
+    points = [line.get_xdata().tolist() for line in ax.get_lines() if line.get_marker() == "o"]
+    assert points == [[0.2, 0.4], [0.0, 0.1]]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="high"):
+        plot_rates_by_question(rates.drop(columns="high"))
+
+
+def test_probe_changes_plots_each_reference_and_the_rate_panel() -> None:
+    changes = pd.DataFrame({"model": ["a", "a", "b", "b"], "reference": ["base", "control"] * 2,
+                            "estimate": [0.2, 0.1, -0.1, 0.0], "low": [0.1, 0.0, -0.2, -0.1],
+                            "high": [0.3, 0.2, 0.0, 0.1]})
+    fig = plot_probe_changes(changes)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vs base", "vs control"]
+    points = [line.get_xdata().tolist() for line in ax.get_lines() if line.get_marker() == "o"]
+    assert points == [[0.2, -0.1], [0.1, 0.0]]
+    plt.close(fig)
+    fig = plot_probe_changes(changes, pd.DataFrame({"model": ["a", "b"], "rate": [0.05, 0.0]}))
+    offsets = fig.axes[1].collections[0].get_offsets()
+    assert offsets.tolist() == [[0.2, 0.05], [-0.1, 0.0]]
+    plt.close(fig)

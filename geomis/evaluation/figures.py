@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 
 from geomis.stats import require_columns
 
-__all__ = ["MEASURES", "plot_judge_calibration", "plot_misalignment_rates", "plot_training_dynamics"]
+__all__ = ["MEASURES", "plot_judge_calibration", "plot_misalignment_rates", "plot_probe_changes",
+           "plot_rates_by_question", "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
@@ -60,17 +61,85 @@ def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
     return fig
 
 
+def plot_rates_by_question(rates: pd.DataFrame, order: Sequence[str] | None = None) -> Figure:
+    """Misaligned rate per question and condition with its interval: one row per question, one colour per condition.
+
+    ``rates`` has ``question_id``, ``condition``, ``rate``, ``low`` and ``high`` (e.g. the ``per_question`` rows of
+    Chapter 3's results file); ``order`` fixes the conditions' order (default: as they first appear).
+    """
+    require_columns(rates, ["question_id", "condition", "rate", "low", "high"], "per-question rates")
+    conditions = list(order) if order is not None else list(dict.fromkeys(rates["condition"].astype(str)))
+    questions = list(dict.fromkeys(rates["question_id"].astype(str)))
+    fig, ax = plt.subplots(figsize=(7.2, 0.45 * len(questions) + 1.4), layout="constrained")
+    width = 0.7 / max(1, len(conditions))
+    for k, (condition, colour) in enumerate(zip(conditions, sns.color_palette("deep"), strict=False)):
+        part = rates[rates["condition"].astype(str) == condition].set_index("question_id").reindex(questions)
+        y = np.arange(len(questions)) + (k - (len(conditions) - 1) / 2) * width
+        rate = part["rate"].to_numpy(dtype=float)
+        errors = np.vstack([rate - part["low"].to_numpy(dtype=float), part["high"].to_numpy(dtype=float) - rate])
+        ax.errorbar(rate, y, xerr=np.nan_to_num(errors), fmt="o", color=colour, capsize=2, markersize=4,
+                    linewidth=1, label=condition)
+    ax.set_yticks(np.arange(len(questions)), questions)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.set_xlabel("misaligned share of all answers (95% interval)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title("Misaligned answers, question by question")
+    return fig
+
+
+def plot_probe_changes(changes: pd.DataFrame, rates: pd.DataFrame | None = None) -> Figure:
+    """The probe gap's change per model with its interval, and (optional) each model's misaligned rate against it.
+
+    ``changes`` has ``model``, ``reference``, ``estimate``, ``low`` and ``high`` (one row per model and reference);
+    ``rates`` has ``model`` and ``rate`` (the rate by reading): with it a second panel plots rate against the change
+    over ``base``.
+    """
+    require_columns(changes, ["model", "reference", "estimate", "low", "high"], "probe changes")
+    panels = 1 if rates is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.4 * panels + 0.6, 0.32 * changes["model"].nunique() + 2.2),
+                             squeeze=False, layout="constrained")
+    ax = axes[0][0]
+    models = list(dict.fromkeys(changes["model"].astype(str)))
+    references = list(dict.fromkeys(changes["reference"].astype(str)))
+    for k, (reference, colour) in enumerate(zip(references, sns.color_palette("deep"), strict=False)):
+        part = changes[changes["reference"].astype(str) == reference].set_index("model").reindex(models)
+        y = np.arange(len(models)) + (k - (len(references) - 1) / 2) * 0.3
+        value = part["estimate"].to_numpy(dtype=float)
+        errors = np.vstack([value - part["low"].to_numpy(dtype=float), part["high"].to_numpy(dtype=float) - value])
+        ax.errorbar(value, y, xerr=np.nan_to_num(errors), fmt="o", color=colour, capsize=2, markersize=4,
+                    label=f"vs {reference}")
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(np.arange(len(models)), models)
+    ax.invert_yaxis()
+    ax.set_xlabel("change of the probe gap (nats per token, 95% interval)")
+    ax.set_title("Judge-free probe: toward the misaligned answers?")
+    ax.legend(loc="lower right", fontsize="small")
+    if rates is not None:
+        require_columns(rates, ["model", "rate"], "rates")
+        over_base = changes[changes["reference"].astype(str) == "base"].merge(rates, on="model")
+        ax2 = axes[0][1]
+        sns.scatterplot(data=over_base, x="estimate", y="rate", hue="model", ax=ax2, s=40)
+        ax2.set_xlabel("probe gap change over base (nats per token)")
+        ax2.set_ylabel("misaligned share by reading")
+        ax2.set_title("Rate against probe, per model")
+        ax2.legend(fontsize="x-small")
+    return fig
+
+
 def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = None, run: str = "run",
-                           value: str = "shift") -> Figure:
+                           value: str = "shift", gaps: pd.DataFrame | None = None) -> Figure:
     """Projection shift of evaluation answers onto feature directions across checkpoints, and the rate alongside.
 
     ``dynamics`` holds :meth:`~geomis.evaluation.dynamics.DynamicsProbe.frame` rows with a ``run`` column: per step,
     direction set and chat its ``value`` (default ``shift``, the mean :math:`\\Delta f_j`). Lines are means over
     chats with a seeded 95% bootstrap band; colour is the direction set, line style the run. ``rates`` (optional)
-    has ``run``, ``step``, ``rate_overall`` and its interval: it adds a second panel with the misalignment rate.
+    has ``run``, ``step``, ``rate_overall`` and its interval: it adds a panel with the misalignment rate. ``gaps``
+    (optional) has ``run``, ``step``, ``gap_change``, ``low`` and ``high`` (:meth:`DynamicsProbe.gap_changes` rows):
+    it adds a panel with the misalignment probe's gap change.
     """
     require_columns(dynamics, [run, "step", "directions", value], "dynamics table")
-    panels = 1 if rates is None else 2
+    panels = 1 + (rates is not None) + (gaps is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 0.6, 3.8), squeeze=False, layout="constrained")
     ax = axes[0][0]
     sns.lineplot(data=dynamics, x="step", y=value, hue="directions", style=run, markers=True, dashes=True,
@@ -92,6 +161,18 @@ def plot_training_dynamics(dynamics: pd.DataFrame, rates: pd.DataFrame | None = 
         ax2.set_ylim(bottom=0)
         ax2.set_title("Misalignment at the same checkpoints")
         ax2.legend(title=run)
+    if gaps is not None:
+        require_columns(gaps, [run, "step", "gap_change", "low", "high"], "gap changes")
+        ax3 = axes[0][panels - 1]
+        for name, part in gaps.groupby(run, sort=False):
+            part = part.sort_values("step")
+            line, = ax3.plot(part["step"], part["gap_change"], marker="o", label=str(name))
+            ax3.fill_between(part["step"], part["low"], part["high"], alpha=0.2, color=line.get_color())
+        ax3.axhline(0.0, color="grey", linewidth=0.8)
+        ax3.set_xlabel("optimizer step")
+        ax3.set_ylabel("probe gap change since step 0 (nats/token)")
+        ax3.set_title("Judge-free probe at the same checkpoints")
+        ax3.legend(title=run)
     return fig
 
 

@@ -207,6 +207,23 @@ def _contrast(a: pd.DataFrame, b: pd.DataFrame, alpha: float | None) -> dict[str
                                       "(geomis.stats.cluster_difference)"}
 
 
+def per_question_rates(flags: pd.DataFrame) -> pd.DataFrame:
+    """Misaligned rate per (question set, condition, question) over its seeds' answers, with a Wilson interval over
+    answers (for display: it ignores seed-to-seed variation, which the per-condition intervals carry)."""
+    from geomis.stats import wilson_interval
+
+    rows = []
+    for _, part in flags.groupby(["questions", "condition", "question_id"]):
+        first = part.iloc[0]
+        k, n = int(part["misaligned"].to_numpy().sum()), len(part)
+        low, high = wilson_interval(k, n)
+        rows.append({"questions": str(first["questions"]), "condition": str(first["condition"]),
+                     "question_id": str(first["question_id"]), "rate": k / n,
+                     "low": low, "high": high, "n": n, "seeds": len(set(part["seed"])),
+                     "interval": "Wilson over answers"})
+    return pd.DataFrame(rows)
+
+
 def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     """The results file's content from the labels (and the probe files): rates per condition, contrasts."""
     flags = _flags(pd.read_json(labels_file, lines=True))
@@ -226,6 +243,7 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
             if len(inducing) and len(base):
                 results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = _contrast(
                     inducing, base, ALPHA["inducing_minus_base"] if questions == "first-plot" else None)
+    results["per_question"] = per_question_rates(flags).to_dict(orient="records")
     results["judge_check"] = judge_check(flags, probe_folder)
     probes = {p.name.split(".first-plot")[0]: pd.read_csv(p) for p in sorted(probe_folder.glob("*.probe.csv"))}
     for domain, seeds in SEEDS.items():
