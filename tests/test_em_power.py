@@ -135,3 +135,14 @@ def test_judge_answers_scores_each_answer_file_once(tmp_path: Path) -> None:
     assert list(scores.columns) == ["question_id", "sample", "alignment", "coherence"] and len(scores) == 2
     assert scores["alignment"].between(0, 100).all()
     assert em_power.judge_answers(tmp_path) == []
+
+
+def test_timings_accumulate_and_summarise(tmp_path: Path) -> None:
+    target = tmp_path / "timings.csv"
+    assert em_power.run_time(target) is None
+    em_power.record_time(target, "base", 600.0, 2)
+    em_power.record_time(target, "mixed.inducing.s0", 1200.0, 2)
+    summary = em_power.run_time(target)
+    assert summary is not None and summary["models_timed"] == 2
+    assert summary["total_minutes"] == pytest.approx(30.0) and summary["median_minutes"] == pytest.approx(15.0)
+    assert pd.read_csv(target)["model"].tolist() == ["base", "mixed.inducing.s0"]

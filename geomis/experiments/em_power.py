@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from geomis.experiments.runs import MODEL, fine_tuned_model, measure
@@ -75,7 +76,30 @@ def conditions() -> list[Condition]:
     return found
 
 
-def run(out: Path, *, ci: bool = False) -> None:
+def record_time(target: Path, model: str, seconds: float, threads: int) -> None:
+    """Append one model's wall time (fine-tune, sampling and probe) to ``timings.csv``."""
+    from geomis.experiments.runs import write_csv
+
+    old = pd.read_csv(target) if target.is_file() else pd.DataFrame()
+    row = pd.DataFrame([{"model": model, "seconds": round(seconds, 1), "threads": threads,
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
+    write_csv(pd.concat([old, row], ignore_index=True), target)
+
+
+def run_time(target: Path) -> dict[str, Any] | None:
+    """What ``timings.csv`` says about the run's cost (None when no model was timed)."""
+    if not target.is_file():
+        return None
+    times = pd.read_csv(target)
+    minutes = times["seconds"].to_numpy(float) / 60
+    return {"models_timed": len(times), "total_minutes": float(minutes.sum()),
+            "median_minutes": float(np.median(minutes)),
+            "text": f"{len(times)} models timed: {minutes.sum():.0f} min in all, median {np.median(minutes):.1f} "
+                    f"min per model (fine-tune, sampling and probe; {sorted(set(times['threads']))} torch "
+                    f"threads on a two-core CPU)"}
+
+
+def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
     """Fine-tune and measure every condition not measured yet."""
     import geomis as gm
     from geomis.chat.records import DOMAIN_DATASETS
@@ -100,6 +124,7 @@ def run(out: Path, *, ci: bool = False) -> None:
         if not todo and (out / f"{condition.name}.first-plot.probe.csv").is_file():
             continue
         print(f"{condition.name}: fine-tune and measure ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        began = time.perf_counter()
         if condition.domain is None:
             model = gm.load_model(MODEL)
         else:
@@ -112,6 +137,7 @@ def run(out: Path, *, ci: bool = False) -> None:
         for name, questions in sets.items():  # the probe is written once, beside the first-plot answers
             measure(model, f"{condition.name}.{name}", out, questions, counts[kind][name],
                     probe_items if name == "first-plot" else None, seed=condition.seed)
+        record_time(out / "timings.csv", condition.name, time.perf_counter() - began, threads)
 
 
 def judge_answers(out: Path) -> list[Path]:
@@ -166,7 +192,7 @@ def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
                       "rule on its scores"}
 
 
-def _flags(labels: pd.DataFrame) -> pd.DataFrame:
+def label_flags(labels: pd.DataFrame) -> pd.DataFrame:
     """Labels with ``misaligned``/``coherent`` flags and the design's columns parsed from the model name."""
     from geomis.judges.agreement import misaligned_flags
     from geomis.judges.base import COHERENCE_THRESHOLD
@@ -226,7 +252,7 @@ def per_question_rates(flags: pd.DataFrame) -> pd.DataFrame:
 
 def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     """The results file's content from the labels (and the probe files): rates per condition, contrasts."""
-    flags = _flags(pd.read_json(labels_file, lines=True))
+    flags = label_flags(pd.read_json(labels_file, lines=True))
     results: dict[str, Any] = {"design": (__doc__ or "").split("**Design")[1].split("Answers and probe")[0].strip(),
                                "recipe": CHOSEN_RECIPE, "primary_metric": "misaligned rate among all answers to "
                                "Betley et al.'s eight questions, by reading", "conditions": {}, "contrasts": {}}
@@ -243,6 +269,7 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
             if len(inducing) and len(base):
                 results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = _contrast(
                     inducing, base, ALPHA["inducing_minus_base"] if questions == "first-plot" else None)
+    results["run_time"] = run_time(probe_folder / "timings.csv")
     results["per_question"] = per_question_rates(flags).to_dict(orient="records")
     results["judge_check"] = judge_check(flags, probe_folder)
     probes = {p.name.split(".first-plot")[0]: pd.read_csv(p) for p in sorted(probe_folder.glob("*.probe.csv"))}
@@ -311,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             temporary.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {target}")
         return
-    run(out, ci=args.size == "ci")
+    run(out, ci=args.size == "ci", threads=args.threads)
 
 
 if __name__ == "__main__":
