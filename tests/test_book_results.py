@@ -22,8 +22,13 @@ def test_found_from_the_book_folder_and_from_below_the_root(tmp_path: Path) -> N
     deeper = tmp_path / "tools" / "sub"
     deeper.mkdir(parents=True)
     assert results_file("01_x.json", start=deeper) == target  # a script anywhere in the checkout
-    with pytest.raises(FileAccessError, match="not a results file name"):
-        results_file("../secrets", start=tmp_path)
+    inner = tmp_path / "book" / "results" / "03_run" / "labels.jsonl"
+    inner.parent.mkdir()
+    inner.write_text("")
+    assert results_file("03_run/labels.jsonl", start=deeper) == inner  # a file of a run's folder
+    for bad in ("../secrets", "03_run/../../x", "/etc/passwd", "a//b", "", "a\\b"):
+        with pytest.raises(FileAccessError, match="not a results file name"):
+            results_file(bad, start=tmp_path)
 
 
 def test_downloaded_once_into_the_cache_when_there_is_no_book(tmp_path: Path, module_cache: Path,
@@ -43,7 +48,9 @@ def test_downloaded_once_into_the_cache_when_there_is_no_book(tmp_path: Path, mo
     path = results_file("02_y.json", start=elsewhere)
     assert path.read_bytes() == b'{"ok": true}' and path.is_relative_to(module_cache)
     assert results_file("02_y.json", start=elsewhere) == path  # the second call reads the cache
-    assert calls == ["https://example.org/results/02_y.json"]
+    inner = results_file("03_run/labels.jsonl", start=elsewhere)
+    assert inner.parent.name == "03_run" and inner.is_relative_to(module_cache)
+    assert calls == ["https://example.org/results/02_y.json", "https://example.org/results/03_run/labels.jsonl"]
     assert book_results.RESULTS_URL.startswith("https://raw.githubusercontent.com/")
 
 

@@ -18,8 +18,10 @@ RESULTS_URL = "https://raw.githubusercontent.com/geomis/geomis/main/book/results
 
 def results_file(name: str, *, start: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """The path of ``book/results/<name>``: searched from ``start`` (default: the working folder) up to the root,
-    else downloaded once into the cache (``download=False`` refuses instead)."""
-    if "/" in name or "\\" in name or name in ("", ".", ".."):
+    else downloaded once into the cache (``download=False`` refuses instead). ``name`` may name a file in a
+    results subfolder (``03_em_power/labels.jsonl``), never one outside ``book/results``."""
+    parts = name.split("/")
+    if "\\" in name or any(part in ("", ".", "..") for part in parts):
         raise FileAccessError(f"{name!r} is not a results file name")
     here = Path(start if start is not None else Path.cwd()).resolve()
     for folder in (here, *here.parents):

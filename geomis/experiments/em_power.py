@@ -269,6 +269,8 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
             if len(inducing) and len(base):
                 results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = _contrast(
                     inducing, base, ALPHA["inducing_minus_base"] if questions == "first-plot" else None)
+    results["files"] = sorted([labels_file.name] + [p.name for pattern in ("*.probe.csv", "*.judge.csv", "timings.csv")
+                                                    for p in probe_folder.glob(pattern)])
     results["run_time"] = run_time(probe_folder / "timings.csv")
     results["per_question"] = per_question_rates(flags).to_dict(orient="records")
     results["judge_check"] = judge_check(flags, probe_folder)
