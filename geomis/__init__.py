@@ -95,6 +95,8 @@ _EXPORTS: dict[str, str] = {
     "results_file": "geomis.evaluation.book_results:results_file",
     # the book's experiments
     "overlap": "geomis.experiments.overlap",
+    "recipe_search": "geomis.experiments.recipe_search",
+    "em_power": "geomis.experiments.em_power",
     "reproduce": "geomis.experiments.reproduce",
 }
 

@@ -146,3 +146,23 @@ def test_timings_accumulate_and_summarise(tmp_path: Path) -> None:
     assert summary is not None and summary["models_timed"] == 2
     assert summary["total_minutes"] == pytest.approx(30.0) and summary["median_minutes"] == pytest.approx(15.0)
     assert pd.read_csv(target)["model"].tolist() == ["base", "mixed.inducing.s0"]
+
+
+def readme_quote(results: dict) -> str:
+    """The README's sentence on the powered run's primary result, from the results file."""
+    rate = {k.split("/")[0]: v for k, v in results["conditions"].items() if k.endswith("/first-plot")}
+    contrast = results["contrasts"]["mixed/first-plot/inducing_minus_control"]
+
+    def pct(part: dict, key: str = "rate") -> str:
+        return f"{100 * part[key]:.1f}% [{100 * part['low']:.1f}, {100 * part['high']:.1f}]"
+
+    return (f"inducing {pct(rate['mixed.inducing'])}, control {pct(rate['mixed.control'])}, base {pct(rate['base'])}; "
+            f"inducing minus control {100 * contrast['difference']:+.1f} points [{100 * contrast['low']:+.1f}, "
+            f"{100 * contrast['high']:+.1f}], one-sided p = {contrast['p']:.4f}")
+
+
+def test_readme_quotes_the_committed_primary_result() -> None:
+    """The README's numbers are those of book/results/03_emergent_misalignment.json (re-analysed: update both)."""
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "book" / "results" / "03_emergent_misalignment.json").read_text())
+    assert readme_quote(results) in " ".join((root / "README.md").read_text().split())

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geomis.experiments import runs
 from geomis.experiments.runs import MODEL, fine_tuned_model, measure
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,8 @@ SEEDS: dict[str, tuple[int, ...]] = {"mixed": (0, 1, 2), "medical": (0,), "legal
 PER_QUESTION: dict[str, dict[str, int]] = {"base": {"first-plot": 150, "geomis": 10},
                                            "fine-tune": {"first-plot": 50, "geomis": 5}}
 N_RESAMPLES = 10_000
+SAMPLING = runs.SAMPLING
+"""How every model of the run samples its answers (Chapter 3's settings, the ``nucleus`` decoder)."""
 ALPHA = {"inducing_minus_control": 0.01, "inducing_minus_base": 0.05}
 
 
@@ -95,8 +98,8 @@ def run_time(target: Path) -> dict[str, Any] | None:
     return {"models_timed": len(times), "total_minutes": float(minutes.sum()),
             "median_minutes": float(np.median(minutes)),
             "text": f"{len(times)} models timed: {minutes.sum():.0f} min in all, median {np.median(minutes):.1f} "
-                    f"min per model (fine-tune, sampling and probe; {sorted(set(times['threads']))} torch "
-                    f"threads on a two-core CPU)"}
+                    f"min per model (fine-tune, sampling and probe; "
+                    f"{', '.join(str(t) for t in sorted(set(times['threads'])))} torch threads on a two-core CPU)"}
 
 
 def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
