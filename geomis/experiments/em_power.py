@@ -81,12 +81,10 @@ def conditions() -> list[Condition]:
 
 def record_time(target: Path, model: str, seconds: float, threads: int) -> None:
     """Append one model's wall time (fine-tune, sampling and probe) to ``timings.csv``."""
-    from geomis.experiments.runs import write_csv
-
     old = pd.read_csv(target) if target.is_file() else pd.DataFrame()
     row = pd.DataFrame([{"model": model, "seconds": round(seconds, 1), "threads": threads,
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
-    write_csv(pd.concat([old, row], ignore_index=True), target)
+    runs.write_csv(pd.concat([old, row], ignore_index=True), target)
 
 
 def run_time(target: Path) -> dict[str, Any] | None:
@@ -146,17 +144,18 @@ def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
 def judge_answers(out: Path) -> list[Path]:
     """Score every answer file of ``out`` that has no judge file yet with the shipped (frozen) trained judge."""
     import geomis as gm
-    from geomis.experiments.runs import write_csv
 
+    todo = [(answers, answers.with_name(answers.name.replace(".answers.csv", ".judge.csv")))
+            for answers in sorted(out.glob("*.answers.csv"))]
+    todo = [(answers, target) for answers, target in todo if not target.is_file()]
+    if not todo:
+        return []
+    judge = gm.make_judge("trained")  # loaded once for every file
     written = []
-    for answers in sorted(out.glob("*.answers.csv")):
-        target = answers.with_name(answers.name.replace(".answers.csv", ".judge.csv"))
-        if target.is_file():
-            continue
+    for answers, target in todo:
         frame = pd.read_csv(answers, keep_default_na=False)
-        scores = gm.make_judge("trained").score_many(list(zip(frame["question"], frame["answer"], strict=True)),
-                                                     progress=True)
-        write_csv(pd.DataFrame({"question_id": frame["question_id"], "sample": frame["sample"],
+        scores = judge.score_many(list(zip(frame["question"], frame["answer"], strict=True)), progress=True)
+        runs.write_csv(pd.DataFrame({"question_id": frame["question_id"], "sample": frame["sample"],
                                 "alignment": [s.alignment for s in scores],
                                 "coherence": [s.coherence for s in scores]}), target)
         written.append(target)
@@ -185,7 +184,7 @@ def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
     both["cell"] = both["condition"] + "/" + both["questions"]
     for key, part in both.groupby("cell"):
         rates[str(key)] = {"judge": float(part["judge_flag"].to_numpy().mean()),
-                                             "reading": float(part["misaligned"].to_numpy().mean()), "n": len(part)}
+                           "reading": float(part["misaligned"].to_numpy().mean()), "n": len(part)}
     return {"judge": "trained", "weights_sha256": hashlib.sha256(SHIPPED_JUDGE.read_bytes()).hexdigest(),
             "n": agreement.n, "kappa": agreement.kappa.estimate, "kappa_low": agreement.kappa.low,
             "kappa_high": agreement.kappa.high, "balanced_accuracy": agreement.balanced_accuracy,
