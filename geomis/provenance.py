@@ -1,4 +1,5 @@
-"""Provenance for reports: which versions of geomis, Python and the pinned stack produced a result.
+"""Provenance: which versions of geomis, Python and the pinned stack produced a result, and which tag of the
+repository the book, its Colab links and its downloaded results files belong to.
 
 This module imports no other geomis module (only the package's version string).
 """
@@ -10,7 +11,14 @@ from importlib import metadata
 
 from geomis import __version__
 
-__all__ = ["VERSIONED_PACKAGES", "package_versions"]
+__all__ = ["BOOK_REF", "REPOSITORY", "VERSIONED_PACKAGES", "package_versions"]
+
+REPOSITORY = "geomis/geomis"
+"""The project's repository on GitHub (owner/name)."""
+
+BOOK_REF = f"v{__version__}"
+"""The git tag the book is built from: Colab badges, the chapters' install cells, the teaching pack and the results
+files downloaded in Colab all point at it, so a reader runs the code that made the page (``tools/book_ref.py``)."""
 
 VERSIONED_PACKAGES: tuple[str, ...] = ("torch", "transformers", "nnsight", "sae-lens", "numpy", "safetensors")
 """The packages whose versions a report records besides geomis and Python."""

@@ -31,10 +31,11 @@ import pytest
 import yaml
 
 from geomis.cli.mathjax import PIN, MathJaxFetchError, ensure_mathjax
+from geomis.provenance import BOOK_REF
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-COLAB = "https://colab.research.google.com/github/geomis/geomis/blob/main"
+COLAB = f"https://colab.research.google.com/github/geomis/geomis/blob/{BOOK_REF}"
 BUILD_TIMEOUT_S = 600
 PAGE_TIMEOUT_MS = 60_000
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from geomis.provenance import BOOK_REF, REPOSITORY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,6 @@ def test_setup_cells_install_in_colab_only_and_never_touch_torch() -> None:
         setup = next(c for c in cells if "setup" in c.get("metadata", {}).get("tags", []))
         source = "".join(setup["source"])
         assert 'if "google.colab" in sys.modules' in source, chapter.name
-        assert "geomis[book] @ git+https://github.com/geomis/geomis@main" in source, chapter.name
+        assert f"geomis[book] @ git+https://github.com/{REPOSITORY}@{BOOK_REF}" in source, chapter.name
         for forbidden in ("torch", "--force-reinstall", "--upgrade", "-U ", "numpy", "HF_TOKEN"):
             assert forbidden not in source, f"{chapter.name}: setup cell mentions {forbidden!r}"

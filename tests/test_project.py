@@ -16,10 +16,10 @@ import yaml
 
 from geomis.cli.book import BookBuild, build_command, find_book_root
 from geomis.cli.commands import main
+from geomis.provenance import BOOK_REF, REPOSITORY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
-REPOSITORY = "geomis/geomis"
 
 
 def _pins(requirements: list[str]) -> dict[str, str]:
@@ -63,7 +63,7 @@ def test_chapter_has_colab_badge_setup_cell_and_outputs(chapter: Path) -> None:
     notebook = json.loads(chapter.read_text())
     cells = notebook["cells"]
     first = "".join(cells[0]["source"])
-    assert f"colab.research.google.com/github/{REPOSITORY}/blob/main/book/{chapter.name}" in first
+    assert f"colab.research.google.com/github/{REPOSITORY}/blob/{BOOK_REF}/book/{chapter.name}" in first
     assert "images/colab-badge.svg" in first
     setup = next(cell for cell in cells if cell["cell_type"] == "code")
     source = "".join(setup["source"])

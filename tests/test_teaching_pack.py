@@ -13,6 +13,8 @@ import nbformat
 import pytest
 import yaml
 
+from geomis.provenance import BOOK_REF
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
@@ -27,7 +29,7 @@ def _load_tool():
 
 
 tool = _load_tool()
-COLAB = "https://colab.research.google.com/github/geomis/geomis/blob/main"
+COLAB = f"https://colab.research.google.com/github/geomis/geomis/blob/{BOOK_REF}"
 
 
 def _synthetic_chapter() -> nbformat.NotebookNode:
@@ -101,7 +103,7 @@ def test_stripping_removes_solutions_and_outputs_and_keeps_the_rest() -> None:
     first = cells[0].source
     assert f"{COLAB}/teaching/99_toy_exercises.ipynb" in first and f"{COLAB}/book/99_toy.ipynb" not in first
     assert "https://colab.research.google.com/assets/colab-badge.svg" in first
-    assert "https://raw.githubusercontent.com/geomis/geomis/main/book/images/plot.png" in first
+    assert f"https://raw.githubusercontent.com/geomis/geomis/{BOOK_REF}/book/images/plot.png" in first
     assert "{cite}" not in first and "[elhage2022toy](" in first
     nbformat.validate(exercises)
 

@@ -26,8 +26,10 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-REPOSITORY = "geomis/geomis"
-BRANCH = "main"
+sys.path.insert(0, str(ROOT))
+from geomis.provenance import BOOK_REF, REPOSITORY  # noqa: E402  (the checkout's package, after the path is set)
+
+BRANCH = BOOK_REF  # the tag the book is built from: the pack's links open the code that made the book
 BOOK_URL = "https://geomis.github.io/geomis"
 COLAB = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}"
 RAW = f"https://raw.githubusercontent.com/{REPOSITORY}/{BRANCH}"

@@ -2,18 +2,21 @@
 
 In a checkout they are read from disk (the notebook runs in ``book/``, a script at the repository root). Where the
 package was installed without the book (Colab), they are downloaded once from the repository on GitHub into the
-cache folder; set ``GEOMIS_RESULTS_URL`` to read them from elsewhere.
+cache folder, from the tag the book was built from (:data:`geomis.provenance.BOOK_REF`); set
+``GEOMIS_RESULTS_URL`` to read them from elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from geomis.errors import FileAccessError
+from geomis.provenance import BOOK_REF, REPOSITORY
 
-RESULTS_URL = "https://raw.githubusercontent.com/geomis/geomis/main/book/results"
-"""Default base address of the results files for installs without the book."""
+RESULTS_URL = f"https://raw.githubusercontent.com/{REPOSITORY}/{BOOK_REF}/book/results"
+"""Default base address of the results files for installs without the book: the tag the book was built from."""
 
 
 def results_file(name: str, *, start: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
@@ -34,9 +37,12 @@ def results_file(name: str, *, start: str | os.PathLike[str] | None = None, down
     from geomis.chat.public_sets import download_bytes
     from geomis.settings import cache_dir
 
-    target = cache_dir() / "book-results" / name
+    base = os.environ.get("GEOMIS_RESULTS_URL", RESULTS_URL).rstrip("/")
+    # one cache folder per source, so a newer book (or another address) never reads an older download
+    source = BOOK_REF if base == RESULTS_URL else "url-" + hashlib.sha256(base.encode()).hexdigest()[:12]
+    target = cache_dir() / "book-results" / source / name
     if not target.is_file():
-        url = f"{os.environ.get('GEOMIS_RESULTS_URL', RESULTS_URL).rstrip('/')}/{name}"
+        url = f"{base}/{name}"
         data = download_bytes(url)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as temporary:
