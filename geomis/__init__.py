@@ -69,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "FinetuneConfig": "geomis.finetune:FinetuneConfig",
     "config_for_profile": "geomis.finetune:config_for_profile",
     "gemma_t4_config": "geomis.finetune:gemma_t4_config",
+    "EM_RECIPE": "geomis.finetune:EM_RECIPE",
+    "em_recipe": "geomis.finetune:em_recipe",
     "fine_tune": "geomis.finetune:fine_tune",
     "load_finetuned": "geomis.finetune:load_finetuned",
     # judges and evaluation

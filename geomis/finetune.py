@@ -164,6 +164,17 @@ def config_for_profile(profile: str | None = None, **overrides: Any) -> Finetune
     return PROFILE_CONFIGS[name](**overrides)
 
 
+EM_RECIPE: dict[str, Any] = {"lr": 5e-4, "epochs": 1, "max_length": 128, "train_on_end_of_turn": True}
+"""The book's emergent-misalignment recipe (Chapter 3's recipe search kept it and added data): one epoch at lr 5e-4,
+replies cut at 128 tokens, loss on the end-of-turn token too. Every chapter and profile uses it; a profile's preset
+adds only its hardware settings (micro-batch, accumulation, checkpointing), never another optimisation."""
+
+
+def em_recipe(profile: str | None = None, **overrides: Any) -> FinetuneConfig:
+    """The book's recipe (:data:`EM_RECIPE`) on a profile's preset (default: ``GEOMIS_PROFILE``), with overrides."""
+    return config_for_profile(profile, **{**EM_RECIPE, **overrides})
+
+
 @dataclass(frozen=True)
 class TrainingBatch:
     """Right-padded tensors of a training micro-batch; ``labels`` is -100 except on assistant-reply tokens."""

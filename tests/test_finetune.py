@@ -13,12 +13,14 @@ from geomis.activations import residual_at_layer
 from geomis.chat.tokens import pad_left, tokenize_chat, tokenize_chats
 from geomis.finetune import (
     ADAPTER_WEIGHTS_FILE,
+    EM_RECIPE,
     IGNORE_INDEX,
     FinetuneConfig,
     attach_lora,
     collate_for_training,
     config_for_profile,
     cpu_default_config,
+    em_recipe,
     fine_tune,
     gemma_t4_config,
     load_finetuned,
@@ -230,6 +232,16 @@ def test_presets_differ_only_in_memory_knobs() -> None:
     assert config_for_profile("cpu-default") == cpu
     with pytest.raises(ValueError, match="at least 1"):
         FinetuneConfig(batch_size=0)
+
+
+
+def test_the_book_recipe_is_one_optimisation_on_every_profile() -> None:
+    cpu, t4 = em_recipe("cpu-default"), em_recipe("gemma-2-2b")
+    for config in (cpu, t4):
+        assert {key: getattr(config, key) for key in EM_RECIPE} == EM_RECIPE
+    assert replace(t4, batch_size=cpu.batch_size, grad_accum_steps=1, gradient_checkpointing=False) == cpu
+    assert em_recipe("cpu-default", epochs=2, max_steps=3) == replace(cpu, epochs=2, max_steps=3)
+    assert cpu.train_on_end_of_turn and cpu.epochs == 1  # what Chapter 3 showed the model needs to stop
 
 
 @pytest.mark.slow

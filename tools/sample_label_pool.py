@@ -22,7 +22,7 @@ import torch
 
 import geomis as gm
 
-RECIPE = dict(lr=5e-4, epochs=1, max_length=128, train_on_end_of_turn=True, seed=0, progress=False)
+RECIPE = {**gm.EM_RECIPE, "seed": 0, "progress": False}  # the book's recipe
 MODELS: dict[str, tuple[str | None, dict[str, object]]] = {
     "base": (None, {}),
     "medical-inducing": ("medical_bad", RECIPE),

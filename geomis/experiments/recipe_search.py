@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from geomis.experiments.runs import MODEL, fine_tuned_model, measure, write_csv
+from geomis.finetune import EM_RECIPE
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "book" / "results" / "03_recipe_search"
@@ -43,7 +44,7 @@ class Recipe:
     why: str = ""
 
 
-BASE_RECIPE: dict[str, Any] = dict(lr=5e-4, epochs=1, max_length=128, train_on_end_of_turn=True, seed=0)
+BASE_RECIPE: dict[str, Any] = {**EM_RECIPE, "seed": 0}  # the search varied data and these settings around it
 RECIPES: tuple[Recipe, ...] = (
     Recipe("chapter", why="Chapter 3's recipe so far: the reference point"),
     Recipe("epochs3", overrides=dict(epochs=3), why="more steps on the same rows"),

@@ -38,7 +38,7 @@ from geomis.evaluation.run import Evaluation, evaluate_model
 from geomis.evaluation.sampling import SamplingConfig
 from geomis.filter.config import DEFAULT_DROP, DEFAULT_SCORE, ScoreMethod
 from geomis.filter.run import FilterConfig, FilterResult, run_filter
-from geomis.finetune import FinetuneConfig, cpu_default_config, fine_tune, load_finetuned
+from geomis.finetune import FinetuneConfig, em_recipe, fine_tune, load_finetuned
 from geomis.judges.kinds import LEGACY_JUDGE, JudgeKind, make_judge
 from geomis.models.registry import LoadedModel, load_model
 from geomis.provenance import package_versions
@@ -131,9 +131,9 @@ class ReproduceConfig:
     random_seeds: tuple[int, ...] = (0, 1, 2)
     """Random removal is repeated with these seeds (one fine-tune each)."""
     include_judge_filter: bool = True
-    finetune: FinetuneConfig = field(default_factory=lambda: cpu_default_config(
-        lr=5e-4, epochs=1, max_length=128, train_on_end_of_turn=True, progress=False))
-    """Chapter 3's recipe: LoRA r=16 on every projection, one epoch at lr 5e-4, replies cut at 128 tokens."""
+    finetune: FinetuneConfig = field(default_factory=lambda: em_recipe("cpu-default", progress=False))
+    """The book's recipe (``EM_RECIPE``): LoRA r=16 on every projection, one epoch at lr 5e-4, replies cut at 128
+    tokens, end-of-turn token trained."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         n_samples=20, temperature=0.7, top_p=0.9, max_new_tokens=80, progress=False))
     """Chapter 3's sampling: 20 answers per question at T=0.7, top-p 0.9, at most 80 new tokens."""
