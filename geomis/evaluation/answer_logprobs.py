@@ -22,7 +22,7 @@ from geomis.chat.tokens import pad_left, tokenize_chat
 from geomis.evaluation.probe_items import ProbeItem, load_misalignment_probe
 from geomis.models.registry import LoadedModel
 
-__all__ = ["GapChange", "answer_logprobs", "probe_gaps", "gap_change"]
+__all__ = ["GapChange", "answer_logprobs", "probe_gaps", "item_gap_changes", "gap_change"]
 
 
 def answer_logprobs(model: LoadedModel, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
@@ -76,16 +76,22 @@ class GapChange:
     method: str
 
 
+def item_gap_changes(gaps: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
+    """Per probe item (index ``id``): gap(model) - gap(reference) of two :func:`probe_gaps` tables on the same items."""
+    merged = gaps[["id", "gap"]].merge(reference[["id", "gap"]], on="id", suffixes=("", "_reference"),
+                                       validate="one_to_one")
+    if len(merged) != len(gaps) or len(merged) != len(reference):
+        raise ValueError("the two gap tables do not cover the same probe items")
+    return pd.Series((merged["gap"] - merged["gap_reference"]).to_numpy(dtype=float), index=merged["id"], name="change")
+
+
 def gap_change(gaps: pd.DataFrame, reference: pd.DataFrame, *, n_resamples: int = 2000,
                seed: int = 0) -> GapChange:
     """Paired change of :func:`probe_gaps` tables (matched by ``id``), with a percentile bootstrap over items."""
     from geomis.stats import cluster_bootstrap
 
-    merged = gaps[["id", "gap"]].merge(reference[["id", "gap"]], on="id", suffixes=("", "_reference"),
-                                       validate="one_to_one")
-    if len(merged) != len(gaps) or len(merged) != len(reference):
-        raise ValueError("the two gap tables do not cover the same probe items")
-    change = (merged["gap"] - merged["gap_reference"]).to_numpy(dtype=float)
-    interval = cluster_bootstrap(change, merged["id"].to_numpy(), n_resamples=n_resamples, seed=seed)
+    changes = item_gap_changes(gaps, reference)
+    change = changes.to_numpy(dtype=float)
+    interval = cluster_bootstrap(change, changes.index.to_numpy(), n_resamples=n_resamples, seed=seed)
     return GapChange(float(change.mean()), interval.low, interval.high, len(change),
                      "percentile bootstrap over probe items (paired)")

@@ -298,14 +298,12 @@ def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str,
     """Probe gap change of the inducing model over its reference: per seed, and pooled (seed means per item)."""
     from scipy.stats import wilcoxon
 
-    from geomis.evaluation.answer_logprobs import gap_change
+    from geomis.evaluation.answer_logprobs import gap_change, item_gap_changes
 
     per_seed = [gap_change(inducing, reference, n_resamples=N_RESAMPLES) for inducing, reference in pairs]
     pooled_gaps = [_seed_mean(list(side)) for side in zip(*pairs, strict=True)]
     pooled = gap_change(pooled_gaps[0], pooled_gaps[1], n_resamples=N_RESAMPLES)
-    merged = pooled_gaps[0].merge(pooled_gaps[1], on="id", suffixes=("", "_reference"), validate="one_to_one")
-    changes = (merged["gap"] - merged["gap_reference"]).to_numpy(float)
-    test: Any = wilcoxon(changes, alternative="greater")
+    test: Any = wilcoxon(item_gap_changes(*pooled_gaps).to_numpy(), alternative="greater")
     return {"difference": pooled.estimate, "low": pooled.low, "high": pooled.high,
             "p": float(test.pvalue), "alpha": None, "items": pooled.n_items,
             "seeds": len(pairs), "per_seed": [{"estimate": c.estimate, "low": c.low, "high": c.high}
