@@ -58,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "nearest_cosines": "geomis.features.geometry:nearest_cosines",
     "similarity_frame": "geomis.features.geometry:similarity_frame",
     "comparison_table": "geomis.features.geometry:comparison_table",
+    "geometry_gap": "geomis.features.resampling:geometry_gap",
+    "chat_resampled_gap": "geomis.features.resampling:chat_resampled_gap",
     "logit_lens_labels": "geomis.features.labels:logit_lens_labels",
     "top_activating_contexts": "geomis.features.labels:top_activating_contexts",
     "feature_figures": "geomis.features.figures",

@@ -39,6 +39,7 @@ __all__ = [
     "cluster_bootstrap",
     "ClusterDifference",
     "cluster_difference",
+    "benjamini_hochberg",
     "require_columns",
 ]
 
@@ -317,3 +318,14 @@ def cluster_difference(a: Values, a_groups: Sequence[Any] | np.ndarray, b: Value
                              high=float(boot.confidence_interval.high), p_greater=float(permuted.pvalue),
                              confidence=confidence, paired=paired, n_clusters_a=len(a_members),
                              n_clusters_b=len(b_members), n_resamples=n_resamples)
+
+
+def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate across a family of tests, e.g. a layer sweep),
+    in the input order (scipy's ``false_discovery_control``); reject where the adjusted p is below the FDR level."""
+    from scipy.stats import false_discovery_control
+
+    values = np.asarray(p_values, dtype=float)
+    if values.ndim != 1 or not values.size or np.isnan(values).any() or (values < 0).any() or (values > 1).any():
+        raise ValueError("need a non-empty 1-D sequence of p-values in [0, 1]")
+    return np.asarray(false_discovery_control(values, method="bh"), dtype=float)

@@ -192,3 +192,15 @@ def test_spearman_drops_missing_pairs_and_is_nan_without_spread() -> None:
     assert math.isnan(spearman([1, 1, 1, 1], [1, 2, 3, 4])) and math.isnan(spearman([1, 2], [2, 1]))
     with pytest.raises(ValueError, match="same length"):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_benjamini_hochberg_adjusts_in_input_order_and_refuses_bad_input() -> None:
+    from geomis.stats import benjamini_hochberg
+
+    # sorted p (0.01, 0.02, 0.03, 0.5): adjusted m * p_(i) / i, made monotone from the top: 0.04, 0.04, 0.04, 0.5
+    adjusted = benjamini_hochberg([0.5, 0.03, 0.01, 0.02])
+    assert np.allclose(adjusted, [0.5, 0.04, 0.04, 0.04])
+    assert (adjusted >= np.array([0.5, 0.03, 0.01, 0.02])).all()
+    for bad in ([], [0.2, float("nan")], [1.5], [[0.1, 0.2]]):
+        with pytest.raises(ValueError, match="p-values"):
+            benjamini_hochberg(bad)

@@ -78,10 +78,19 @@ def set_directions(decoder: torch.Tensor, features: Indices) -> torch.Tensor:
 
 
 def pairwise_cosines(
-    decoder: torch.Tensor, source: Indices, reference: Indices, exclude_self: bool = True
+    decoder: torch.Tensor, source: Indices, reference: Indices, exclude_self: bool = True,
+    reference_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Source × reference decoder cosines; self-pairs (same feature in both sets) are NaN when ``exclude_self``."""
-    cos = cosine_matrix(set_directions(decoder, source), set_directions(decoder, reference))
+    """Source × reference cosines; self-pairs (same feature in both sets) are NaN when ``exclude_self``.
+
+    Source features are read by their decoder rows; reference features by ``reference_rows`` (default: the decoder
+    too). Pass the encoder as ``(d_sae, d_model)`` rows (``W_enc.T``) for cos(e_reference, d_source): how much a step
+    along a source feature's write direction moves a reference feature's pre-activation (the spillover law)."""
+    reading = decoder if reference_rows is None else reference_rows
+    if reading.shape != decoder.shape:
+        raise ValueError(f"reference_rows must have the decoder's shape {tuple(decoder.shape)}, "
+                         f"got {tuple(reading.shape)}")
+    cos = cosine_matrix(set_directions(decoder, source), set_directions(reading, reference))
     if exclude_self:
         src, ref = _as_indices(source).to(cos.device), _as_indices(reference).to(cos.device)
         cos = cos.masked_fill(src[:, None] == ref[None, :], float("nan"))
@@ -129,9 +138,11 @@ def nearest_cosines(
     exclude_self: bool = True,
     absolute: bool = False,
     source_name: str | None = None,
+    reference_rows: torch.Tensor | None = None,
 ) -> FeatureSimilarity:
-    """Each source feature's nearest (max) and mean decoder cosine to the reference set, self-pairs excluded."""
-    cos = pairwise_cosines(decoder, source, reference, exclude_self=exclude_self)
+    """Each source feature's nearest (max) and mean cosine to the reference set, self-pairs excluded (reference rows:
+    the decoder's, or ``reference_rows``, see :func:`pairwise_cosines`)."""
+    cos = pairwise_cosines(decoder, source, reference, exclude_self=exclude_self, reference_rows=reference_rows)
     if absolute:
         cos = cos.abs()
     valid = ~torch.isnan(cos)
