@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # settings and profiles
     "run_size": "geomis.settings:run_size",
+    "ChapterClock": "geomis.settings:ChapterClock",
     "get_profile": "geomis.models.profiles:get_profile",
     "Profile": "geomis.models.profiles:Profile",
     # models

@@ -1,8 +1,11 @@
-"""Run-wide settings read from the environment: the run size of the book's chapters and the cache folder."""
+"""Run-wide settings read from the environment (the run size of the book's chapters, the cache folder), and the
+chapters' stopwatch."""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,3 +31,22 @@ def cache_dir() -> Path:
     path = Path(configured).expanduser() if configured else Path(platformdirs.user_cache_dir("geomis"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@dataclass
+class ChapterClock:
+    """A chapter's own stopwatch: start it in the setup cell, print :meth:`report` in the last cell."""
+
+    started: float = field(default_factory=lambda: time.perf_counter())
+
+    def minutes(self) -> float:
+        """Wall-clock minutes since the clock started."""
+        return (time.perf_counter() - self.started) / 60
+
+    def report(self) -> str:
+        """One line: how long the page took, at which run size, on how many torch threads and CPUs."""
+        import torch
+
+        gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+        return (f"this page ran in {self.minutes():.1f} min (run size {run_size()}, {torch.get_num_threads()} torch "
+                f"threads, {os.cpu_count()} CPUs{gpu})")
