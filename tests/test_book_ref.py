@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
+from tool_loader import load_tool
 
 import geomis
 from geomis.provenance import BOOK_REF, REPOSITORY
@@ -15,16 +14,7 @@ from geomis.provenance import BOOK_REF, REPOSITORY
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tool():
-    """Import tools/book_ref.py (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("book_ref", ROOT / "tools" / "book_ref.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("book_ref")
 
 
 def test_book_ref_is_the_version_in_pyproject() -> None:

@@ -4,9 +4,7 @@ collapsed solution and a check cell that survives into the teaching pack."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import nbformat
 import pytest
 import torch
+from tool_loader import load_tool
 from torch import Tensor
 
 import geomis as gm
@@ -436,12 +435,7 @@ def test_code_cells_fit_in_88_columns(stem: str) -> None:
 
 
 def _make_exercises_tool():
-    spec = importlib.util.spec_from_file_location("make_exercises_for_test", ROOT / "tools" / "make_exercises.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("make_exercises", "make_exercises_for_test")
 
 
 def test_dropdowns_become_details_in_the_teaching_pack() -> None:

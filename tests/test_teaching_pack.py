@@ -3,15 +3,14 @@ solutions and outputs while leaving every other cell as it was."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from tool_loader import load_tool
 
 from geomis.provenance import BOOK_REF
 
@@ -19,16 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 
-def _load_tool():
-    """Import tools/make_exercises.py (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_exercises", ROOT / "tools" / "make_exercises.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("make_exercises")
 COLAB = f"https://colab.research.google.com/github/geomis/geomis/blob/{BOOK_REF}"
 
 
