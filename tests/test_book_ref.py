@@ -57,3 +57,14 @@ def test_check_names_a_stale_chapter_and_the_rewrite_fixes_it(tmp_path: Path) ->
     assert tool.main(["--check", "--root", str(tmp_path)]) == 0
     cells = nbformat.read(path, as_version=4).cells
     assert f"blob/{BOOK_REF}/book/99_toy.ipynb" in cells[0].source and f"@{BOOK_REF}" in cells[1].source
+
+
+def test_config_branch_is_rewritten_and_checked(tmp_path: Path) -> None:
+    config = ("title: t\nrepository:\n  url: https://github.com/x/y\n  path_to_book: \"\"\n  branch: main\n"
+              "launch_buttons:\n  colab_url: https://colab.research.google.com\nother:\n  branch: keep\n")
+    (tmp_path / "_config.yml").write_text(config)
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 1
+    assert tool.main(["--root", str(tmp_path)]) == 0
+    text = (tmp_path / "_config.yml").read_text()
+    assert f"  branch: {BOOK_REF}\nlaunch_buttons:" in text and "other:\n  branch: keep\n" in text
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 0

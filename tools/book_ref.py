@@ -5,8 +5,10 @@
 
 The tag is ``v`` + the version in ``pyproject.toml`` (``geomis.__version__`` mirrors it). It rewrites: the Colab badge
 and install cell of each chapter notebook (sources only: no re-execution is needed), and the Colab and repository
-links of the README, the book's introduction and the teaching pack's README. Run ``tools/make_exercises.py`` after
-it (the teaching pack takes its links from the same tag). On release, tag the commit ``BOOK_REF`` and push the tag.
+links of the README, the book's introduction and the teaching pack's README, and the ``repository.branch`` of
+``_config.yml`` (Jupyter Book builds each page's Colab launch button and repository links from it). Run
+``tools/make_exercises.py`` after it (the teaching pack takes its links from the same tag). On release, tag the commit
+``BOOK_REF`` and push the tag.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ _PATTERNS = (
     # pip install from git: git+https://github.com/<repo>@<ref>
     re.compile(rf"(git\+https://github\.com/{_OWNER}/{_NAME}@)([^\s\"'#]+)()"),
 )
+CONFIG_FILE = "_config.yml"
+_CONFIG_BRANCH = re.compile(r"^(repository:\n(?:[ \t]+.*\n)*?[ \t]+branch:[ \t]*)(\S+)()", re.MULTILINE)
+"""The ``branch:`` key inside ``_config.yml``'s ``repository:`` block."""
 TEXT_FILES = ("README.md", "book/intro.md", "teaching/README.md")
 CHAPTER_GLOB = "book/[0-9][0-9]_*.ipynb"
 
@@ -42,9 +47,22 @@ def point_at_ref(text: str, ref: str = BOOK_REF) -> str:
     return text
 
 
+def point_config_at_ref(text: str, ref: str = BOOK_REF) -> str:
+    """``_config.yml``'s text with ``repository.branch`` set to ``ref``."""
+    return _CONFIG_BRANCH.sub(lambda match: f"{match.group(1)}{ref}{match.group(3)}", text)
+
+
 def stale_files(root: Path = ROOT, *, write: bool) -> list[Path]:
     """The files whose links point elsewhere than ``BOOK_REF`` (rewritten in place when ``write``)."""
     stale = []
+    config = root / CONFIG_FILE
+    if config.is_file():
+        text = config.read_text(encoding="utf-8")
+        updated = point_config_at_ref(text)
+        if updated != text:
+            stale.append(config)
+            if write:
+                config.write_text(updated, encoding="utf-8")
     for path in [root / name for name in TEXT_FILES] + sorted(root.glob(CHAPTER_GLOB)):
         if not path.is_file():
             continue
