@@ -413,6 +413,8 @@ def test_shipped_quality_table_reads_each_training_record() -> None:
     assert (main["layer"], main["width"], main["k"]) == (15, 4096, 32)
     assert 0.5 < main["held-out EV"] < 1 and main["L0"] == 32 and 0 <= main["dead (train)"] < 0.05
     assert table.loc["smollm2-135m-layer5-topk1024", "width"] == 1024
+    assert MAIN_SAE_NAME in set(shipped_sae_quality(corpus="bundled")["sae"])
+    assert MAIN_SAE_NAME not in set(shipped_sae_quality(corpus="neutral-prompts").get("sae", []))
     with pytest.raises(SAELoadError):
         shipped_sae_quality(["no-such-sae"])
 
@@ -439,6 +441,8 @@ def test_neutral_corpus_takes_no_datasets_or_extra_answers(capsys) -> None:
         SAETrainingConfig(corpus="wikipedia")
     assert main(["train-sae", "--corpus", "neutral-prompts", "--generated-answers", "5", "--out", "/tmp/x"]) == 2
     assert "bundled corpus only" in capsys.readouterr().err
+    assert main(["train-sae", "--answers-cache", "/tmp/answers.jsonl", "--out", "/tmp/x"]) == 2
+    assert "--answers-cache applies to --corpus neutral-prompts only" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -453,3 +457,44 @@ def test_an_sae_trains_on_the_models_own_answers_to_neutral_prompts(tiny_gemma, 
     assert record["config"]["corpus"] == "neutral-prompts" and report.n_train_tokens == 600
     assert record["corpus"]["generated_conversations"] == record["corpus"]["train_conversations"] > 0
     assert "neutral prompts" in json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["dataset_path"]
+    assert "answers_cache" not in record["corpus"]
+
+
+@pytest.mark.slow
+def test_seeds_share_one_collection_and_each_rebuilds_alone(tiny_gemma, tmp_path) -> None:
+    from geomis.sae.corpus_answers import read_answers
+    from geomis.sae.training import neutral_prompt_corpus, train_sae_seeds, train_sae_to_dir
+
+    cache = tmp_path / "answers.jsonl"
+    config = SAETrainingConfig(model_name="tiny-gemma2", layer=1, width=32, k=4, tokens=300, epochs=1,
+                               batch_size=64, corpus="neutral-prompts", generation_tokens=3, eval_tokens=50,
+                               ce_conversations=0, seed=5)
+    reports = train_sae_seeds(tiny_gemma, config, [5, 6], str(tmp_path / "sae-s{seed}"), progress=False,
+                              answers_cache=cache)
+    records = [json.loads((tmp_path / f"sae-s{seed}" / TRAINING_RECORD_FILE).read_text()) for seed in (5, 6)]
+    n_prompts = len(neutral_prompt_corpus().train) + len(neutral_prompt_corpus().held_out)
+    assert len(read_answers(cache, "tiny-gemma2", 3)) == n_prompts  # generated once, for both seeds
+    assert [r["config"]["seed"] for r in records] == [5, 6] and {r["config"]["corpus_seed"] for r in records} == {5}
+    assert all((r["corpus"]["answers_cache"]["generated"], r["corpus"]["answers_cache"]["reused"]) == (n_prompts, 0)
+               for r in records)  # one collection: both record the run that made it
+    assert all("shared_collect" in r["seconds"] and "collect" not in r["seconds"] for r in records)
+    first, second = (load_sae_from_disk(tmp_path / f"sae-s{seed}").decoder_directions() for seed in (5, 6))
+    assert not torch.equal(first, second)
+
+    # seed 6 trained alone with the recorded corpus seed is the same SAE; the answers now come from the file
+    alone = train_sae_to_dir(tiny_gemma, replace(config, seed=6, corpus_seed=5), tmp_path / "alone",
+                             progress=False, answers_cache=cache)
+    assert alone.answers_cache is not None and (alone.answers_cache.generated, alone.answers_cache.reused) == (
+        0, n_prompts)
+    assert torch.equal(load_sae_from_disk(tmp_path / "alone").decoder_directions(), second)
+    assert all(isinstance(r, type(alone)) for r in reports)
+
+    # a rerun finds both folders and trains nothing
+    again = train_sae_seeds(tiny_gemma, config, [5, 6], str(tmp_path / "sae-s{seed}"), progress=False,
+                            answers_cache=cache)
+    assert again == [tmp_path / "sae-s5", tmp_path / "sae-s6"]
+    with pytest.raises(SAETrainingError, match="must contain"):
+        train_sae_seeds(tiny_gemma, config, [5, 6], str(tmp_path / "sae"), progress=False)
+    with pytest.raises(SAETrainingError, match="neutral-prompts corpus only"):
+        train_sae_to_dir(tiny_gemma, SAETrainingConfig(model_name="tiny-gemma2", layer=1, width=32, k=4),
+                         tmp_path / "bundled", progress=False, answers_cache=cache)

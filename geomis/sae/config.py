@@ -38,6 +38,9 @@ class SAETrainingConfig:
     dead_feature_window: int | None = None
     """Steps without firing after which a feature counts as dead for the TopK auxiliary loss (None: ~1 epoch)."""
     seed: int = 0
+    """Seed of the SAE's initialisation and batch order."""
+    corpus_seed: int | None = None
+    """Seed of the corpus's order (None: ``seed``). SAEs of several seeds trained on one collection share it."""
     corpus: str = CORPORA[0]
     """``bundled`` or ``neutral-prompts`` (see :data:`CORPORA`)."""
     datasets: tuple[str, ...] = ()
@@ -55,6 +58,11 @@ class SAETrainingConfig:
     activation_batch_size: int = 16
     save_dtype: str = SAVE_DTYPES[0]
     """dtype of the saved weights (loaded back as float32)."""
+
+    @property
+    def order_seed(self) -> int:
+        """The seed that orders the corpus: ``corpus_seed``, else ``seed``."""
+        return self.seed if self.corpus_seed is None else self.corpus_seed
 
     def __post_init__(self) -> None:
         if self.corpus not in CORPORA:

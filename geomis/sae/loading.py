@@ -311,8 +311,10 @@ def load_sweep_saes(profile: Profile | str | None = None, device: str | None = N
     return {layer: load_shipped_sae(sweep_sae_name(layer), device=device or chosen.device) for layer in layers}
 
 
-def shipped_sae_quality(names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Quality of shipped SAEs as recorded when they were trained (held-out EV, L0, dead share, loss recovered)."""
+def shipped_sae_quality(names: Sequence[str] | None = None, corpus: str | None = None) -> pd.DataFrame:
+    """Quality of shipped SAEs as recorded when they were trained (held-out EV, L0, dead share, loss recovered).
+
+    ``corpus``: only SAEs trained on that corpus (``bundled`` or ``neutral-prompts``; None: all)."""
     rows = []
     for name in names if names is not None else shipped_sae_names():
         with shipped_sae_path(name) as folder:
@@ -321,6 +323,8 @@ def shipped_sae_quality(names: Sequence[str] | None = None) -> pd.DataFrame:
                 raise SAELoadError(f"shipped SAE {name} has no training.json")
             record = json.loads(record_file.read_text())
         config = record["config"]
+        if corpus is not None and config.get("corpus", "bundled") != corpus:
+            continue
         rows.append({
             "sae": name, "layer": config["layer"], "width": config["width"], "k": config["k"],
             "training tokens": record["corpus"]["train_tokens"],

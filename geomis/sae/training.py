@@ -3,13 +3,16 @@
 The pipeline behind ``geomis train-sae``:
 
 1. **Corpus.** Every bundled chat dataset (inducing and control sets of each domain, plus the toxic and neutral
-   references), optionally with SmolLM2's own greedy answers to the training prompts. Conversations are split into
+   references), optionally with SmolLM2's own greedy answers to the training prompts; or (``neutral-prompts``) the
+   model's own greedy answers to 1,989 neutral prompts, text the book never compares, kept in an answers file so
+   every seed reads the same text (:mod:`geomis.sae.corpus_answers`). Conversations are split into
    training and held-out sets by a stable hash of ``(dataset, line)``, so every SAE holds out the same ~10%.
 2. **Tokens.** All non-special tokens of user and assistant turns (and of the chat template's system prompt), never
    position 0 (an attention sink with a norm ~100x the others). A token whose whole prefix already occurred in an
    earlier conversation is kept only once: the default system prompt opens every SmolLM2 conversation and would
    otherwise contribute thousands of identical activation vectors.
 3. **Activations** after decoder layer L, read with ``geomis.activations`` (nnsight, forward cut at L).
+   Several seeds can share one collection (:func:`train_sae_seeds`): only initialisation and batch order differ.
 4. **Training** a TopK SAE with ``sae_lens.SAETrainer``, fed from an in-memory iterator that reshuffles the
    activations every epoch (seeded). Inputs are scaled to an average norm of sqrt(d_in) during training and the
    scale is folded back into the weights at the end (sae-lens's ``expected_average_only_in``).
@@ -26,8 +29,8 @@ import json
 import math
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from geomis.chat.tokens import Conversation, TokenizedChat, pad_left, render_cha
 from geomis.errors import GeomisError
 from geomis.models.registry import LoadedModel
 from geomis.sae.config import SAETrainingConfig  # re-exported: it lived here
+from geomis.sae.corpus_answers import CacheUse, answers_through_cache
 from geomis.sae.loading import SAE_WEIGHTS_FILE, LoadedSAE, load_sae_from_disk
 
 TRAINING_RECORD_FILE = "training.json"
@@ -127,12 +131,11 @@ def neutral_prompt_corpus(holdout_fraction: float = 0.1, seed: int = 0) -> Corpu
 
 
 @torch.no_grad()
-def generate_answers(model: LoadedModel, conversations: Sequence[CorpusConversation], max_new_tokens: int = 96,
-                     batch_size: int = 16, progress: bool = True) -> list[CorpusConversation]:
-    """The model's own greedy answers to the first user turn of each conversation, as new conversations."""
+def greedy_answers(model: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 96, batch_size: int = 16,
+                   progress: bool = True) -> list[str]:
+    """The model's greedy answer to each one-turn user prompt (stripped; possibly empty)."""
     tokenizer = model.tokenizer
-    prompts = [[dict(next(m for m in c.messages if m["role"] == "user"))] for c in conversations]
-    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    texts = [render_chat(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     answers: dict[int, str] = {}
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
@@ -147,9 +150,34 @@ def generate_answers(model: LoadedModel, conversations: Sequence[CorpusConversat
             answer = tokenizer.decode(row, skip_special_tokens=True)
             assert isinstance(answer, str), "one sequence of ids decodes to one string"
             answers[index] = answer.strip()
-    return [CorpusConversation(c.dataset, c.line_number, (*p, {"role": "assistant", "content": answers[i]}),
+    return [answers[i] for i in range(len(texts))]
+
+
+def _first_user_turn(conversation: CorpusConversation) -> dict[str, str]:
+    return dict(next(m for m in conversation.messages if m["role"] == "user"))
+
+
+def _with_answers(conversations: Sequence[CorpusConversation], answers: Sequence[str]) -> list[CorpusConversation]:
+    return [CorpusConversation(c.dataset, c.line_number, (_first_user_turn(c), {"role": "assistant", "content": a}),
                                generated=True)
-            for i, (c, p) in enumerate(zip(conversations, prompts, strict=True)) if answers[i]]
+            for c, a in zip(conversations, answers, strict=True) if a]
+
+
+def generate_answers(model: LoadedModel, conversations: Sequence[CorpusConversation], max_new_tokens: int = 96,
+                     batch_size: int = 16, progress: bool = True) -> list[CorpusConversation]:
+    """The model's own greedy answers to the first user turn of each conversation, as new conversations."""
+    prompts = [_first_user_turn(c)["content"] for c in conversations]
+    return _with_answers(conversations, greedy_answers(model, prompts, max_new_tokens, batch_size, progress))
+
+
+def cached_answers(model: LoadedModel, conversations: Sequence[CorpusConversation], cache: Path,
+                   max_new_tokens: int = 96, progress: bool = True) -> tuple[list[CorpusConversation], CacheUse]:
+    """:func:`generate_answers`, taking the answers ``cache`` already holds and adding the new ones to it."""
+    prompts = [_first_user_turn(c)["content"] for c in conversations]
+    answers, use = answers_through_cache(
+        prompts, cache, model.spec.name, max_new_tokens,
+        lambda missing: greedy_answers(model, missing, max_new_tokens, progress=progress))
+    return _with_answers(conversations, answers), use
 
 
 # ------------------------------------------------------------------------------------------------------- tokens
@@ -398,6 +426,8 @@ class SAETrainingReport:
     splice: SpliceMetrics | None
     seconds: dict[str, float] = field(default_factory=dict)
     command: str = ""
+    answers_cache: CacheUse | None = None
+    """The answers file the run's generated answers came from and went to (None: generated afresh, not kept)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready record (written to ``training.json`` next to the weights)."""
@@ -409,7 +439,8 @@ class SAETrainingReport:
             "config": asdict(self.config),
             "corpus": {"train_tokens": self.n_train_tokens, "train_conversations": self.n_train_conversations,
                        "generated_conversations": self.n_generated_conversations,
-                       "held_out_rule": f"sha256('dataset:line') < {self.config.holdout_fraction} of 2^64"},
+                       "held_out_rule": f"sha256('dataset:line') < {self.config.holdout_fraction} of 2^64",
+                       **({"answers_cache": self.answers_cache.to_json(Path.cwd())} if self.answers_cache else {})},
             "held_out": asdict(self.held_out),
             "train": asdict(self.train),
             "splice": splice,
@@ -422,6 +453,8 @@ class SAETrainingReport:
         """A few lines for the terminal."""
         lines = [f"SAE written to {self.path}",
                  f"  trained on {self.n_train_tokens} tokens from {self.n_train_conversations} conversations",
+                 *([f"  answers: {self.answers_cache.reused} reused from, {self.answers_cache.generated} generated "
+                    f"into {self.answers_cache.path}"] if self.answers_cache else []),
                  f"  held-out ({self.held_out.n_tokens} tokens): explained variance "
                  f"{self.held_out.explained_variance:.3f}, L0 {self.held_out.l0:.1f}",
                  f"  dead features: {self.train.dead_fraction:.1%} on training tokens, "
@@ -441,27 +474,58 @@ def check_output(out: Path, force: bool) -> None:
         raise SAETrainingError(f"{out} exists and is not a folder")
 
 
-def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | Path, force: bool = False,
-                     progress: bool = True, command: str = "") -> SAETrainingReport:
-    """Collect activations, train, save (atomically) and evaluate one SAE; never overwrite ``out`` unless ``force``."""
-    out = Path(out)
-    check_output(out, force)
+@dataclass
+class PreparedCorpus:
+    """A corpus's conversations, tokens and activations, collected once and shareable by SAEs of several seeds."""
+
+    config: SAETrainingConfig
+    split: CorpusSplit
+    train_tokens: CorpusTokens
+    held_tokens: CorpusTokens
+    train_acts: TokenActivations
+    held_acts: TokenActivations
+    n_generated: int
+    cache_use: CacheUse | None
+    seconds: dict[str, float]
+
+    def serves(self, config: SAETrainingConfig) -> bool:
+        """Whether an SAE trained with ``config`` would have collected exactly this corpus (only its seed differs)."""
+        return (replace(config, seed=0, corpus_seed=config.order_seed)
+                == replace(self.config, seed=0, corpus_seed=self.config.order_seed))
+
+
+def prepare_corpus(model: LoadedModel, config: SAETrainingConfig, progress: bool = True,
+                   answers_cache: str | Path | None = None) -> PreparedCorpus:
+    """Build the corpus ``config`` asks for, tokenize it and collect the layer's activations (train and held out).
+
+    ``answers_cache``: a file of the model's greedy answers to the neutral prompts (see
+    :mod:`geomis.sae.corpus_answers`), read and extended so that every seed trains on the same generated text."""
     if model.spec.name != config.model_name:
         raise SAETrainingError(f"config is for {config.model_name}, model is {model.spec.name}")
     if not 0 <= config.layer < model.n_layers:
         raise SAETrainingError(f"layer {config.layer} is out of range for {model.spec.name} (0..{model.n_layers - 1})")
+    if answers_cache is not None and config.corpus != "neutral-prompts":
+        raise SAETrainingError("an answers cache applies to the neutral-prompts corpus only")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-
     generated: list[CorpusConversation] = []
+    cache_use: CacheUse | None = None
     if config.corpus == "neutral-prompts":  # every conversation is a prompt and the model's own answer
-        prompts = neutral_prompt_corpus(config.holdout_fraction, config.seed)
-        split = CorpusSplit(generate_answers(model, prompts.train, config.generation_tokens, progress=progress),
-                            generate_answers(model, prompts.held_out, config.generation_tokens, progress=progress))
+        prompts = neutral_prompt_corpus(config.holdout_fraction, config.order_seed)
+        if answers_cache is None:
+            split = CorpusSplit(generate_answers(model, prompts.train, config.generation_tokens, progress=progress),
+                                generate_answers(model, prompts.held_out, config.generation_tokens,
+                                                 progress=progress))
+        else:
+            both, cache_use = cached_answers(model, [*prompts.train, *prompts.held_out], Path(answers_cache),
+                                             config.generation_tokens, progress=progress)
+            held_keys = {(c.dataset, c.line_number) for c in prompts.held_out}
+            split = CorpusSplit([c for c in both if (c.dataset, c.line_number) not in held_keys],
+                                [c for c in both if (c.dataset, c.line_number) in held_keys])
         generated = list(split.train)
         seconds["generate"] = time.perf_counter() - clock
     else:
-        split = bundled_corpus(config.datasets, config.holdout_fraction, config.seed)
+        split = bundled_corpus(config.datasets, config.holdout_fraction, config.order_seed)
     train_conversations = list(split.train)
     if config.generated_answers:
         generated = generate_answers(model, split.train[:config.generated_answers], config.generation_tokens,
@@ -479,6 +543,29 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
     held_acts = collect_corpus_activations(model, held_tokens, config.layer, config.activation_batch_size,
                                            config.max_length, progress)
     seconds["collect"] = time.perf_counter() - start
+    return PreparedCorpus(config, split, train_tokens, held_tokens, train_acts, held_acts, len(generated), cache_use,
+                          seconds)
+
+
+def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | Path, force: bool = False,
+                     progress: bool = True, command: str = "", answers_cache: str | Path | None = None,
+                     prepared: PreparedCorpus | None = None) -> SAETrainingReport:
+    """Collect activations, train, save (atomically) and evaluate one SAE; never overwrite ``out`` unless ``force``.
+
+    ``prepared``: a corpus already collected for the same settings (any seed; see :func:`train_sae_seeds`), used
+    instead of collecting again; ``answers_cache`` as in :func:`prepare_corpus`."""
+    out = Path(out)
+    check_output(out, force)
+    clock = time.perf_counter()
+    if prepared is None:
+        prepared = prepare_corpus(model, config, progress, answers_cache)
+        seconds = dict(prepared.seconds)
+    else:
+        if not prepared.serves(config):
+            raise SAETrainingError("the prepared corpus was collected with other settings than this SAE's")
+        seconds = {"shared_" + key: value for key, value in prepared.seconds.items()}
+    split, train_tokens, train_acts, held_acts = (prepared.split, prepared.train_tokens, prepared.train_acts,
+                                                  prepared.held_acts)
 
     start = time.perf_counter()
     training_sae = fit_topk_sae(train_acts.activations, config)
@@ -490,7 +577,8 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
                     "layer": config.layer, "context_size": config.max_length, "prepend_bos": True,
                     "dataset_path": ("geomis neutral prompts + the model's own greedy answers"
                                      if config.corpus == "neutral-prompts" else
-                                     "geomis bundled chat datasets" + (" + own greedy answers" if generated else ""))}
+                                     "geomis bundled chat datasets"
+                                     + (" + own greedy answers" if prepared.n_generated else ""))}
         save_inference_sae(training_sae, staging, metadata, config.save_dtype)
         saved = load_sae_from_disk(staging)  # metrics describe exactly what ships: the rounded, reloaded weights
         start = time.perf_counter()
@@ -503,13 +591,46 @@ def train_sae_to_dir(model: LoadedModel, config: SAETrainingConfig, out: str | P
                                     train_acts.activations.mean(dim=0), max_length=config.max_length,
                                     progress=progress)
         seconds["evaluate"] = time.perf_counter() - start
-        seconds["total"] = time.perf_counter() - clock
+        seconds["total"] = time.perf_counter() - clock  # this SAE's own time (shared_* were paid once, before)
         report = SAETrainingReport(out, config, train_tokens.n_tokens, len(train_tokens.conversations),
                                    sum(c.generated for c in train_tokens.conversations), held, train, splice,
-                                   seconds, command)
+                                   seconds, command, prepared.cache_use)
         (staging / TRAINING_RECORD_FILE).write_text(json.dumps(report.to_json(), indent=2) + "\n")
         staging.chmod(0o755)  # mkdtemp makes a private folder; the result is an ordinary, shareable one
         for file in staging.iterdir():
             file.chmod(0o644)
         check_output(out, force)  # again, just before replacing
     return report
+
+
+def seed_outputs(out_template: str, seeds: Sequence[int]) -> list[Path]:
+    """One output folder per seed from a template holding ``{seed}``."""
+    if "{seed}" not in out_template:
+        raise SAETrainingError(f"with several seeds the output must contain {{seed}}, got {out_template!r}")
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise SAETrainingError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    return [Path(out_template.replace("{seed}", str(seed))) for seed in seeds]
+
+
+def train_sae_seeds(model: LoadedModel, config: SAETrainingConfig, seeds: Sequence[int], out_template: str,
+                    force: bool = False, progress: bool = True, command: Callable[[int], str] = lambda seed: "",
+                    answers_cache: str | Path | None = None) -> list[SAETrainingReport | Path]:
+    """Train one SAE per seed on a corpus collected once (its order from ``config.order_seed``).
+
+    Resumable: a seed whose folder exists is skipped (its path is returned instead of a report) unless ``force``.
+    Each SAE records ``corpus_seed``, so ``--seed S --corpus-seed C`` rebuilds it alone."""
+    outputs = seed_outputs(out_template, seeds)
+    shared = replace(config, corpus_seed=config.order_seed)
+    todo = [(seed, out) for seed, out in zip(seeds, outputs, strict=True) if force or not out.exists()]
+    for out in outputs:
+        if out.exists() and not out.is_dir():
+            raise SAETrainingError(f"{out} exists and is not a folder")
+    results: list[SAETrainingReport | Path] = [out for out in outputs]
+    if not todo:
+        return results
+    prepared = prepare_corpus(model, shared, progress, answers_cache)
+    for seed, out in todo:
+        report = train_sae_to_dir(model, replace(shared, seed=seed), out, force=force, progress=progress,
+                                  command=command(seed), prepared=prepared)
+        results[outputs.index(out)] = report
+    return results
