@@ -50,8 +50,10 @@ _EXPORTS: dict[str, str] = {
     # SAEs
     "load_sae": "geomis.sae.loading:load_profile_sae",
     "load_sweep_saes": "geomis.sae.loading:load_sweep_saes",
+    "load_study_saes": "geomis.sae.loading:load_study_saes",
     "shipped_sae_quality": "geomis.sae.loading:shipped_sae_quality",
     "encode_tokens": "geomis.sae.codes:encode_tokens",
+    "reconstruction_metrics": "geomis.sae.training:reconstruction_metrics",
     # feature sets and geometry
     "FeatureSet": "geomis.features.sets:FeatureSet",
     "derive_toxic_features": "geomis.features.toxic:derive_toxic_features",
@@ -61,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "comparison_table": "geomis.features.geometry:comparison_table",
     "geometry_gap": "geomis.features.resampling:geometry_gap",
     "chat_resampled_gap": "geomis.features.resampling:chat_resampled_gap",
+    "pool_gaps": "geomis.features.resampling:pool_gaps",
     "logit_lens_labels": "geomis.features.labels:logit_lens_labels",
     "top_activating_contexts": "geomis.features.labels:top_activating_contexts",
     "feature_figures": "geomis.features.figures",

@@ -195,3 +195,32 @@ def test_layer_sweep_figure(sweep: list) -> None:
     assert line.get_ydata().tolist() == [c.inducing_mean_max for c in sweep if c.domain == "code"]
     assert len(fig.axes[0].collections) == 2  # one CI band per source set
     plt.close(fig)
+
+
+def test_resampled_gap_forest_plot_draws_pooled_and_per_sae_intervals() -> None:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from geomis.features.figures import plot_resampled_gaps
+
+    rows = []
+    for domain in ("medical", "code"):
+        for variant in ("decoder, shared dropped", "encoder, shared dropped"):
+            for sae, gap in (("s0", 0.05), ("s1", 0.07), ("pooled", 0.06)):
+                rows.append({"domain": domain, "variant": variant, "sae": sae, "difference": gap,
+                             "low": gap - 0.02, "high": gap + 0.03})
+    table = pd.DataFrame(rows)
+    fig = plot_resampled_gaps(table)
+    assert [ax.get_title() for ax in fig.axes] == ["decoder, shared dropped", "encoder, shared dropped"]
+    first = fig.axes[0]
+    assert [t.get_text() for t in first.get_yticklabels()] == ["medical", "code"]
+    markers = [line for line in first.get_lines() if line.get_marker() in ("o", "D")]
+    assert len(markers) == 2 * 3  # two domains x (two SAEs + pooled)
+    pooled = [line for line in markers if line.get_marker() == "D"]
+    assert [float(line.get_xdata()[0]) for line in pooled] == [0.06, 0.06]
+    plt.close(fig)
+    one = plot_resampled_gaps(table, ["encoder, shared dropped"])
+    assert len(one.axes) == 1
+    plt.close(one)
+    with pytest.raises(ValueError, match="not in the table"):
+        plot_resampled_gaps(table, ["encoder, shared kept"])

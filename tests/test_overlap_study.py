@@ -49,6 +49,7 @@ def test_none_takes_every_row() -> None:
     ({"domains": ()}, "domains is empty"),
     ({"pairs_per_domain": 1}, "pairs_per_domain must be at least 2"),
     ({"k": 0}, "k must be at least 1"),
+    ({"reference": ("medical_bad", "medical_good")}, "reference must be"),
 ])
 def test_bad_study_config_is_a_clear_error(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -154,3 +155,99 @@ def test_selection_follows_the_config_domains_and_rejects_missing_ones() -> None
     assert list(one.inducing) == ["legal"] and list(one.control) == ["legal"]
     with pytest.raises(ValueError, match="no career sets"):
         select_study_features(codes, data, layer=0, config=OverlapConfig(domains=("career",), k=2))
+
+
+def test_the_generic_reference_is_drawn_and_used_for_the_toxic_set() -> None:
+    from geomis.chat.records import GENERIC_REFERENCE_DATASETS
+
+    config = OverlapConfig(domains=("medical",), pairs_per_domain=10, reference_samples=12,
+                           reference=GENERIC_REFERENCE_DATASETS)
+    data = load_study_data(config)
+    assert data.reference == GENERIC_REFERENCE_DATASETS and "toxic_reference" not in data.sets
+    assert len(data.sets["generic_toxic_reference"]) == 12
+    assert data.sizes()["set"].tolist()[-2:] == list(GENERIC_REFERENCE_DATASETS)
+    # the same rows of both files: each toxic continuation has its neutral twin
+    assert [r.user_text for r in data.sets["generic_toxic_reference"]] == [
+        r.user_text for r in data.sets["generic_neutral_reference"]]
+
+
+class _FakeSAE:
+    """Decoder and encoder rows as a LoadedSAE gives them."""
+
+    def __init__(self, decoder: torch.Tensor, encoder: torch.Tensor) -> None:
+        self._decoder, self._encoder = decoder, encoder
+
+    def decoder_directions(self) -> torch.Tensor:
+        return self._decoder / self._decoder.norm(dim=1, keepdim=True)
+
+    def encoder_directions(self) -> torch.Tensor:
+        return self._encoder / self._encoder.norm(dim=1, keepdim=True)
+
+
+def test_resampled_geometry_pools_saes_and_adjusts_over_domains() -> None:
+    from geomis.experiments.overlap import PRIMARY_VARIANT, VARIANTS, resampled_geometry
+
+    d_sae, d_model, n = 60, 24, 40
+    config = OverlapConfig(domains=("medical", "legal"), pairs_per_domain=n, reference_samples=n, k=4)
+    data = load_study_data(config)
+    toxic_hot, inducing_hot, control_hot = [0, 1, 2, 3], [10, 11, 12, 13], [20, 21, 22, 23]
+    codes = {"toxic_reference": _planted_codes(n, d_sae, toxic_hot, 0),
+             "neutral_reference": _planted_codes(n, d_sae, [], 1),
+             "medical_bad": _planted_codes(n, d_sae, inducing_hot, 2),
+             "medical_good": _planted_codes(n, d_sae, control_hot, 3),
+             "legal_bad": _planted_codes(n, d_sae, [30, 31, 32, 33], 4),  # legal: nothing planted near toxic
+             "legal_good": _planted_codes(n, d_sae, [40, 41, 42, 43], 5)}
+    saes, study_codes = {}, {}
+    for seed in (0, 1):
+        generator = torch.Generator().manual_seed(seed)
+        decoder = torch.randn(d_sae, d_model, generator=generator)
+        for i, t in zip(inducing_hot, toxic_hot, strict=True):  # medical inducing features write along toxic ones
+            decoder[i] = decoder[t] + 0.3 * torch.randn(d_model, generator=generator)
+        encoder = torch.randn(d_sae, d_model, generator=generator)  # toxic features read elsewhere entirely
+        saes[f"s{seed}"] = _FakeSAE(decoder, encoder)
+        study_codes[f"s{seed}"] = {name: SimpleNamespace(sample_mean=value) for name, value in codes.items()}
+    result = resampled_geometry(saes, study_codes, data, config, n_resamples=50, progress=False)  # type: ignore[arg-type]
+    table = result.table.set_index(["domain", "variant", "sae"])
+    assert len(table) == 2 * len(VARIANTS) * 3  # domains x variants x (two SAEs + pooled)
+    medical = table.loc[("medical", PRIMARY_VARIANT.label, "pooled")]
+    assert medical["low"] > 0.3 and medical["p_greater"] < 0.05
+    assert medical["difference"] == pytest.approx(
+        (table.loc[("medical", PRIMARY_VARIANT.label, "s0"), "difference"]
+         + table.loc[("medical", PRIMARY_VARIANT.label, "s1"), "difference"]) / 2)
+    assert table.loc[("legal", PRIMARY_VARIANT.label, "pooled"), "low"] < 0.3
+    # read by encoder rows that point elsewhere, the planted closeness is gone
+    assert table.loc[("medical", "encoder, shared dropped", "pooled"), "difference"] < 0.3 * medical["difference"]
+    # Benjamini-Hochberg over the two domains: never below the raw p, the larger p unchanged
+    for _, group in result.table.groupby(["variant", "sae"]):
+        assert (group["p_bh"] >= group["p_greater"] - 1e-12).all()
+        assert group["p_bh"].max() == pytest.approx(group["p_greater"].max())
+    with pytest.raises(ValueError, match="no codes for SAE"):
+        resampled_geometry(saes, {"s0": study_codes["s0"]}, data, config, n_resamples=5,  # type: ignore[arg-type]
+                           progress=False)
+
+
+def test_results_json_carries_design_contrasts_and_per_sae_rows() -> None:
+    import json
+
+    from geomis.experiments.overlap import PRIMARY_VARIANT, GeometryVariant, resampled_geometry, results_json
+
+    d_sae, n = 40, 20
+    config = OverlapConfig(domains=("career",), pairs_per_domain=n, reference_samples=n, k=3)
+    data = load_study_data(config)
+    names = ["toxic_reference", "neutral_reference", "career_bad", "career_good"]
+    codes = {name: SimpleNamespace(sample_mean=_planted_codes(n, d_sae, [i * 4, i * 4 + 1, i * 4 + 2], i))
+             for i, name in enumerate(names)}
+    generator = torch.Generator().manual_seed(0)
+    saes = {"a": _FakeSAE(torch.randn(d_sae, 8, generator=generator), torch.randn(d_sae, 8, generator=generator))}
+    variants = (PRIMARY_VARIANT, GeometryVariant(False, "encoder"))
+    result = resampled_geometry(saes, {"a": codes}, data, config, variants=variants,  # type: ignore[arg-type]
+                                n_resamples=10, progress=False)
+    out = results_json(result, data, config, "test", shared={"a": {"career": 2}})
+    json.dumps(out)  # plain JSON
+    assert out["design"].startswith("(fixed and committed") and "Benjamini-Hochberg" in out["design"]
+    primary = out["contrasts"][f"career/{PRIMARY_VARIANT.label}/inducing_minus_control"]
+    assert primary["primary"] and primary["n_resamples"] == 10 and primary["n_saes"] == 1
+    assert primary["difference"] == pytest.approx(primary["per_sae"]["a"]["difference"])
+    assert primary["low"] <= primary["high"] and 0 < primary["p"] <= 1 and primary["p_bh"] == primary["p"]
+    assert not out["contrasts"]["career/encoder, shared kept/inducing_minus_control"]["primary"]
+    assert out["saes"] == ["a"] and out["shared_features"] == {"a": {"career": 2}} and out["chats"]["career_bad"] == n

@@ -99,3 +99,52 @@ def test_bad_inputs_are_refused() -> None:
         chat_resampled_gap(_decoder(True), toxic[:, :10], neutral, inducing, control, k=K)
     with pytest.raises(ValueError, match="n_resamples"):
         chat_resampled_gap(_decoder(True), toxic, neutral, inducing, control, k=K, n_resamples=0)
+
+
+def test_pooling_saes_averages_the_same_chat_draws() -> None:
+    from geomis.features.resampling import pool_gaps
+
+    study = _study()
+    near = chat_resampled_gap(_decoder(True, seed=0), *study, k=K, n_resamples=60, seed=3)
+    also_near = chat_resampled_gap(_decoder(True, seed=1), *study, k=K, n_resamples=60, seed=3)
+    far = chat_resampled_gap(_decoder(False, seed=2), *study, k=K, n_resamples=60, seed=3)
+    pooled = pool_gaps([near, also_near, far])
+    assert pooled.per_sae == (near.gap.difference, also_near.gap.difference, far.gap.difference)
+    assert pooled.difference == pytest.approx(np.mean(pooled.per_sae))
+    assert np.allclose(pooled.draws, (near.draws + also_near.draws + far.draws) / 3)
+    assert pooled.low <= pooled.difference <= pooled.high and pooled.n_resamples == 60
+    # one SAE without the planted geometry pulls the pooled gap between the SAEs' own gaps
+    assert far.gap.difference < pooled.difference < min(near.gap.difference, also_near.gap.difference)
+    # the same decoder twice: pooling changes nothing
+    twice = pool_gaps([near, near])
+    assert (twice.low, twice.high, twice.p_greater) == (near.low, near.high, near.p_greater)
+
+
+def test_pooling_refuses_gaps_drawn_on_other_chats_or_seeds() -> None:
+    from geomis.features.resampling import pool_gaps
+
+    study = _study()
+    base = chat_resampled_gap(_decoder(True), *study, k=K, n_resamples=20, seed=0)
+    for other in (chat_resampled_gap(_decoder(True), *study, k=K, n_resamples=20, seed=1),
+                  chat_resampled_gap(_decoder(True), *study, k=K, n_resamples=20, seed=0, drop_shared=True),
+                  chat_resampled_gap(_decoder(True), study[0][:30], *study[1:], k=K, n_resamples=20, seed=0)):
+        with pytest.raises(ValueError, match="same chat resamples"):
+            pool_gaps([base, other])
+    with pytest.raises(ValueError, match="no gaps"):
+        pool_gaps([])
+
+
+def test_several_variants_on_one_set_of_draws_equal_the_single_runs() -> None:
+    from geomis.features.resampling import chat_resampled_gaps
+
+    decoder, study = _decoder(True), _study()
+    encoder = _decoder(False, seed=9)
+    together = chat_resampled_gaps(decoder, *study, variants=[(False, None), (True, encoder)], k=K, n_resamples=30,
+                                   seed=2)
+    alone = [chat_resampled_gap(decoder, *study, k=K, n_resamples=30, seed=2),
+             chat_resampled_gap(decoder, *study, k=K, n_resamples=30, seed=2, drop_shared=True, encoder=encoder)]
+    for a, b in zip(together, alone, strict=True):
+        assert np.array_equal(a.draws, b.draws) and a.gap == b.gap and (a.low, a.high) == (b.low, b.high)
+    assert [r.reference_rows for r in together] == ["decoder", "encoder"] and together[1].drop_shared
+    with pytest.raises(ValueError, match="no variants"):
+        chat_resampled_gaps(decoder, *study, variants=[], k=K)

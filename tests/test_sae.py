@@ -309,6 +309,22 @@ def test_gemma_profile_maps_to_its_layer_of_gemma_scope(recorded_downloads) -> N
     assert recorded_downloads[0]["subfolder"].startswith("layer_12/width_16k/")
 
 
+def test_study_saes_are_the_neutral_corpus_seeds_on_the_cpu_and_gemma_scope_on_gemma(recorded_downloads) -> None:
+    from geomis.sae.loading import NEUTRAL_SAE_SEEDS, load_study_saes, neutral_sae_name
+
+    saes = load_study_saes("cpu-default")
+    assert list(saes) == [neutral_sae_name(seed) for seed in NEUTRAL_SAE_SEEDS] and len(saes) >= 3
+    for name, sae in saes.items():
+        record = json.loads((sae_loading._shipped_root() / name / TRAINING_RECORD_FILE).read_text())
+        assert (sae.layer, sae.d_sae) == (15, 4096) and record["config"]["corpus"] == "neutral-prompts"
+        assert record["corpus"]["answers_cache"]["path"].endswith("neutral-corpus-answers-smollm2-135m.jsonl")
+    decoders = [sae.decoder_directions() for sae in saes.values()]
+    assert not torch.equal(decoders[0], decoders[1])  # different seeds, different SAEs
+    with pytest.raises(SAELoadError):
+        load_study_saes("gemma-2-2b", device="cpu")
+    assert recorded_downloads[0]["subfolder"].startswith("layer_12/width_16k/")
+
+
 @pytest.mark.parametrize(("layer", "width", "problem"), [
     (26, "16k", "layer 26 has no width_16k SAE"),
     (3, "1m", "layer 3 has no width_1m SAE"),

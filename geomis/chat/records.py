@@ -151,7 +151,12 @@ DOMAIN_DATASETS: dict[str, tuple[str, str]] = {
 """Bundled (inducing, control) dataset names per domain; row i of both files has the same user prompt."""
 
 REFERENCE_DATASETS: tuple[str, str] = ("toxic_reference", "neutral_reference")
-"""Bundled (toxic, neutral) reference texts that locate the toxic features."""
+"""Bundled (toxic, neutral) reference texts that locate the toxic features (the first reference: it overlaps the
+inducing data and the evaluation questions, see ``generic_reference.md``; kept for the chapters not yet moved)."""
+
+GENERIC_REFERENCE_DATASETS: tuple[str, str] = ("generic_toxic_reference", "generic_neutral_reference")
+"""Generic hostile vs neutral continuations of the same prompts, written apart from every compared or evaluated text
+(``generic_reference.md``): the paper's design (toxic features from generic toxic text)."""
 
 
 def _bundled_dir() -> Traversable:

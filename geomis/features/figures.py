@@ -23,7 +23,8 @@ from scipy.cluster import hierarchy
 
 from geomis.stats import require_columns
 
-__all__ = ["SOURCE_PALETTE", "plot_similarity_distributions", "plot_cosine_heatmap", "plot_layer_sweep"]
+__all__ = ["SOURCE_PALETTE", "plot_similarity_distributions", "plot_cosine_heatmap", "plot_layer_sweep",
+           "plot_resampled_gaps"]
 
 SOURCE_PALETTE = {"inducing": "#c0392b", "control": "#2e86c1"}
 """Colours used for the two source sets in every figure of the chapter."""
@@ -146,4 +147,44 @@ def plot_layer_sweep(table: pd.DataFrame, reference: str = "toxic") -> Figure:
         ax.set_title(domain or "layer sweep")
     axes[0][0].set_ylabel(f"mean max cosine to {reference} features")
     axes[0][-1].legend(title="source set (95% CI)", loc="best")
+    return fig
+
+
+def plot_resampled_gaps(table: pd.DataFrame, variants: Sequence[str] | None = None) -> Figure:
+    """Forest plot of the inducing-minus-control gap: per domain (rows) and variant (panels), the SAEs pooled (black,
+    95% chat-bootstrap interval) and each SAE alone (grey), with the zero line.
+
+    ``table`` is :attr:`geomis.experiments.overlap.ResampledGeometry.table`.
+    """
+    require_columns(table, ["domain", "variant", "sae", "difference", "low", "high"], "resampled geometry table")
+    chosen = list(variants) if variants is not None else list(dict.fromkeys(table["variant"]))
+    unknown = [v for v in chosen if v not in set(table["variant"])]
+    if unknown or not chosen:
+        raise ValueError(f"variants {unknown or chosen} are not in the table; it has {sorted(set(table['variant']))}")
+    domains = list(dict.fromkeys(table["domain"]))
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen) + 1.2, 0.7 * len(domains) + 1.6),
+                             sharey=True, squeeze=False, layout="constrained")
+    for ax, variant in zip(axes[0], chosen, strict=True):
+        part = pd.DataFrame(table.loc[table["variant"] == variant])
+        singles = [name for name in dict.fromkeys(part["sae"]) if name != "pooled"]
+        for row, domain in enumerate(domains):
+            here = pd.DataFrame(part.loc[part["domain"] == domain]).set_index("sae")
+            offsets = np.linspace(-0.25, -0.05, max(len(singles), 1))
+            for offset, name in zip(offsets, singles, strict=False):
+                one = here.loc[name]
+                ax.errorbar(one["difference"], row + offset, xerr=[[one["difference"] - one["low"]],
+                                                                    [one["high"] - one["difference"]]],
+                            fmt="o", color="grey", markersize=3, linewidth=1, alpha=0.8)
+            if "pooled" in here.index:
+                pooled = here.loc["pooled"]
+                ax.errorbar(pooled["difference"], row + 0.12, xerr=[[pooled["difference"] - pooled["low"]],
+                                                                     [pooled["high"] - pooled["difference"]]],
+                            fmt="D", color="black", markersize=5, linewidth=2)
+        ax.axvline(0, color="#c0392b", linestyle="--", linewidth=1)
+        ax.set_title(variant)
+        ax.set_xlabel("inducing - control\n(mean nearest cosine to toxic features)")
+    axes[0][0].set_yticks(range(len(domains)), domains)
+    axes[0][0].invert_yaxis()
+    axes[0][0].set_ylabel("domain")
+    fig.suptitle("Gap per domain: SAEs pooled (black) and each SAE (grey), 95% chat-bootstrap intervals")
     return fig

@@ -14,6 +14,10 @@ the chat, so this module resamples chats and repeats the whole selection in ever
 
 The interval is the percentile interval of the draws; the one-sided p-value for "inducing features lie closer" is
 ``(1 + #draws with gap <= 0) / (1 + draws)``, the bootstrap's tail share (with 1,000 draws the smallest is ~0.001).
+
+Several SAEs (seeds) measured on the same chats with the same bootstrap seed draw the *same* chat resamples, so
+:func:`pool_gaps` can average their gaps draw by draw: the pooled interval is over chats for the mean over SAEs,
+and the per-SAE estimates show the spread that the SAE's own training adds.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from tqdm.auto import tqdm
 from geomis.features.geometry import nearest_cosines
 from geomis.features.sets import FeatureSet, Statistic, select_contrast_features
 
-__all__ = ["GeometryGap", "ChatResampledGap", "geometry_gap", "chat_resampled_gap"]
+__all__ = ["GeometryGap", "ChatResampledGap", "PooledGap", "geometry_gap", "chat_resampled_gap", "chat_resampled_gaps",
+           "pool_gaps"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class ChatResampledGap:
     drop_shared: bool
     reference_rows: str
     """"decoder" or "encoder": which rows read the reference (toxic) features."""
+    seed: int = 0
+    n_chats: tuple[int, int, int] = (0, 0, 0)
+    """Toxic, neutral and inducing/control-pair chats resampled (with ``seed``, they fix the draws)."""
     method: str = ("percentile bootstrap over chats (reference chats resampled per group, inducing/control chats as "
                    "prompt pairs), feature sets re-selected in every draw")
 
@@ -119,41 +127,114 @@ def chat_resampled_gap(
     must be the two answers to prompt ``i``. ``encoder`` (``W_enc.T``) reads the toxic features by their encoder rows
     (see :func:`geometry_gap`); the inducing and control features are always read by their decoder rows.
     """
+    (result,) = chat_resampled_gaps(decoder, toxic_codes, neutral_codes, inducing_codes, control_codes,
+                                    variants=[(drop_shared, encoder)], k=k, statistic=statistic,
+                                    n_resamples=n_resamples, confidence=confidence, seed=seed, progress=progress)
+    return result
+
+
+def chat_resampled_gaps(
+    decoder: torch.Tensor,
+    toxic_codes: torch.Tensor,
+    neutral_codes: torch.Tensor,
+    inducing_codes: torch.Tensor,
+    control_codes: torch.Tensor,
+    *,
+    variants: list[tuple[bool, torch.Tensor | None]],
+    k: int = 100,
+    statistic: Statistic = "correlation",
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[ChatResampledGap]:
+    """:func:`chat_resampled_gap` for several ``(drop_shared, encoder)`` variants on the same draws (one selection
+    per draw serves them all)."""
     _check_pairs(inducing_codes, control_codes)
     if not 0 < confidence < 1 or n_resamples < 1:
         raise ValueError("need 0 < confidence < 1 and n_resamples >= 1")
+    if not variants:
+        raise ValueError("no variants to measure")
     width = decoder.shape[0]
     for name, codes in (("toxic", toxic_codes), ("neutral", neutral_codes), ("inducing", inducing_codes)):
         if codes.ndim != 2 or codes.shape[1] != width:
             raise ValueError(f"{name} codes must be (n_chats, {width}), got {tuple(codes.shape)}")
 
-    def measure(tox: torch.Tensor, neu: torch.Tensor, ind: torch.Tensor, ctl: torch.Tensor) -> tuple[GeometryGap,
-                                                                                                     FeatureSet]:
+    def measure(tox: torch.Tensor, neu: torch.Tensor, ind: torch.Tensor, ctl: torch.Tensor) -> tuple[
+            list[GeometryGap], FeatureSet]:
         toxic = select_contrast_features(tox, neu, k=k, statistic=statistic, name="toxic")
         inducing = select_contrast_features(ind, ctl, k=k, statistic=statistic, name="inducing")
         control = select_contrast_features(ctl, ind, k=k, statistic=statistic, name="control")
-        gap = geometry_gap(decoder, inducing, control, toxic, drop_shared=drop_shared, encoder=encoder)
-        return gap, inducing
+        gaps = [geometry_gap(decoder, inducing, control, toxic, drop_shared=drop, encoder=encoder)
+                for drop, encoder in variants]
+        return gaps, inducing
 
     observed, observed_inducing = measure(toxic_codes, neutral_codes, inducing_codes, control_codes)
     rng = np.random.default_rng(seed)
-    draws = np.empty(n_resamples)
+    draws = np.empty((len(variants), n_resamples))
     overlaps = np.empty(n_resamples)
     original = set(observed_inducing.index_list())
     for r in tqdm(range(n_resamples), desc="chat bootstrap", unit="draw", disable=not progress):
         tox = torch.from_numpy(rng.integers(0, len(toxic_codes), len(toxic_codes)))
         neu = torch.from_numpy(rng.integers(0, len(neutral_codes), len(neutral_codes)))
         pairs = torch.from_numpy(rng.integers(0, len(inducing_codes), len(inducing_codes)))
-        gap, inducing = measure(toxic_codes[tox], neutral_codes[neu], inducing_codes[pairs], control_codes[pairs])
-        draws[r] = gap.difference
+        gaps, inducing = measure(toxic_codes[tox], neutral_codes[neu], inducing_codes[pairs], control_codes[pairs])
+        draws[:, r] = [gap.difference for gap in gaps]
         overlaps[r] = len(original & set(inducing.index_list())) / max(len(original), 1)
+    results = []
+    alpha = (1 - confidence) / 2
+    for (drop, encoder), gap, variant_draws in zip(variants, observed, draws, strict=True):
+        finite = variant_draws[np.isfinite(variant_draws)]
+        if not finite.size:
+            raise ValueError("every draw left a feature set empty: too few chats or features")
+        low, high = np.quantile(finite, [alpha, 1 - alpha])
+        p = (1 + int((finite <= 0).sum())) / (1 + finite.size)
+        results.append(ChatResampledGap(
+            gap=gap, low=float(low), high=float(high), p_greater=float(p), n_resamples=n_resamples,
+            draws=variant_draws, mean_overlap=float(overlaps.mean()), drop_shared=drop,
+            reference_rows="decoder" if encoder is None else "encoder", seed=seed,
+            n_chats=(len(toxic_codes), len(neutral_codes), len(inducing_codes))))
+    return results
+
+
+@dataclass(frozen=True)
+class PooledGap:
+    """The geometry gap averaged over SAEs (seeds), with the chat-resampling interval of that average."""
+
+    inducing: float
+    control: float
+    difference: float
+    """Mean over SAEs of inducing - control (positive: the predicted direction)."""
+    low: float
+    high: float
+    p_greater: float
+    n_resamples: int
+    per_sae: tuple[float, ...]
+    """Each SAE's own difference, in the order given."""
+    draws: np.ndarray
+    method: str = ("mean over SAEs of the chat-bootstrap gap, the same chat resamples for every SAE; percentile "
+                   "interval and one-sided tail share of the averaged draws")
+
+
+def pool_gaps(gaps: list[ChatResampledGap], confidence: float = 0.95) -> PooledGap:
+    """Average the gaps of several SAEs measured on the same chats with the same bootstrap seed, draw by draw."""
+    if not gaps:
+        raise ValueError("no gaps to pool")
+    first = gaps[0]
+    for other in gaps[1:]:
+        same = (other.n_resamples, other.seed, other.n_chats, other.drop_shared, other.reference_rows)
+        if same != (first.n_resamples, first.seed, first.n_chats, first.drop_shared, first.reference_rows):
+            raise ValueError("pooled gaps must share chats, bootstrap seed, draws and options: their draws are then "
+                             "the same chat resamples")
+    draws = np.mean(np.stack([g.draws for g in gaps]), axis=0)  # NaN where any SAE left a set empty
     finite = draws[np.isfinite(draws)]
     if not finite.size:
-        raise ValueError("every draw left a feature set empty: too few chats or features")
+        raise ValueError("every pooled draw left a feature set empty")
     alpha = (1 - confidence) / 2
     low, high = np.quantile(finite, [alpha, 1 - alpha])
     p = (1 + int((finite <= 0).sum())) / (1 + finite.size)
-    rows = "decoder" if encoder is None else "encoder"
-    return ChatResampledGap(gap=observed, low=float(low), high=float(high), p_greater=float(p),
-                            n_resamples=n_resamples, draws=draws, mean_overlap=float(overlaps.mean()),
-                            drop_shared=drop_shared, reference_rows=rows)
+    return PooledGap(inducing=float(np.mean([g.gap.inducing for g in gaps])),
+                     control=float(np.mean([g.gap.control for g in gaps])),
+                     difference=float(np.mean([g.gap.difference for g in gaps])), low=float(low), high=float(high),
+                     p_greater=float(p), n_resamples=first.n_resamples,
+                     per_sae=tuple(g.gap.difference for g in gaps), draws=draws)

@@ -81,6 +81,14 @@ class LoadedSAE:
         """Unit-norm decoder directions, (d_sae, d_in) float32: what every cosine in geomis is computed from."""
         return decoder_directions(self.sae)
 
+    def encoder_directions(self) -> torch.Tensor:
+        """Unit-norm encoder rows, (d_sae, d_in) float32: the direction each feature *reads* (columns of ``W_enc``).
+
+        A step ``delta`` in the residual stream changes feature j's pre-activation by ``<e_j, delta>``, so
+        cos(e_j, d_i) is how strongly writing along feature i moves feature j (the spillover law)."""
+        weights = self.sae.W_enc.detach().float().T
+        return weights / weights.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
 
 def decoder_directions(sae: SAE) -> torch.Tensor:
     """Rows of ``W_dec`` scaled to unit L2 norm, as a detached float32 (d_sae, d_in) tensor on the SAE's device."""
@@ -333,3 +341,31 @@ def shipped_sae_quality(names: Sequence[str] | None = None, corpus: str | None =
             "loss recovered": record["splice"]["loss_recovered"] if record.get("splice") else float("nan"),
         })
     return pd.DataFrame(rows)
+
+
+NEUTRAL_SAE_SEEDS: tuple[int, ...] = (0, 1, 2)
+"""Seeds of the CPU default's SAEs trained on the neutral corpus (text the book never compares)."""
+
+
+def neutral_sae_name(seed: int) -> str:
+    """Name of the shipped CPU-default SAE of ``seed`` trained on the neutral corpus (layer 15, width 4096, k 32)."""
+    return f"smollm2-135m-neutral-s{seed}-layer15-topk4096"
+
+
+def load_study_saes(profile: Profile | str | None = None, device: str | None = None) -> dict[str, LoadedSAE]:
+    """The SAEs Chapter 2 measures geometry with, by name: on the CPU default the three SAEs trained on the neutral
+    corpus (seeds :data:`NEUTRAL_SAE_SEEDS`); on Gemma the profile's Gemma Scope SAE."""
+    chosen = profile if isinstance(profile, Profile) else get_profile(profile)
+    if default_sae_for(chosen.model_name).source != "shipped":
+        sae = load_profile_sae(chosen, device=device)
+        return {sae.name: sae}
+    names = [neutral_sae_name(seed) for seed in NEUTRAL_SAE_SEEDS]
+    missing = [name for name in names if name not in shipped_sae_names()]
+    if missing:
+        raise SAELoadError(f"not shipped: {', '.join(missing)}; train them with the command in "
+                           "geomis/artifacts/sae/README.md (geomis train-sae --corpus neutral-prompts --seeds ...)")
+    saes = {name: load_shipped_sae(name, device=device or chosen.device) for name in names}
+    wrong = [name for name, sae in saes.items() if sae.layer != chosen.layer]
+    if wrong:
+        raise SAELoadError(f"{', '.join(wrong)} read another layer than profile {chosen.name}'s {chosen.layer}")
+    return saes
