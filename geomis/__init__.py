@@ -101,6 +101,8 @@ _EXPORTS: dict[str, str] = {
     "eval_figures": "geomis.evaluation.figures",
     "judge_validation": "geomis.judges.validation",
     "results_file": "geomis.evaluation.book_results:results_file",
+    "write_results_file": "geomis.evaluation.book_results:write_results_file",
+    "measure_contamination": "geomis.evaluation.contamination:measure_contamination",
     # the book's experiments
     "overlap": "geomis.experiments.overlap",
     "recipe_search": "geomis.experiments.recipe_search",

@@ -61,3 +61,26 @@ def test_calibration_figure_draws_one_line_per_group() -> None:
     assert len(fig.axes[0].get_lines()) == 3  # the diagonal and one line per group
     with pytest.raises(ValueError, match="calibration table"):
         plot_judge_calibration(table.drop(columns="n"))
+
+
+def test_results_are_written_into_the_checkout_as_strict_json(tmp_path: Path) -> None:
+    import json
+
+    from geomis.evaluation.book_results import write_results_file
+
+    root = tmp_path / "checkout"
+    (root / "book" / "results").mkdir(parents=True)
+    content = {"rate": float("nan"), "interval": (0.1, float("inf")), "n": 3, "nested": {"p": 0.5}}
+    path = write_results_file("02_x.json", content, start=root / "book")
+    assert path == root / "book" / "results" / "02_x.json"
+    assert json.loads(path.read_text()) == {"rate": None, "interval": [0.1, None], "n": 3, "nested": {"p": 0.5}}
+    assert write_results_file("02_x.json", {"n": 4}, start=root) == path  # from the root too, replacing
+    assert json.loads(path.read_text()) == {"n": 4}
+    assert results_file("02_x.json", start=root) == path  # what is written is what a chapter reads
+    for bad in ("../x.json", "a/b.json", "x.csv", ""):
+        with pytest.raises(FileAccessError, match="not a results file name"):
+            write_results_file(bad, {}, start=root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(FileAccessError, match="only in a checkout"):
+        write_results_file("02_x.json", {}, start=elsewhere)

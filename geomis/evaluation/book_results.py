@@ -48,3 +48,38 @@ def results_file(name: str, *, start: str | os.PathLike[str] | None = None, down
         with atomic_path(target) as temporary:
             temporary.write_bytes(data)
     return target
+
+
+def _plain(value: object) -> object:
+    """``value`` with NaN and infinities as None and tuples as lists (strict JSON)."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def write_results_file(name: str, content: dict[str, object], *,
+                       start: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``content`` as ``book/results/<name>`` of the checkout above ``start`` (default: the working folder),
+    atomically, as strict JSON (NaN written as null); refused outside a checkout."""
+    import json
+
+    from geomis.atomic_io import atomic_path
+
+    if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".json"):
+        raise FileAccessError(f"{name!r} is not a results file name (NN_name.json)")
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for results in ((folder / "results") if folder.name == "book" else None, folder / "book" / "results"):
+            if results is not None and results.is_dir():
+                target = results / name
+                with atomic_path(target) as temporary:
+                    temporary.write_text(json.dumps(_plain(content), indent=1, allow_nan=False) + "\n",
+                                         encoding="utf-8")
+                return target
+    raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")
