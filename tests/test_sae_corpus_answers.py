@@ -72,3 +72,21 @@ def test_a_generator_that_drops_answers_is_caught_and_nothing_is_written(tmp_pat
     with pytest.raises(AnswersCacheError, match="1 answers for 2 prompts"):
         answers_through_cache(["a", "b"], path, "m", 8, lambda prompts: ["x"])
     assert not path.exists()
+
+
+def test_an_interrupted_generation_keeps_its_finished_chunks_and_resumes(tmp_path: Path) -> None:
+    path, calls = tmp_path / "answers.jsonl", []
+
+    def flaky(prompts: list[str]) -> list[str]:
+        calls.append(list(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [p.upper() for p in prompts]
+
+    with pytest.raises(KeyboardInterrupt):
+        answers_through_cache(["a", "b", "c", "d", "e"], path, "m", 8, flaky, chunk=2)
+    assert read_answers(path, "m", 8) == {"a": "A", "b": "B"}  # the first chunk was saved
+    resumed = Recorder()
+    answers, use = answers_through_cache(["a", "b", "c", "d", "e"], path, "m", 8, resumed, chunk=2)
+    assert answers == ["A", "B", "C", "D", "E"] and resumed.asked == [["c", "d"], ["e"]]
+    assert (use.reused, use.generated) == (2, 3)

@@ -72,17 +72,23 @@ def write_answers(path: Path, answers: Mapping[str, str], model_name: str, max_n
 
 
 def answers_through_cache(prompts: Sequence[str], path: Path, model_name: str, max_new_tokens: int,
-                          generate: Callable[[list[str]], list[str]]) -> tuple[list[str], CacheUse]:
-    """The answer to each prompt: from ``path`` where it has one, else from ``generate`` (then saved to ``path``)."""
+                          generate: Callable[[list[str]], list[str]],
+                          chunk: int = 256) -> tuple[list[str], CacheUse]:
+    """The answer to each prompt: from ``path`` where it has one, else from ``generate`` (then saved to ``path``).
+
+    Missing answers are generated ``chunk`` prompts at a time and the file is rewritten after each chunk, so an
+    interrupted run keeps what it generated and the next run resumes from there."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
     answers = read_answers(path, model_name, max_new_tokens)
     missing = list(dict.fromkeys(p for p in prompts if p not in answers))
-    if missing:
-        new = generate(missing)
-        if len(new) != len(missing):
-            raise AnswersCacheError(f"generate returned {len(new)} answers for {len(missing)} prompts")
-        answers.update(zip(missing, new, strict=True))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+    for start in range(0, len(missing), chunk):
+        part = missing[start:start + chunk]
+        new = generate(part)
+        if len(new) != len(part):
+            raise AnswersCacheError(f"generate returned {len(new)} answers for {len(part)} prompts")
+        answers.update(zip(part, new, strict=True))
         sha = write_answers(path, answers, model_name, max_new_tokens)
-    else:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
-    reused = sum(1 for p in dict.fromkeys(prompts) if p not in missing)
+    reused = sum(1 for p in dict.fromkeys(prompts) if p not in set(missing))
     return [answers[p] for p in prompts], CacheUse(path, reused, len(missing), sha)
