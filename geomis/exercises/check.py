@@ -151,7 +151,8 @@ def compare_tensors(got: Tensor, expected: Tensor, case: Case, tolerance: Tolera
             f"expected {expected64[worst].item():.6g}, got {got64[worst].item():.6g}")
 
 
-def _diagnose(mistakes: Sequence[Mistake], got: Tensor, case: Case, tolerance: Tolerance) -> str:
+def _diagnose(mistakes: Sequence[Mistake], got: Tensor, case: Case, tolerance: Tolerance,
+              compare: Compare | None = None) -> str:
     """' Your output is what you get if you ...' for the first known mistake the output matches, else ''."""
     for mistake in mistakes:
         try:
@@ -161,7 +162,9 @@ def _diagnose(mistakes: Sequence[Mistake], got: Tensor, case: Case, tolerance: T
             wrong_tensor = wrong.detach() if isinstance(wrong, Tensor) else torch.as_tensor(wrong)
         except Exception:  # a mistake that cannot even run on this case cannot be the one the student made
             continue
-        if compare_tensors(got, wrong_tensor, case, tolerance) is None:
+        same = (compare(got, wrong_tensor, case) if compare is not None
+                else compare_tensors(got, wrong_tensor, case, tolerance))
+        if same is None:
             return f" Your output is what you get if you {mistake.description}."
     return ""
 
@@ -182,8 +185,11 @@ def check_function(
     compare: Compare | None = None,
     tolerance: Tolerance = Tolerance(),
     what: str = "matches the reference",
+    mistake_compare: Compare | None = None,
 ) -> None:
-    """Run `student` and `reference` on every case; print ✅ when all agree, else raise `ExerciseFailure`."""
+    """Run `student` and `reference` on every case; print ✅ when all agree, else raise `ExerciseFailure`.
+
+    `mistake_compare` decides whether the output is a known mistake (default: `compare_tensors`)."""
     def default(got: Tensor, expected: Tensor, case: Case) -> str | None:
         return compare_tensors(got, expected, case, tolerance)
 
@@ -194,7 +200,7 @@ def check_function(
             expected = reference(*(_clone(v) for v in case.args), **{k: _clone(v) for k, v in case.kwargs.items()})
         problem = comparison(got, expected.detach(), case)
         if problem is not None:
-            hint = _diagnose(mistakes, got, case, tolerance)
+            hint = _diagnose(mistakes, got, case, tolerance, mistake_compare)
             raise ExerciseFailure(
                 f"❌ {exercise} is wrong on case '{case.name}' ({describe_args(case)}): {problem}.{hint}"
             )
