@@ -55,15 +55,8 @@ def point_config_at_ref(text: str, ref: str = BOOK_REF) -> str:
 def stale_files(root: Path = ROOT, *, write: bool) -> list[Path]:
     """The files whose links point elsewhere than ``BOOK_REF`` (rewritten in place when ``write``)."""
     stale = []
-    config = root / CONFIG_FILE
-    if config.is_file():
-        text = config.read_text(encoding="utf-8")
-        updated = point_config_at_ref(text)
-        if updated != text:
-            stale.append(config)
-            if write:
-                config.write_text(updated, encoding="utf-8")
-    for path in [root / name for name in TEXT_FILES] + sorted(root.glob(CHAPTER_GLOB)):
+    texts = [(root / CONFIG_FILE, point_config_at_ref)] + [(root / name, point_at_ref) for name in TEXT_FILES]
+    for path, rewrite in texts + [(path, point_at_ref) for path in sorted(root.glob(CHAPTER_GLOB))]:
         if not path.is_file():
             continue
         if path.suffix == ".ipynb":
@@ -79,7 +72,7 @@ def stale_files(root: Path = ROOT, *, write: bool) -> list[Path]:
                     nbformat.write(notebook, path)
         else:
             text = path.read_text(encoding="utf-8")
-            updated = point_at_ref(text)
+            updated = rewrite(text)
             if updated != text:
                 stale.append(path)
                 if write:

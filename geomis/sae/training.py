@@ -621,13 +621,17 @@ def train_sae_seeds(model: LoadedModel, config: SAETrainingConfig, seeds: Sequen
     Each SAE records ``corpus_seed``, so ``--seed S --corpus-seed C`` rebuilds it alone."""
     outputs = seed_outputs(out_template, seeds)
     shared = replace(config, corpus_seed=config.order_seed)
-    todo = [(seed, out) for seed, out in zip(seeds, outputs, strict=True) if force or not out.exists()]
     for out in outputs:
-        if out.exists() and not out.is_dir():
-            raise SAETrainingError(f"{out} exists and is not a folder")
-    results: list[SAETrainingReport | Path] = [out for out in outputs]
+        check_output(out, force=True)  # an existing output must at least be a folder
+    todo = [i for i, out in enumerate(outputs) if force or not out.exists()]
+    results: list[SAETrainingReport | Path] = list(outputs)
     if not todo:
         return results
+    prepared = prepare_corpus(model, shared, progress, answers_cache)
+    for i in todo:
+        results[i] = train_sae_to_dir(model, replace(shared, seed=seeds[i]), outputs[i], force=force,
+                                      progress=progress, command=command(seeds[i]), prepared=prepared)
+    return results
     prepared = prepare_corpus(model, shared, progress, answers_cache)
     for seed, out in todo:
         report = train_sae_to_dir(model, replace(shared, seed=seed), out, force=force, progress=progress,
