@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "load_study_saes": "geomis.sae.loading:load_study_saes",
     "shipped_sae_quality": "geomis.sae.loading:shipped_sae_quality",
     "encode_tokens": "geomis.sae.codes:encode_tokens",
-    "reconstruction_metrics": "geomis.sae.training:reconstruction_metrics",
+    "reconstruction_metrics": "geomis.sae.quality:reconstruction_metrics",
     # feature sets and geometry
     "FeatureSet": "geomis.features.sets:FeatureSet",
     "derive_toxic_features": "geomis.features.toxic:derive_toxic_features",

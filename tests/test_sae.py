@@ -32,21 +32,22 @@ from geomis.sae.loading import (
     shipped_sae_names,
     validate_gemma_scope_id,
 )
+from geomis.sae.corpus import (
+    bundled_corpus,
+    collect_corpus_activations,
+    first_occurrence_masks,
+    is_held_out,
+    kept_token_masks,
+    select_tokens,
+)
+from geomis.sae.quality import reconstruction_metrics, splice_metrics
 from geomis.sae.training import (
     TRAINING_RECORD_FILE,
     SAETrainingConfig,
     SAETrainingError,
-    bundled_corpus,
     check_output,
-    collect_corpus_activations,
-    first_occurrence_masks,
     fit_topk_sae,
-    is_held_out,
-    kept_token_masks,
-    reconstruction_metrics,
     save_inference_sae,
-    select_tokens,
-    splice_metrics,
 )
 
 # --------------------------------------------------------------------------------------------- synthetic training
@@ -135,7 +136,7 @@ def test_output_is_never_replaced_without_force(tmp_path) -> None:
 
 def test_default_corpus_is_the_ten_named_sets_with_a_stable_disjoint_holdout() -> None:
     from geomis.chat.records import bundled_dataset_names
-    from geomis.sae.training import DEFAULT_SAE_DATASETS
+    from geomis.sae.corpus import DEFAULT_SAE_DATASETS
 
     split = bundled_corpus()
     names = set(DEFAULT_SAE_DATASETS)
@@ -437,7 +438,7 @@ def test_shipped_quality_table_reads_each_training_record() -> None:
 
 # ------------------------------------------------------------------------------- a corpus the SAE is never compared on
 def test_neutral_prompt_corpus_is_user_turns_split_stably() -> None:
-    from geomis.sae.training import neutral_prompt_corpus
+    from geomis.sae.corpus import neutral_prompt_corpus
 
     split = neutral_prompt_corpus()
     every = split.train + split.held_out
@@ -479,7 +480,8 @@ def test_an_sae_trains_on_the_models_own_answers_to_neutral_prompts(tiny_gemma, 
 @pytest.mark.slow
 def test_seeds_share_one_collection_and_each_rebuilds_alone(tiny_gemma, tmp_path) -> None:
     from geomis.sae.corpus_answers import read_answers
-    from geomis.sae.training import neutral_prompt_corpus, train_sae_seeds, train_sae_to_dir
+    from geomis.sae.corpus import neutral_prompt_corpus
+    from geomis.sae.training import train_sae_seeds, train_sae_to_dir
 
     cache = tmp_path / "answers.jsonl"
     config = SAETrainingConfig(model_name="tiny-gemma2", layer=1, width=32, k=4, tokens=300, epochs=1,
