@@ -126,6 +126,12 @@ def test_study_runs_end_to_end_on_the_tiny_gemma_at_two_layers(tiny_gemma) -> No
     with pytest.raises(ValueError, match="no activations at layer 3"):
         encode_study(LoadedSAE(sae=sae.sae, name="x", model_name="tiny-gemma2", layer=3, source="shipped"),
                      activations, data)
+    # activations of more sets than the study names (e.g. two references collected in one pass) are left alone
+    extra = {**activations, "unused_set": activations["career_bad"]}
+    assert set(encode_study(sae, extra, data)) == set(data.sets)
+    missing = {name: acts for name, acts in activations.items() if name != "career_good"}
+    with pytest.raises(ValueError, match="no activations for set 'career_good'"):
+        encode_study(sae, missing, data)
 
 
 def test_cpu_sweep_saes_are_the_shipped_equal_width_saes_at_their_layers() -> None:

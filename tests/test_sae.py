@@ -18,6 +18,14 @@ from geomis.cli.commands import main
 from geomis.models.profiles import PROFILES
 from geomis.sae import loading as sae_loading
 from geomis.sae.codes import aggregate_codes, encode_tokens
+from geomis.sae.corpus import (
+    bundled_corpus,
+    collect_corpus_activations,
+    first_occurrence_masks,
+    is_held_out,
+    kept_token_masks,
+    select_tokens,
+)
 from geomis.sae.loading import (
     MAIN_SAE_NAME,
     SAELoadError,
@@ -31,14 +39,6 @@ from geomis.sae.loading import (
     load_shipped_sae,
     shipped_sae_names,
     validate_gemma_scope_id,
-)
-from geomis.sae.corpus import (
-    bundled_corpus,
-    collect_corpus_activations,
-    first_occurrence_masks,
-    is_held_out,
-    kept_token_masks,
-    select_tokens,
 )
 from geomis.sae.quality import reconstruction_metrics, splice_metrics
 from geomis.sae.training import (
@@ -479,8 +479,8 @@ def test_an_sae_trains_on_the_models_own_answers_to_neutral_prompts(tiny_gemma, 
 
 @pytest.mark.slow
 def test_seeds_share_one_collection_and_each_rebuilds_alone(tiny_gemma, tmp_path) -> None:
-    from geomis.sae.corpus_answers import read_answers
     from geomis.sae.corpus import neutral_prompt_corpus
+    from geomis.sae.corpus_answers import read_answers
     from geomis.sae.training import train_sae_seeds, train_sae_to_dir
 
     cache = tmp_path / "answers.jsonl"

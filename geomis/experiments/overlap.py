@@ -197,11 +197,15 @@ def collect_study_activations(
 def encode_study(
     sae: LoadedSAE, activations: Mapping[str, Mapping[int, TokenActivations]], data: StudyData
 ) -> dict[str, SAECodes]:
-    """Encode every set's tokens at the SAE's layer and summarise them per chat."""
+    """Encode the tokens of every set of ``data`` at the SAE's layer and summarise them per chat (``activations``
+    may hold more sets than ``data``; those are left alone)."""
     if sae.layer is None:
         raise ValueError(f"SAE {sae.name} does not say which layer it reads")
     codes = {}
-    for name, per_layer in activations.items():
+    for name in data.sets:
+        if name not in activations:
+            raise ValueError(f"no activations for set {name!r}; collected: {sorted(activations)}")
+        per_layer = activations[name]
         if sae.layer not in per_layer:
             raise ValueError(f"no activations at layer {sae.layer} (SAE {sae.name}); collected: {sorted(per_layer)}")
         codes[name] = encode_tokens(sae, per_layer[sae.layer], n_samples=len(data.sets[name]))

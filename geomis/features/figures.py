@@ -172,14 +172,14 @@ def plot_resampled_gaps(table: pd.DataFrame, variants: Sequence[str] | None = No
             offsets = np.linspace(-0.25, -0.05, max(len(singles), 1))
             for offset, name in zip(offsets, singles, strict=False):
                 one = here.loc[name]
-                ax.errorbar(one["difference"], row + offset, xerr=[[one["difference"] - one["low"]],
-                                                                    [one["high"] - one["difference"]]],
-                            fmt="o", color="grey", markersize=3, linewidth=1, alpha=0.8)
+                ax.hlines(row + offset, one["low"], one["high"], color="grey", linewidth=1, alpha=0.8)
+                ax.plot(one["difference"], row + offset, "o", color="grey", markersize=3, alpha=0.8)
             if "pooled" in here.index:
                 pooled = here.loc["pooled"]
-                ax.errorbar(pooled["difference"], row + 0.12, xerr=[[pooled["difference"] - pooled["low"]],
-                                                                     [pooled["high"] - pooled["difference"]]],
-                            fmt="D", color="black", markersize=5, linewidth=2)
+                # a line from low to high, not error bars: with the sets re-selected in every draw the estimate
+                # on all chats can fall outside its own percentile interval, and that must show, not fail
+                ax.hlines(row + 0.12, pooled["low"], pooled["high"], color="black", linewidth=2)
+                ax.plot(pooled["difference"], row + 0.12, "D", color="black", markersize=5)
         ax.axvline(0, color="#c0392b", linestyle="--", linewidth=1)
         ax.set_title(variant)
         ax.set_xlabel("inducing - control\n(mean nearest cosine to toxic features)")
