@@ -71,6 +71,8 @@ _EXPORTS: dict[str, str] = {
     "FilterConfig": "geomis.filter.run:FilterConfig",
     "run_filter": "geomis.filter.run:run_filter",
     "filter_file": "geomis.filter.run:filter_file",
+    "removal_quality": "geomis.filter.quality:removal_quality",
+    "RemovalQualityConfig": "geomis.filter.quality:RemovalQualityConfig",
     # fine-tuning
     "FinetuneConfig": "geomis.finetune:FinetuneConfig",
     "config_for_profile": "geomis.finetune:config_for_profile",

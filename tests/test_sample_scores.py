@@ -81,6 +81,16 @@ def test_closeness_is_the_nearest_signed_cosine_with_toxic_features_at_one() -> 
         feature_closeness(_decoder(), [])
 
 
+def test_without_self_pairs_a_toxic_feature_counts_by_its_nearest_other_toxic_feature() -> None:
+    closeness = feature_closeness(_decoder(), TOXIC, self_pairs=False)  # the two toxic axes are orthogonal
+    torch.testing.assert_close(closeness, torch.tensor([0, 0, 0, 0, 0, 0, ROOT_HALF, 0.0]), atol=1e-6, rtol=0)
+    leaning = feature_closeness(_decoder(), [0, 6, 6], self_pairs=False)  # a repeated index is one feature
+    torch.testing.assert_close(leaning[[0, 6, 1, 7]], torch.tensor([ROOT_HALF, ROOT_HALF, ROOT_HALF, -ROOT_HALF]),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="at least two toxic features"):
+        feature_closeness(_decoder(), [0, 0], self_pairs=False)
+
+
 @pytest.mark.parametrize("method", ["weighted", "closest", "projection"])
 def test_a_sample_on_the_toxic_directions_scores_highest(method: str) -> None:
     decoder = _decoder()
@@ -178,6 +188,9 @@ def test_a_sample_whose_features_are_the_toxic_set_scores_highest(tiny_gemma, ti
                                      ScoringConfig(method=method, progress=False)).scores
         assert scores[planted] == pytest.approx(1.0)
         assert np.argmax(scores) == planted and (np.delete(scores, planted) < 1.0 - 1e-6).all()
+        without = score_conversations(tiny_gemma, tiny_sae, toxic, chats,
+                                      ScoringConfig(method=method, progress=False, self_pairs=False)).scores
+        assert (without <= scores + 1e-6).all() and without[planted] < 1.0 - 1e-3  # identity no longer counts
 
 
 LONG = [

@@ -9,6 +9,9 @@ decoder direction with the nearest toxic feature's direction (signed, as in :mod
 set-to-set geometry of Chapter 2, self-pairs are *included*: a toxic feature has ``c_f = 1``. There the question is
 whether two different sets are close, and a shared feature is overlap, not proximity; here the question is how close
 one sample is to the toxic features, and firing a toxic feature itself is as close as a sample can get.
+``ScoringConfig(self_pairs=False)`` leaves self-pairs out: a toxic feature then counts by its cosine to the nearest
+*other* toxic feature, the footing of Chapter 2's test, so that a score cannot rise merely because a sample fires
+the very features that were selected on text like it.
 
 Scores (higher = closer to toxic = removed first):
 
@@ -86,6 +89,8 @@ class ScoringConfig:
     """Tokens per forward pass: longer samples have their prompt cut from the left, or their reply read in windows."""
     sae_batch_size: int = 4096
     progress: bool = True
+    self_pairs: bool = True
+    """Whether a toxic feature counts as closeness 1 (itself); False: its nearest other toxic feature's cosine."""
 
     def __post_init__(self) -> None:
         if self.method not in SCORE_METHODS:
@@ -108,18 +113,30 @@ def _indices(toxic: FeatureSet | torch.Tensor | Sequence[int], d_sae: int) -> to
     return idx
 
 
-def feature_closeness(directions: torch.Tensor, toxic: FeatureSet | torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """(d_sae,) float32: each feature's max cosine to the toxic features' unit decoder directions (toxic ones: 1)."""
+def feature_closeness(directions: torch.Tensor, toxic: FeatureSet | torch.Tensor | Sequence[int], *,
+                      self_pairs: bool = True) -> torch.Tensor:
+    """(d_sae,) float32: each feature's max cosine to the toxic features' unit decoder directions.
+
+    With ``self_pairs`` a toxic feature's closeness is 1 (itself); without, its cosine to the nearest *other* toxic
+    feature, so that firing a toxic feature counts only as much as its direction's neighbours (needs two toxic
+    features or more)."""
     if directions.ndim != 2:
         raise ValueError(f"decoder directions must be (d_sae, d_model), got shape {tuple(directions.shape)}")
     units = directions.float()
     units = units / units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    idx = _indices(toxic, units.shape[0]).to(units.device)
+    idx = torch.unique(_indices(toxic, units.shape[0])).to(units.device)
+    if not self_pairs and idx.numel() < 2:
+        raise ValueError("closeness without self-pairs needs at least two toxic features")
     reference = units[idx]
     closeness = torch.empty(units.shape[0], dtype=torch.float32, device=units.device)
     for start in range(0, units.shape[0], _CHUNK_ROWS):
         closeness[start:start + _CHUNK_ROWS] = (units[start:start + _CHUNK_ROWS] @ reference.T).amax(dim=1)
-    closeness[idx] = 1.0  # exact, not 1 - rounding
+    if self_pairs:
+        closeness[idx] = 1.0  # exact, not 1 - rounding
+    else:
+        among = reference @ reference.T
+        among.fill_diagonal_(float("-inf"))
+        closeness[idx] = among.amax(dim=1)
     return closeness.clamp(-1.0, 1.0).cpu()
 
 
@@ -150,9 +167,9 @@ class ToxicGeometry:
 
 
 def toxic_geometry(sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
-                   method: ScoreMethod = DEFAULT_SCORE) -> ToxicGeometry:
+                   method: ScoreMethod = DEFAULT_SCORE, *, self_pairs: bool = True) -> ToxicGeometry:
     """Precompute what ``method`` needs from the SAE's decoder and the toxic set (CPU float32 tensors)."""
-    closeness = feature_closeness(decoder_directions(sae.sae), toxic)
+    closeness = feature_closeness(decoder_directions(sae.sae), toxic, self_pairs=self_pairs)
     if method != "projection":
         return ToxicGeometry(closeness)
     decoder = sae.sae.W_dec.detach().float().cpu()
@@ -277,7 +294,7 @@ def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | 
     if sae.d_in != model.spec.d_model:
         raise ValueError(f"SAE {sae.name} reads width {sae.d_in}, model {model.spec.name} has width "
                          f"{model.spec.d_model}")
-    geometry = toxic_geometry(sae, toxic, config.method)
+    geometry = toxic_geometry(sae, toxic, config.method, self_pairs=config.self_pairs)
     n = len(conversations)
     scores = np.full(n, np.nan)
     scored_tokens = np.zeros(n, dtype=np.int64)
