@@ -73,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "filter_file": "geomis.filter.run:filter_file",
     "removal_quality": "geomis.filter.quality:removal_quality",
     "RemovalQualityConfig": "geomis.filter.quality:RemovalQualityConfig",
+    "compare_removal": "geomis.filter.quality:compare_removal",
     # fine-tuning
     "FinetuneConfig": "geomis.finetune:FinetuneConfig",
     "config_for_profile": "geomis.finetune:config_for_profile",

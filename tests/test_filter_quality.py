@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from geomis.filter.quality import RemovalQualityConfig, removal_quality
+from geomis.filter.quality import RemovalQualityConfig, compare_removal, removal_quality
 
 FAST = RemovalQualityConfig(n_resamples=200)
 
@@ -82,3 +82,22 @@ def test_a_set_without_both_kinds_of_row_is_refused() -> None:
         removal_quality(np.arange(4.0), np.ones(4, dtype=bool))
     with pytest.raises(ValueError, match="one label per score"):
         removal_quality(np.arange(4.0), np.ones(3, dtype=bool))
+
+
+def test_compare_removal_pairs_the_draws_so_near_copies_differ_by_almost_nothing() -> None:
+    generator = np.random.default_rng(1)
+    inducing = np.arange(200) % 2 == 0
+    good = inducing + generator.normal(0, 0.8, 200)
+    scores = {"random": generator.random(200), "good": good, "good again": good + generator.normal(0, 1e-3, 200)}
+    table = compare_removal(scores, inducing, against="good", config=FAST).set_index(["method", "budget"])
+    random_half = table.loc[("random", 0.5)]
+    assert random_half["precision - good"] < 0 and random_half["precision - good high"] < 0
+    assert random_half["p (precision better)"] > 0.95  # one-sided: random is not better
+    copy = table.loc[("good again", 0.5)]
+    separate_width = table.loc[("good", 0.5), "precision high"] - table.loc[("good", 0.5), "precision low"]
+    assert copy["precision - good high"] - copy["precision - good low"] < separate_width / 4
+    assert np.isnan(table.loc[("good", 0.5), "AUROC - good"])
+    alone = removal_quality(good, inducing, FAST).set_index("budget")
+    assert table.loc[("good", 0.5), "precision low"] == alone.loc[0.5, "precision low"]  # same seeded draws
+    with pytest.raises(ValueError, match="no scores for 'judge'"):
+        compare_removal(scores, inducing, against="judge", config=FAST)

@@ -13,7 +13,7 @@ every draw. Rows are the unit because every row of a mixed set answers its own p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ from scipy.stats import mannwhitneyu
 
 from geomis.filter.selection import n_to_remove, select_by_score
 
-__all__ = ["RemovalQualityConfig", "removal_quality"]
+__all__ = ["RemovalQualityConfig", "removal_quality", "compare_removal"]
 
 
 @dataclass(frozen=True)
@@ -62,30 +62,33 @@ def _measures(scores: np.ndarray, inducing: np.ndarray, budgets: Sequence[float]
     return out
 
 
-def removal_quality(scores: Sequence[float] | np.ndarray, inducing: Sequence[bool] | np.ndarray,
-                    config: RemovalQualityConfig = RemovalQualityConfig()) -> pd.DataFrame:
-    """Precision, recall and AUROC of removing the top-scored rows at each budget, with stratified-bootstrap
-    percentile intervals; one row per budget (``removed`` rows, ``chance precision`` = the inducing share)."""
+def _checked(scores: Sequence[float] | np.ndarray, labels: np.ndarray) -> np.ndarray:
     values = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(inducing, dtype=bool)
     if values.ndim != 1 or labels.shape != values.shape:
         raise ValueError(f"need one label per score: scores {values.shape}, labels {labels.shape}")
+    return values
+
+
+def _draw_rows(labels: np.ndarray, config: RemovalQualityConfig) -> list[np.ndarray]:
+    """The stratified bootstrap's row indices, one array per draw (seeded; shared by every method compared)."""
     if labels.all() or not labels.any():
         raise ValueError("the mixed set needs both inducing and other rows")
-    budgets = list(config.budgets)
-    estimate = _measures(values, labels, budgets)
     generator = np.random.default_rng(config.seed)
     positive, negative = np.flatnonzero(labels), np.flatnonzero(~labels)
-    draws = np.empty((config.n_resamples, len(budgets), 3))
-    for draw in range(config.n_resamples):
+    draws = []
+    for _ in range(config.n_resamples):
         rows = np.concatenate([generator.choice(positive, positive.size), generator.choice(negative, negative.size)])
-        rows = rows[generator.permutation(rows.size)]  # ties go to the earlier row: the order must not be by label
-        draws[draw] = _measures(values[rows], labels[rows], budgets)
+        draws.append(rows[generator.permutation(rows.size)])  # ties go to the earlier row: not ordered by label
+    return draws
+
+
+def _table(values: np.ndarray, labels: np.ndarray, estimate: np.ndarray, draws: np.ndarray,
+           config: RemovalQualityConfig) -> pd.DataFrame:
     tail = (1 - config.confidence) / 2 * 100
     low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
     n = values.size
     records = []
-    for row, budget in enumerate(budgets):
+    for row, budget in enumerate(config.budgets):
         removed = max(n_to_remove(n, budget), int(np.isnan(values).sum()))  # unscorable rows always go
         record: dict[str, float | int] = {"budget": budget, "removed": removed,
                                           "chance precision": float(labels.mean())}
@@ -95,7 +98,58 @@ def removal_quality(scores: Sequence[float] | np.ndarray, inducing: Sequence[boo
             record[f"{name} high"] = float(high[row, column])
         records.append(record)
     table = pd.DataFrame(records)
-    table.attrs.update(n_rows=n, n_inducing=int(labels.sum()), n_resamples=config.n_resamples,
-                       method="stratified bootstrap over rows (inducing and other rows resampled separately), "
-                              "removal redone in every draw; percentile intervals")
+    table.attrs.update(n_rows=n, n_inducing=int(labels.sum()), n_resamples=config.n_resamples, method=METHOD)
     return table
+
+
+METHOD = ("stratified bootstrap over rows (inducing and other rows resampled separately), removal redone in every "
+          "draw; percentile intervals")
+
+
+def removal_quality(scores: Sequence[float] | np.ndarray, inducing: Sequence[bool] | np.ndarray,
+                    config: RemovalQualityConfig = RemovalQualityConfig()) -> pd.DataFrame:
+    """Precision, recall and AUROC of removing the top-scored rows at each budget, with stratified-bootstrap
+    percentile intervals; one row per budget (``removed`` rows, ``chance precision`` = the inducing share)."""
+    labels = np.asarray(inducing, dtype=bool)
+    values = _checked(scores, labels)
+    rows = _draw_rows(labels, config)
+    budgets = list(config.budgets)
+    draws = np.stack([_measures(values[r], labels[r], budgets) for r in rows])
+    return _table(values, labels, _measures(values, labels, budgets), draws, config)
+
+
+def compare_removal(scores: Mapping[str, Sequence[float] | np.ndarray], inducing: Sequence[bool] | np.ndarray,
+                    against: str, config: RemovalQualityConfig = RemovalQualityConfig()) -> pd.DataFrame:
+    """Each method's removal quality and its difference from ``against``, all on the same bootstrap draws.
+
+    One row per (method, budget): the measures of :func:`removal_quality`, then ``precision - against``,
+    ``AUROC - against`` with paired percentile intervals and a one-sided p for "this method is better"
+    ((1 + draws <= 0) / (1 + draws)); the ``against`` rows carry NaN there.
+    """
+    if against not in scores:
+        raise ValueError(f"no scores for {against!r}; methods: {', '.join(scores)}")
+    labels = np.asarray(inducing, dtype=bool)
+    values = {name: _checked(column, labels) for name, column in scores.items()}
+    rows = _draw_rows(labels, config)
+    budgets = list(config.budgets)
+    draws = {name: np.stack([_measures(v[r], labels[r], budgets) for r in rows]) for name, v in values.items()}
+    estimates = {name: _measures(v, labels, budgets) for name, v in values.items()}
+    tail = (1 - config.confidence) / 2 * 100
+    tables = []
+    for name, v in values.items():
+        table = _table(v, labels, estimates[name], draws[name], config)
+        table.insert(0, "method", name)
+        for column, measure in ((0, "precision"), (2, "AUROC")):
+            key = f"{measure} - {against}"
+            if name == against:
+                table[key] = table[f"{key} low"] = table[f"{key} high"] = table[f"p ({measure} better)"] = np.nan
+                continue
+            difference = draws[name][:, :, column] - draws[against][:, :, column]
+            low, high = np.nanpercentile(difference, [tail, 100 - tail], axis=0)
+            table[key] = estimates[name][:, column] - estimates[against][:, column]
+            table[f"{key} low"], table[f"{key} high"] = low, high
+            table[f"p ({measure} better)"] = (1 + (difference <= 0).sum(axis=0)) / (1 + config.n_resamples)
+        tables.append(table)
+    combined = pd.concat(tables, ignore_index=True)
+    combined.attrs.update(tables[0].attrs, against=against)
+    return combined
