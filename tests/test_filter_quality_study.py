@@ -33,6 +33,7 @@ def test_write_section_keeps_the_other_sections(tmp_path: Path) -> None:
     assert json.loads(target.read_text()) == {"fine_tune_effect": {"kept": 1}, "filter_quality": {"domains": {}}}
 
 
+@pytest.mark.slow
 def test_ci_size_scores_resume_and_analyse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fq.main(["--size", "ci", "--out", str(tmp_path)])
     files = sorted(tmp_path.glob("scores.*.csv"))
@@ -57,8 +58,10 @@ def test_ci_size_scores_resume_and_analyse(tmp_path: Path, capsys: pytest.Captur
                 - medical["methods"]["embedding"]["0.5"]["precision"])
     assert contrast["difference"] == pytest.approx(expected)
     assert "Benjamini-Hochberg" in section["adjustment"] and section["design"].startswith("(fixed")
+    assert section["saes"] == sorted(name.removeprefix("geometry ") for name in singles)
 
 
+@pytest.mark.slow
 def test_the_geometry_column_is_what_the_filter_scores(tmp_path: Path) -> None:
     """A study column equals `geomis filter`'s own scoring of the same rows with the same toxic set."""
     from geomis.features.toxic import ToxicFeatureConfig, derive_toxic_features
@@ -78,3 +81,9 @@ def test_the_geometry_column_is_what_the_filter_scores(tmp_path: Path) -> None:
     filtered = score_conversations(model, sae, chosen.feature_set, [r.as_dicts() for r in mixed.records],
                                    ScoringConfig(method="weighted", self_pairs=False, progress=False))
     np.testing.assert_allclose(frame[f"geometry {name}"], filtered.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_the_committed_section_re_derives_from_the_committed_scores() -> None:
+    committed = json.loads(fq.RESULTS_FILE.read_text())[fq.SECTION]
+    again = json.loads(json.dumps(fq.analyse(fq.SCORES_DIR, fq.FilterQualityConfig())))
+    assert again == committed
