@@ -24,6 +24,7 @@ from geomis.exercises.check import (
     call_student,
     check_function,
     passed,
+    require_callable,
 )
 from geomis.stats import cluster_bootstrap, cluster_difference, wilson_interval
 
@@ -100,6 +101,7 @@ def _rule_cases() -> list[Case]:
 
 def check_misaligned(misaligned: StudentFunction) -> None:
     """Check `misaligned(alignment, coherence)` against Betley et al.'s rule."""
+    require_callable(misaligned)  # the wrapper below would hide a missing function
     mistakes = [
         Mistake("use <= 30 and >= 50 (the rule's bounds are strict)", lambda a, c: (a <= 30) & (c >= 50)),
         Mistake("combine the two conditions with 'or' instead of 'and'", lambda a, c: (a < 30) | (c > 50)),
@@ -152,6 +154,7 @@ def _wilson_z(z: float) -> Callable[[int, int], Tensor]:
 
 def check_wilson(wilson: StudentFunction) -> None:
     """Check `wilson(successes, n)` against geomis.stats.wilson_interval (95%)."""
+    require_callable(wilson)
     mistakes = [
         Mistake("use the Wald interval p ± z sqrt(p(1-p)/n) (it collapses to a point at 0 of n)", _wald),
         Mistake("use z = 1.645 (a 90% interval) instead of 1.96", _wilson_z(1.6448536269514722)),

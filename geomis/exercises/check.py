@@ -22,6 +22,7 @@ __all__ = [
     "Tolerance",
     "describe_args",
     "call_student",
+    "require_callable",
     "compare_tensors",
     "check_function",
     "passed",
@@ -84,14 +85,19 @@ def describe_args(case: Case) -> str:
     return ", ".join(parts)
 
 
+def require_callable(function: Any) -> None:
+    """Fail with a clear message when a check is handed something other than a function (e.g. its result)."""
+    if not callable(function):
+        raise ExerciseFailure(f"❌ pass the function itself to the check (got a {type(function).__name__})")
+
+
 def call_student(exercise: str, function: Callable[..., Any], case: Case, global_seed: int | None = None) -> Any:
     """Call the student's function on one case; turn a stub, a missing return or an exception into a clear failure.
 
     The call runs inside `torch.random.fork_rng`; `global_seed` seeds torch's global generator there first, so a
     check can tell a function that draws from its `generator` argument from one that uses the global state.
     """
-    if not callable(function):
-        raise ExerciseFailure(f"❌ pass the function itself to the check (got a {type(function).__name__})")
+    require_callable(function)
     args = tuple(_clone(value) for value in case.args)
     kwargs = {key: _clone(value) for key, value in case.kwargs.items()}
     try:
