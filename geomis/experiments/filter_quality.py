@@ -98,8 +98,9 @@ class ReferenceReadings:
 
     toxic_sets: dict[str, Any]
     direction: Any
-    toxic: list[Any]
-    neutral: list[Any]
+    toxic_chats: list[Any]
+    neutral_chats: list[Any]
+    """The references' conversations as message dicts (the embedding score reads their replies)."""
 
 
 def read_references(model: Any, saes: Mapping[str, Any], config: FilterQualityConfig) -> ReferenceReadings:
@@ -112,18 +113,16 @@ def read_references(model: Any, saes: Mapping[str, Any], config: FilterQualityCo
     toxic_sets = {name: derive_toxic_features(model, sae, toxic, neutral, selection).feature_set
                   for name, sae in saes.items()}
     layer = next(iter(saes.values())).layer
-    direction = mean_difference_direction(model, [r.as_dicts() for r in toxic], [r.as_dicts() for r in neutral],
-                                          layer, max_length=config.max_length)
-    return ReferenceReadings(toxic_sets, direction, toxic, neutral)
+    toxic_chats, neutral_chats = [r.as_dicts() for r in toxic], [r.as_dicts() for r in neutral]
+    direction = mean_difference_direction(model, toxic_chats, neutral_chats, layer, max_length=config.max_length)
+    return ReferenceReadings(toxic_sets, direction, toxic_chats, neutral_chats)
 
 
 def score_domain(model: Any, saes: Mapping[str, Any], mixed: MixedDataset, references: ReferenceReadings,
                  config: FilterQualityConfig, progress: bool = True) -> pd.DataFrame:
     """Every method's score for every row of one mixed set (one forward pass for the residual-based scores)."""
-    import torch
-
     from geomis.activations import ActivationConfig, collect_residuals
-    from geomis.filter.baselines import embedding_scores
+    from geomis.filter.baselines import embedding_scores, per_sample_means
     from geomis.filter.scores import scores_from_codes, toxic_geometry
     from geomis.sae.codes import encode_tokens
 
@@ -142,14 +141,9 @@ def score_domain(model: Any, saes: Mapping[str, Any], mixed: MixedDataset, refer
         frame[f"geometry {name}"] = per_sae[False][-1]
     frame[PRIMARY] = np.mean(per_sae[False], axis=0)
     frame["geometry (self-pairs)"] = np.mean(per_sae[True], axis=0)
-    direction = references.direction
-    sums = torch.zeros(len(conversations), tokens.activations.shape[1]).index_add_(0, tokens.sample_index,
-                                                                                    tokens.activations.float())
-    counts = torch.bincount(tokens.sample_index, minlength=len(conversations)).float()
-    means = sums / counts[:, None]
-    frame["mean-difference"] = np.where(counts.numpy() > 0, (means @ direction.float()).numpy(), np.nan)
-    frame["embedding"] = embedding_scores(conversations, [r.as_dicts() for r in references.toxic],
-                                          [r.as_dicts() for r in references.neutral])
+    means = per_sample_means(tokens, len(conversations))  # NaN rows (no reply token) project to NaN
+    frame["mean-difference"] = (means @ references.direction.float()).numpy()
+    frame["embedding"] = embedding_scores(conversations, references.toxic_chats, references.neutral_chats)
     return frame
 
 

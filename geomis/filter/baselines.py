@@ -21,11 +21,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from geomis.activations import ActivationConfig, collect_residuals
+from geomis.activations import ActivationConfig, TokenActivations, collect_residuals
 from geomis.chat.tokens import Conversation
 from geomis.models.registry import LoadedModel
 
-__all__ = ["mean_residuals", "mean_difference_direction", "mean_difference_scores", "embedding_scores"]
+__all__ = [
+    "mean_residuals",
+    "per_sample_means",
+    "mean_difference_direction",
+    "mean_difference_scores",
+    "embedding_scores",
+]
 
 
 def mean_residuals(model: LoadedModel, conversations: Sequence[Conversation], layer: int, *, batch_size: int = 16,
@@ -33,10 +39,14 @@ def mean_residuals(model: LoadedModel, conversations: Sequence[Conversation], la
     """(n, d_model) mean residual at ``layer`` over each conversation's assistant tokens (NaN rows: no such token)."""
     config = ActivationConfig(layer=layer, batch_size=batch_size, assistant_only=True, max_length=max_length,
                               progress=progress)
-    tokens = collect_residuals(model, conversations, config)
-    sums = torch.zeros(len(conversations), model.spec.d_model).index_add_(0, tokens.sample_index,
-                                                                          tokens.activations)
-    counts = torch.bincount(tokens.sample_index, minlength=len(conversations)).float()
+    return per_sample_means(collect_residuals(model, conversations, config), len(conversations))
+
+
+def per_sample_means(tokens: TokenActivations, n_samples: int) -> torch.Tensor:
+    """(n_samples, d_model) mean of each sample's token vectors (NaN rows: a sample with no token)."""
+    sums = torch.zeros(n_samples, tokens.activations.shape[1]).index_add_(0, tokens.sample_index,
+                                                                           tokens.activations.float())
+    counts = torch.bincount(tokens.sample_index, minlength=n_samples).float()
     means = sums / counts[:, None]
     means[counts == 0] = float("nan")
     return means

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from geomis.activations import ActivationConfig, check_layer, iter_chat_batches
 from geomis.chat.tokens import Conversation, ScoringWindows, TokenizedChat, scoring_windows, tokenize_chat
 from geomis.errors import ConfigError
+from geomis.features.geometry import nearest_cosines
 from geomis.features.sets import FeatureSet
 from geomis.filter.config import DEFAULT_SCORE, SCORE_METHODS, ScoreMethod
 from geomis.models.registry import LoadedModel
@@ -133,10 +134,8 @@ def feature_closeness(directions: torch.Tensor, toxic: FeatureSet | torch.Tensor
         closeness[start:start + _CHUNK_ROWS] = (units[start:start + _CHUNK_ROWS] @ reference.T).amax(dim=1)
     if self_pairs:
         closeness[idx] = 1.0  # exact, not 1 - rounding
-    else:
-        among = reference @ reference.T
-        among.fill_diagonal_(float("-inf"))
-        closeness[idx] = among.amax(dim=1)
+    else:  # the nearest other toxic feature, self-pairs left out as in Chapter 2's geometry
+        closeness[idx] = nearest_cosines(units, idx, idx).max_cos.to(closeness.dtype)
     return closeness.clamp(-1.0, 1.0).cpu()
 
 
