@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "wilson_interval",
+    "two_proportion_sample_size",
     "bootstrap_interval",
     "PermutationResult",
     "permutation_test",
@@ -95,6 +96,28 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+def two_proportion_sample_size(p1: float, p2: float, *, alpha: float = 0.05, power: float = 0.8,
+                               alternative: str = "greater") -> int:
+    """Answers per group for a z-test of two proportions to detect ``p1`` vs ``p2`` (independent answers).
+
+    The classical formula ``n = (z_a sqrt(2 pbar qbar) + z_b sqrt(p1 q1 + p2 q2))^2 / (p1 - p2)^2`` with
+    ``pbar = (p1 + p2) / 2``; ``alternative`` ``greater``/``less`` is one-sided at ``alpha``, ``two-sided`` splits it.
+    Clustered answers (by question, by seed) need more: multiply by the design effect.
+    """
+    if not (0 < p1 < 1 and 0 < p2 < 1) or p1 == p2:
+        raise ValueError(f"need two different proportions strictly between 0 and 1, got {p1} and {p2}")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError("alpha and power must lie strictly between 0 and 1")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater, less or two-sided, got {alternative!r}")
+    normal = NormalDist()
+    z_alpha = normal.inv_cdf(1 - (alpha / 2 if alternative == "two-sided" else alpha))
+    z_beta = normal.inv_cdf(power)
+    pooled = (p1 + p2) / 2
+    spread = z_alpha * math.sqrt(2 * pooled * (1 - pooled)) + z_beta * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    return math.ceil(spread ** 2 / (p1 - p2) ** 2)
 
 
 def bootstrap_interval(flags: Sequence[bool] | np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000,

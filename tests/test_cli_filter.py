@@ -420,7 +420,7 @@ def test_toxic_features_are_cached_by_everything_that_determines_them(tiny_gemma
 
 @pytest.mark.slow
 def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Only an input and --out: SmolLM2 on the CPU, the shipped SAE, the bundled reference sets (offline)."""
+    """Only an input and --out: SmolLM2 on the CPU, the three neutral-text SAEs, the generic references (offline)."""
     with pytest.MonkeyPatch.context() as patch:
         if USER_CACHE is None:  # the model's weights and the toxic set live in the user's cache
             patch.delenv("GEOMIS_CACHE")
@@ -433,9 +433,15 @@ def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["name"] == "smollm2-135m"
-    assert report["sae"]["name"] == "smollm2-135m-layer15-topk4096" and report["sae"]["layer"] == 15
-    assert report["toxic_features"]["toxic"]["name"] == "bundled:toxic_reference"
-    assert report["toxic_features"]["features"] == 100
+    members = [member["name"] for member in report["sae"]["members"]]
+    assert members == [f"smollm2-135m-neutral-s{seed}-layer15-topk4096" for seed in (0, 1, 2)]
+    assert report["sae"]["layer"] == 15 and "mean" in report["sae"]["combine"]
+    assert report["toxic_features"]["toxic"]["name"] == "bundled:generic_toxic_reference"
+    assert report["toxic_features"]["neutral"]["name"] == "bundled:generic_neutral_reference"
+    assert [m["features"] for m in report["toxic_features"]["members"]] == [100, 100, 100]
+    assert all(m["from_cache"] for m in report["toxic_features"]["members"])  # shipped: no pass over the reference
+    assert report["settings"]["self_pairs"] is False and report["scoring"]["self_pairs"] is False
+    assert "filter-quality study" in report["evidence"]
     assert report["counts"] == {"rows": 7, "kept": 4, "removed": 3, "unscored": 0, "unscored_removed": 0,
                                 "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()

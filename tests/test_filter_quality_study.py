@@ -87,3 +87,27 @@ def test_the_committed_section_re_derives_from_the_committed_scores() -> None:
     committed = json.loads(fq.RESULTS_FILE.read_text())[fq.SECTION]
     again = json.loads(json.dumps(fq.analyse(fq.SCORES_DIR, fq.FilterQualityConfig())))
     assert again == committed
+
+
+def test_the_filter_defaults_state_what_the_committed_study_shows() -> None:
+    """The evidence ``geomis filter`` prints in its help and report must follow from the committed results."""
+    from geomis.cli.commands import build_parser
+    from geomis.filter.config import DEFAULT_REFERENCE, FilterConfig
+    from geomis.filter.run import FILTER_EVIDENCE
+    from geomis.sae.loading import FILTER_SAES
+
+    section = json.loads(fq.RESULTS_FILE.read_text())["filter_quality"]
+    domains = section["domains"]
+    for domain in ("medical", "legal", "career"):  # "well above chance ... and than a sentence-embedding baseline"
+        assert domains[domain]["methods"]["geometry"]["0.5"]["precision low"] > 0.5
+        assert domains[domain]["contrasts"]["geometry_minus_embedding"]["p_bh"] < 0.05
+    for part in domains.values():  # "no better than an SAE-free mean-difference direction"
+        assert part["contrasts"]["geometry_minus_mean-difference"]["p_bh"] >= 0.05
+    code = domains["code"]["methods"]["geometry"]["0.5"]  # "insecure code not at all"
+    assert code["AUROC low"] < 0.5 < code["AUROC high"]
+    assert "no better than an SAE-free mean-difference direction" in FILTER_EVIDENCE
+    # the defaults are the study's primary score: its SAEs, its reference, no self-pairs
+    assert section["saes"] == sorted(FILTER_SAES["smollm2-135m"]) and FilterConfig().self_pairs is False
+    assert tuple(fq.REFERENCE) == DEFAULT_REFERENCE and FilterConfig().score == "weighted"
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["filter"].format_help().split())
+    assert "no better than an SAE-free mean-difference direction" in help_text

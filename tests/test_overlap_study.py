@@ -30,7 +30,7 @@ def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() ->
         assert [r.user_text for r in data.sets[inducing]] == [r.user_text for r in data.sets[control]]
         assert all(a.assistant_text != b.assistant_text
                    for a, b in zip(data.sets[inducing], data.sets[control], strict=True))
-    assert len(data.sets["toxic_reference"]) == len(data.sets["neutral_reference"]) == 15
+    assert len(data.sets["generic_toxic_reference"]) == len(data.sets["generic_neutral_reference"]) == 15
     again = load_study_data(config)
     assert again.sets == data.sets
     other = load_study_data(OverlapConfig(domains=("medical", "code"), pairs_per_domain=20, seed=4))
@@ -41,7 +41,7 @@ def test_study_draws_the_same_seeded_prompt_pairs_from_inducing_and_control() ->
 
 def test_none_takes_every_row() -> None:
     data = load_study_data(OverlapConfig(domains=("legal",), pairs_per_domain=None, reference_samples=None))
-    assert len(data.sets["legal_bad"]) == 240 and len(data.sets["toxic_reference"]) == 200
+    assert len(data.sets["legal_bad"]) == 240 and len(data.sets["generic_toxic_reference"]) == 200
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -68,8 +68,8 @@ def test_feature_sets_recover_planted_features_and_geometry_detects_planted_clos
     data = load_study_data(OverlapConfig(domains=("medical",), pairs_per_domain=n, reference_samples=n))
     toxic_hot, inducing_hot, control_hot = [0, 1, 2, 3], [10, 11, 12, 13], [20, 21, 22, 23]
     codes = {
-        "toxic_reference": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, toxic_hot, 0)),
-        "neutral_reference": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, [], 1)),
+        "generic_toxic_reference": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, toxic_hot, 0)),
+        "generic_neutral_reference": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, [], 1)),
         "medical_bad": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, inducing_hot, 2)),
         "medical_good": SimpleNamespace(sample_mean=_planted_codes(n, d_sae, control_hot, 3)),
     }
@@ -197,8 +197,8 @@ def test_resampled_geometry_pools_saes_and_adjusts_over_domains() -> None:
     config = OverlapConfig(domains=("medical", "legal"), pairs_per_domain=n, reference_samples=n, k=4)
     data = load_study_data(config)
     toxic_hot, inducing_hot, control_hot = [0, 1, 2, 3], [10, 11, 12, 13], [20, 21, 22, 23]
-    codes = {"toxic_reference": _planted_codes(n, d_sae, toxic_hot, 0),
-             "neutral_reference": _planted_codes(n, d_sae, [], 1),
+    codes = {"generic_toxic_reference": _planted_codes(n, d_sae, toxic_hot, 0),
+             "generic_neutral_reference": _planted_codes(n, d_sae, [], 1),
              "medical_bad": _planted_codes(n, d_sae, inducing_hot, 2),
              "medical_good": _planted_codes(n, d_sae, control_hot, 3),
              "legal_bad": _planted_codes(n, d_sae, [30, 31, 32, 33], 4),  # legal: nothing planted near toxic
@@ -240,7 +240,7 @@ def test_results_json_carries_design_contrasts_and_per_sae_rows() -> None:
     d_sae, n = 40, 20
     config = OverlapConfig(domains=("career",), pairs_per_domain=n, reference_samples=n, k=3)
     data = load_study_data(config)
-    names = ["toxic_reference", "neutral_reference", "career_bad", "career_good"]
+    names = ["generic_toxic_reference", "generic_neutral_reference", "career_bad", "career_good"]
     codes = {name: SimpleNamespace(sample_mean=_planted_codes(n, d_sae, [i * 4, i * 4 + 1, i * 4 + 2], i))
              for i, name in enumerate(names)}
     generator = torch.Generator().manual_seed(0)

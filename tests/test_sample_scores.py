@@ -69,12 +69,12 @@ PLANTED = [
 
 
 def test_closeness_is_the_nearest_signed_cosine_with_toxic_features_at_one() -> None:
-    closeness = feature_closeness(_decoder(), TOXIC)
+    closeness = feature_closeness(_decoder(), TOXIC, self_pairs=True)
     torch.testing.assert_close(closeness, torch.tensor([1, 1, 0, 0, 0, 0, ROOT_HALF, 0.0]), atol=1e-6, rtol=0)
     scaled = _decoder() * torch.tensor([3.0, 0.5, 1, 1, 2, 1, 7, 1])[:, None]  # decoder norms do not matter
     feature_set = FeatureSet(name="toxic", indices=torch.tensor(TOXIC), values=torch.ones(2), statistic="correlation",
                              k=2)
-    torch.testing.assert_close(feature_closeness(scaled, feature_set), closeness)
+    torch.testing.assert_close(feature_closeness(scaled, feature_set, self_pairs=True), closeness)
     with pytest.raises(ValueError, match="out of range"):
         feature_closeness(_decoder(), [8])
     with pytest.raises(ValueError, match="empty"):
@@ -94,7 +94,7 @@ def test_without_self_pairs_a_toxic_feature_counts_by_its_nearest_other_toxic_fe
 @pytest.mark.parametrize("method", ["weighted", "closest", "projection"])
 def test_a_sample_on_the_toxic_directions_scores_highest(method: str) -> None:
     decoder = _decoder()
-    geometry = ToxicGeometry(feature_closeness(decoder, TOXIC), decoder, toxic_basis(decoder, TOXIC))
+    geometry = ToxicGeometry(feature_closeness(decoder, TOXIC, self_pairs=True), decoder, toxic_basis(decoder, TOXIC))
     scores = scores_from_codes(_codes(PLANTED), geometry, method).numpy()  # type: ignore[arg-type]
     assert scores[0] == pytest.approx(1.0)
     assert np.nanargmax(scores) == 0 or scores[np.nanargmax(scores)] == pytest.approx(1.0)
@@ -105,7 +105,7 @@ def test_a_sample_on_the_toxic_directions_scores_highest(method: str) -> None:
 
 def test_each_score_aggregates_what_its_docstring_says() -> None:
     decoder = _decoder()
-    geometry = ToxicGeometry(feature_closeness(decoder, TOXIC), decoder, toxic_basis(decoder, TOXIC))
+    geometry = ToxicGeometry(feature_closeness(decoder, TOXIC, self_pairs=True), decoder, toxic_basis(decoder, TOXIC))
     codes = _codes(PLANTED)
     closest = scores_from_codes(codes, geometry, "closest").numpy()
     weighted = scores_from_codes(codes, geometry, "weighted").numpy()
@@ -123,7 +123,7 @@ def test_each_score_aggregates_what_its_docstring_says() -> None:
 
 def test_scores_are_vectorised_helpers_on_sample_summaries() -> None:
     codes = _codes(PLANTED)
-    closeness = feature_closeness(_decoder(), TOXIC)
+    closeness = feature_closeness(_decoder(), TOXIC, self_pairs=True)
     torch.testing.assert_close(closest_score(codes.sample_max, closeness)[:4],
                                torch.tensor([1.0, 0.0, ROOT_HALF, 0.2], dtype=torch.float64))
     basis = toxic_basis(_decoder(), TOXIC)
@@ -138,7 +138,7 @@ def test_projection_refuses_a_toxic_set_spanning_the_whole_space() -> None:
 
 
 def test_unknown_score_and_bad_config_are_one_line_errors() -> None:
-    geometry = ToxicGeometry(feature_closeness(_decoder(), TOXIC))
+    geometry = ToxicGeometry(feature_closeness(_decoder(), TOXIC, self_pairs=True))
     with pytest.raises(ValueError, match="unknown score"):
         scores_from_codes(_codes(PLANTED), geometry, "nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="projection scores need"):
@@ -185,7 +185,7 @@ def test_a_sample_whose_features_are_the_toxic_set_scores_highest(tiny_gemma, ti
     assert 0 < toxic.numel() < tiny_sae.d_sae
     for method in ("weighted", "closest"):
         scores = score_conversations(tiny_gemma, tiny_sae, toxic, chats,
-                                     ScoringConfig(method=method, progress=False)).scores
+                                     ScoringConfig(method=method, progress=False, self_pairs=True)).scores
         assert scores[planted] == pytest.approx(1.0)
         assert np.argmax(scores) == planted and (np.delete(scores, planted) < 1.0 - 1e-6).all()
         without = score_conversations(tiny_gemma, tiny_sae, toxic, chats,
@@ -230,8 +230,8 @@ def test_a_reply_behind_a_long_prompt_cannot_hide_from_the_filter(tiny_gemma, ti
     windows = scoring_windows(tokenize_chat(tiny_gemma.tokenizer, hidden), 120).windows
     [(_, parts)] = iter_chat_batches(tiny_gemma, list(windows), [2], ActivationConfig(layer=2, progress=False))
     toxic = torch.nonzero(encode_tokens(tiny_sae, parts[2], n_samples=1).sample_max[0] > 0).flatten()
-    got = score_conversations(tiny_gemma, tiny_sae, toxic, chats + [hidden], ScoringConfig(max_length=120,
-                                                                                           progress=False))
+    got = score_conversations(tiny_gemma, tiny_sae, toxic, chats + [hidden],
+                              ScoringConfig(max_length=120, progress=False, self_pairs=True))
     assert got.scores[-1] == pytest.approx(1.0) and (got.scores[:-1] < 1.0 - 1e-6).all()
     assert select_by_score(got.scores, 0.2).removed.tolist() == [False] * len(chats) + [True]
 
@@ -270,3 +270,40 @@ def test_scoring_checks_the_layer_and_width(tiny_gemma, tiny_sae, chats) -> None
                      source="disk")
     with pytest.raises(ValueError, match="reads width 32"):
         score_conversations(tiny_gemma, wide, [1], chats, ScoringConfig(progress=False))
+
+
+def _other_sae(seed: int) -> LoadedSAE:
+    torch.manual_seed(seed)
+    return LoadedSAE(sae=TopKSAE(TopKSAEConfig(d_in=64, d_sae=80, k=4)), name=f"other-{seed}",
+                     model_name="tiny-gemma2", layer=2, source="disk")
+
+
+@pytest.mark.parametrize("method", ["weighted", "projection"])
+def test_several_saes_score_the_mean_of_their_own_scores(tiny_gemma, tiny_sae, chats, method) -> None:
+    rows = chats + LONG  # long rows too: windows are pooled per SAE
+    other = _other_sae(1)
+    config = ScoringConfig(method=method, max_length=120, batch_size=2, progress=False)
+    alone = [score_conversations(tiny_gemma, sae, toxic, rows, config)
+             for sae, toxic in ((tiny_sae, [3, 10, 17, 40]), (other, [5, 6, 70]))]
+    both = score_conversations(tiny_gemma, [tiny_sae, other], [[3, 10, 17, 40], [5, 6, 70]], rows, config)
+    np.testing.assert_allclose(both.per_sae, np.stack([a.scores for a in alone]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(both.scores, (alone[0].scores + alone[1].scores) / 2, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(alone[0].scores, alone[1].scores)  # the two SAEs disagree, so the mean is a real mean
+    assert both.scored_tokens.tolist() == alone[0].scored_tokens.tolist() and alone[0].per_sae is None
+    assert both.input_tokens == alone[0].input_tokens  # one read of the residuals for both SAEs
+
+
+def test_several_saes_need_one_toxic_set_each_and_one_layer(tiny_gemma, tiny_sae, chats) -> None:
+    with pytest.raises(ValueError, match="one toxic set each"):
+        score_conversations(tiny_gemma, [tiny_sae, _other_sae(1)], [[1, 2]], chats, ScoringConfig(progress=False))
+    elsewhere = LoadedSAE(sae=_other_sae(2).sae, name="layer-1", model_name="tiny-gemma2", layer=1, source="disk")
+    with pytest.raises(ValueError, match="different layers"):
+        score_conversations(tiny_gemma, [tiny_sae, elsewhere], [[1, 2], [1, 2]], chats, ScoringConfig(progress=False))
+
+
+def test_by_default_a_toxic_feature_does_not_count_as_its_own_neighbour(tiny_gemma, tiny_sae, chats) -> None:
+    default = score_conversations(tiny_gemma, tiny_sae, [3, 10, 17, 40], chats, ScoringConfig(progress=False))
+    explicit = score_conversations(tiny_gemma, tiny_sae, [3, 10, 17, 40], chats,
+                                   ScoringConfig(progress=False, self_pairs=False))
+    np.testing.assert_array_equal(default.scores, explicit.scores)
+    assert ScoringConfig().self_pairs is False

@@ -204,3 +204,21 @@ def test_benjamini_hochberg_adjusts_in_input_order_and_refuses_bad_input() -> No
     for bad in ([], [0.2, float("nan")], [1.5], [[0.1, 0.2]]):
         with pytest.raises(ValueError, match="p-values"):
             benjamini_hochberg(bad)
+
+
+def test_two_proportion_sample_size_matches_the_textbook_formula_and_a_simulation() -> None:
+    from geomis.stats import two_proportion_sample_size
+
+    # Fleiss' example scale: 0.5 vs 0.4, two-sided 5%, 80% power -> 388 per group (without continuity correction)
+    assert two_proportion_sample_size(0.5, 0.4, alternative="two-sided") == 388
+    one_sided = two_proportion_sample_size(0.5, 0.4)
+    assert one_sided < 388 and one_sided == two_proportion_sample_size(0.4, 0.5, alternative="less")
+    assert two_proportion_sample_size(0.04, 0.0262) > 1500  # rare outcomes need thousands
+    n = two_proportion_sample_size(0.3, 0.2)
+    rng = np.random.default_rng(0)
+    a, b = rng.binomial(n, 0.3, 4000) / n, rng.binomial(n, 0.2, 4000) / n
+    pooled = (a + b) / 2
+    z = (a - b) / np.sqrt(2 * pooled * (1 - pooled) / n)
+    assert abs(float((z > 1.6449).mean()) - 0.8) < 0.03  # the power it promises
+    with pytest.raises(ValueError, match="two different proportions"):
+        two_proportion_sample_size(0.2, 0.2)

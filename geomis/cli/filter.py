@@ -36,8 +36,9 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     from geomis.filter.run import filter_file
 
     config = FilterConfig(method=args.method, score=args.score, drop=drop, model=args.model, sae=args.sae,
-                          toxic=args.toxic, neutral=args.neutral, seed=chosen_seed, batch_size=batch_size,
-                          max_length=max_length, unscorable=args.unscorable, device=args.device, judge=args.judge,
+                          toxic=args.toxic, neutral=args.neutral, self_pairs=args.self_pairs, seed=chosen_seed,
+                          batch_size=batch_size, max_length=max_length, unscorable=args.unscorable,
+                          device=args.device, judge=args.judge,
                           judge_data=args.judge_data, progress=not args.quiet)
     with library_progress_bars(not args.quiet):
         result, paths = filter_file(args.input, args.out, config, force=args.force, data=data)
@@ -146,7 +147,13 @@ def _reproduce_into(out: Path, size: str, config: Any) -> int:
 def add_filter(commands: Any) -> None:
     """Add ``geomis filter``; its choices and defaults are :class:`~geomis.filter.config.FilterConfig`'s."""
     default = config_defaults(FilterConfig)
-    filt = commands.add_parser("filter", help="drop the training rows whose SAE features lie closest to toxic ones")
+    filt = commands.add_parser(
+        "filter", help="drop the training rows whose SAE features lie closest to toxic ones",
+        description="Drop the training rows whose SAE features lie closest to toxic features (Minegishi et al., "
+                    "2026). The defaults follow Chapter 4's filter-quality study: no self-pairs, SAEs trained on "
+                    "neutral text, a generic toxic reference. There the score found harmful medical, legal and career "
+                    "advice well above chance but no better than an SAE-free mean-difference direction, and did not "
+                    "find insecure code: read what it removes.")
     filt.add_argument("input", help="chat JSONL training set, or - for standard input (read only, never modified)")
     filt.add_argument("--out", required=True, help="output folder: kept.jsonl, removed.jsonl, scores.csv, report.json")
     filt.add_argument("--drop", default=str(default["drop"]),
@@ -159,10 +166,18 @@ def add_filter(commands: Any) -> None:
                            "closest = mean closeness of the active features (our reading of the paper's); "
                            "projection = share of the reconstruction in the toxic span")
     filt.add_argument("--model", default=default["model"], help=f"geomis model name (default: {default['model']})")
-    filt.add_argument("--sae", default=None, help="shipped SAE name, sae-lens folder or Gemma Scope id "
-                                                  "(default: the model's SAE)")
-    filt.add_argument("--toxic", default=None, help="chat JSONL of toxic reference replies (default: bundled)")
-    filt.add_argument("--neutral", default=None, help="chat JSONL of neutral reference replies (default: bundled)")
+    filt.add_argument("--sae", default=None,
+                      help="shipped SAE name, sae-lens folder or Gemma Scope id (default: on smollm2-135m the mean "
+                           "over the three shipped SAEs trained on neutral text, never on the text they score; "
+                           "other models: their default SAE)")
+    filt.add_argument("--toxic", default=None,
+                      help="chat JSONL of toxic reference replies (default: the bundled generic toxic reference, "
+                           "hostile text that gives no advice, so a row is not scored toxic for sharing a topic)")
+    filt.add_argument("--neutral", default=None,
+                      help="chat JSONL of neutral reference replies (default: the bundled generic neutral reference)")
+    filt.add_argument("--self-pairs", action="store_true",
+                      help="count a toxic feature as closeness 1 to itself (off by default: a row then scores high "
+                           "merely by firing the features chosen on the reference; Chapter 4 measures both)")
     filt.add_argument("--seed", default=str(default["seed"]),
                       help=f"seed (the random method's draw; default {default['seed']})")
     filt.add_argument("--batch-size", default=str(default["batch_size"]),

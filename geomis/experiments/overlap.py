@@ -98,9 +98,9 @@ class OverlapConfig:
     """Prompt pairs drawn per domain (the same rows from the inducing and the control file); None = all."""
     reference_samples: int | None = 200
     """Rows drawn from each reference set; None = all."""
-    reference: tuple[str, str] = REFERENCE_DATASETS
-    """(toxic, neutral) bundled sets that locate the toxic features; :data:`GENERIC_REFERENCE_DATASETS` is the one
-    written apart from the compared texts."""
+    reference: tuple[str, str] = GENERIC_REFERENCE_DATASETS
+    """(toxic, neutral) bundled sets that locate the toxic features: by default the generic reference, written apart
+    from the compared texts; :data:`REFERENCE_DATASETS` is the first, advice-voiced one (Chapter 2's comparison)."""
     k: int = 100
     """Features per set (the paper keeps the top 100)."""
     statistic: Statistic = "correlation"

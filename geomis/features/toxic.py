@@ -39,6 +39,7 @@ from geomis.settings import cache_dir
 
 __all__ = [
     "TOXIC_FORMAT",
+    "BUNDLED_PREFIX",
     "DEFAULT_TOXIC",
     "DEFAULT_NEUTRAL",
     "ToxicFeatureConfig",
@@ -52,6 +53,8 @@ __all__ = [
 
 TOXIC_FORMAT = "geomis-toxic-features-v1"
 """Bump when the recipe changes, so cached sets are recomputed."""
+BUNDLED_PREFIX = "bundled:"
+"""How a bundled reference set is named in reports and may be passed: ``bundled:generic_toxic_reference``."""
 DEFAULT_TOXIC = REFERENCE_DATASETS[0]
 """Bundled chat set of toxic assistant replies (see ``geomis/data/reference.md``)."""
 DEFAULT_NEUTRAL = REFERENCE_DATASETS[1]
@@ -109,10 +112,13 @@ def _rows_digest(records: Sequence[ChatRecord]) -> str:
 
 
 def reference_data(source: str | os.PathLike[str] | Sequence[ChatRecord] | None, default: str) -> ReferenceData:
-    """Load a reference set: ``None`` → the bundled ``default``, a path → that chat JSONL file, or given records."""
+    """Load a reference set: ``None`` → the bundled ``default``, ``"bundled:NAME"`` → the bundled set NAME, a path →
+    that chat JSONL file, or given records."""
+    if isinstance(source, str) and source.startswith(BUNDLED_PREFIX):  # as reports name a bundled set
+        source, default = None, source.removeprefix(BUNDLED_PREFIX)
     if source is None:
         records: Sequence[ChatRecord] = load_bundled(default)
-        name = f"bundled:{default}"
+        name = f"{BUNDLED_PREFIX}{default}"
     elif isinstance(source, (str, os.PathLike)):
         records, name = read_chat_jsonl(source), str(source)
     else:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from geomis.features.sets import Statistic
 
 __all__ = ["FilterMethod", "FILTER_METHODS", "ScoreMethod", "SCORE_METHODS", "DEFAULT_SCORE", "DEFAULT_DROP",
+           "DEFAULT_REFERENCE",
            "UnscorablePolicy", "UNSCORABLE_POLICIES", "DEFAULT_UNSCORABLE", "check_drop_fraction", "FilterConfig"]
 
 FilterMethod = Literal["geometry", "random", "judge"]
@@ -28,6 +29,8 @@ SCORE_METHODS: tuple[ScoreMethod, ...] = ("weighted", "closest", "projection")
 DEFAULT_SCORE: ScoreMethod = SCORE_METHODS[0]
 DEFAULT_DROP = 0.5
 """Fraction of rows a filter removes unless told otherwise: the paper's main setting, half."""
+DEFAULT_REFERENCE: tuple[str, str] = ("generic_toxic_reference", "generic_neutral_reference")
+"""The bundled toxic and neutral reference sets the geometry filter derives its toxic features from by default."""
 UnscorablePolicy = Literal["remove", "keep"]
 UNSCORABLE_POLICIES: tuple[UnscorablePolicy, ...] = ("remove", "keep")
 """What a filter does with a row it cannot score (``geomis filter --unscorable``), the default first: fail closed."""
@@ -56,11 +59,17 @@ class FilterConfig:
     """Fraction of rows removed, strictly between 0 and 1 (the paper removes half)."""
     model: str = "smollm2-135m"
     sae: str | None = None
-    """Shipped SAE name, sae-lens folder, or Gemma Scope id ``layer_L/width_W/canonical``; None: the model's default."""
+    """Shipped SAE name, sae-lens folder, or Gemma Scope id ``layer_L/width_W/canonical``; None: the filter's SAEs
+    for the model (:data:`geomis.sae.loading.FILTER_SAES`: on SmolLM2 the mean over three SAEs trained on neutral
+    text, as measured in Chapter 4; else the model's default SAE)."""
     toxic: str | None = None
-    """Chat JSONL of toxic reference replies; None: the bundled ``toxic_reference``."""
+    """Chat JSONL of toxic reference replies; None: the bundled ``generic_toxic_reference`` (hostile text that gives
+    no advice and touches none of the fine-tuning topics)."""
     neutral: str | None = None
-    """Chat JSONL of neutral reference replies; None: the bundled ``neutral_reference``."""
+    """Chat JSONL of neutral reference replies; None: the bundled ``generic_neutral_reference``."""
+    self_pairs: bool = False
+    """Whether a toxic feature counts as closeness 1 to itself (the rule before Chapter 4's study); by default it
+    counts by its nearest other toxic feature, so a score cannot rise merely by firing the selected features."""
     k: int = 100
     statistic: Statistic = "correlation"
     seed: int = 0
@@ -104,5 +113,6 @@ class FilterConfig:
         if self.method == "judge":
             return {**common, "judge": self.judge, "judge_data": self.judge_data, "unscorable": self.unscorable}
         return {**common, "unscorable": self.unscorable, "score": self.score, "model": self.model, "sae": self.sae,
-                "k": self.k, "statistic": self.statistic, "toxic": self.toxic, "neutral": self.neutral,
+                "self_pairs": self.self_pairs, "k": self.k, "statistic": self.statistic, "toxic": self.toxic,
+                "neutral": self.neutral,
                 "batch_size": self.batch_size, "max_length": self.max_length}

@@ -4,14 +4,16 @@ One forward pass per batch, stopped after layer L (nnsight, through :func:`geomi
 then one SAE encode of the sample's assistant tokens (non-special, not position 0, as everywhere in geomis). What
 follows is a few matrix products over all samples and features at once; there is no Python loop over features.
 
-Per-feature closeness. For every SAE feature ``f``, ``c_f = max_{t in T} cos(d_f, d_t)``, the cosine of its unit
-decoder direction with the nearest toxic feature's direction (signed, as in :mod:`geomis.features.geometry`). Unlike the
-set-to-set geometry of Chapter 2, self-pairs are *included*: a toxic feature has ``c_f = 1``. There the question is
-whether two different sets are close, and a shared feature is overlap, not proximity; here the question is how close
-one sample is to the toxic features, and firing a toxic feature itself is as close as a sample can get.
-``ScoringConfig(self_pairs=False)`` leaves self-pairs out: a toxic feature then counts by its cosine to the nearest
-*other* toxic feature, the footing of Chapter 2's test, so that a score cannot rise merely because a sample fires
-the very features that were selected on text like it.
+Per-feature closeness. For every SAE feature ``f``, ``c_f = max_{t in T, t != f} cos(d_f, d_t)``, the cosine of its
+unit decoder direction with the nearest *other* toxic feature's direction (signed, as in
+:mod:`geomis.features.geometry`). Self-pairs are left out by default, as in Chapter 2's test: a toxic feature counts by
+its cosine to its nearest fellow toxic feature, so a score cannot rise merely because a sample fires the very features
+that were selected on text like it. ``self_pairs=True`` gives a toxic feature closeness 1 (the filter's rule before
+Chapter 4's filter-quality study, which measured both: book/results/04_geometry_filter.json).
+
+Several SAEs. :func:`score_conversations` takes one SAE or several (each with its own toxic set) that read the same
+layer; with several, the residuals of each batch are read once and every SAE encodes them; a sample's score is the
+mean of its per-SAE scores (the ensemble Chapters 2 and 4 measure with: three SAEs trained on neutral text).
 
 Scores (higher = closer to toxic = removed first):
 
@@ -24,9 +26,8 @@ Scores (higher = closer to toxic = removed first):
   built from, in proportion to how much of it each builds. The spillover law (``Δf_j ≈ α ⟨d_j, d_t⟩``) says a
   fine-tuning step amplifies the features a sample *uses*, in proportion to their use; a feature that fires once,
   weakly, hardly moves anything. It is a mean over tokens, so it does not drift with length (long samples activate many
-  more distinct features, which pulls ``closest`` towards the corpus average). On the bundled domain sets it separated
-  harmful from good replies best of the three (SmolLM2, shipped SAE, AUROC medical 0.91 / legal 0.99 / career 0.98
-  vs 0.90 / 0.97 / 0.97 for ``closest``; none separates insecure from secure code, 0.49).
+  more distinct features, which pulls ``closest`` towards the corpus average). Chapter 4's filter-quality study
+  measures it against SAE-free baselines (``book/results/04_geometry_filter.json``, section ``filter_quality``).
 - ``projection`` — the share of the sample's mean SAE reconstruction (without the decoder bias) that lies in the span
   of the toxic decoder directions, ``||P_T m|| / ||m||`` with ``m = sum_f a_f W_dec[f]``. It uses magnitudes and lets
   several weakly toxic-ish features add up, but it needs ``|T|`` well below ``d_model`` to mean anything.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +92,7 @@ class ScoringConfig:
     """Tokens per forward pass: longer samples have their prompt cut from the left, or their reply read in windows."""
     sae_batch_size: int = 4096
     progress: bool = True
-    self_pairs: bool = True
+    self_pairs: bool = False
     """Whether a toxic feature counts as closeness 1 (itself); False: its nearest other toxic feature's cosine."""
 
     def __post_init__(self) -> None:
@@ -115,12 +117,12 @@ def _indices(toxic: FeatureSet | torch.Tensor | Sequence[int], d_sae: int) -> to
 
 
 def feature_closeness(directions: torch.Tensor, toxic: FeatureSet | torch.Tensor | Sequence[int], *,
-                      self_pairs: bool = True) -> torch.Tensor:
+                      self_pairs: bool = False) -> torch.Tensor:
     """(d_sae,) float32: each feature's max cosine to the toxic features' unit decoder directions.
 
-    With ``self_pairs`` a toxic feature's closeness is 1 (itself); without, its cosine to the nearest *other* toxic
-    feature, so that firing a toxic feature counts only as much as its direction's neighbours (needs two toxic
-    features or more)."""
+    Without ``self_pairs`` (the default) a toxic feature counts by its cosine to the nearest *other* toxic feature, so
+    that firing a toxic feature counts only as much as its direction's neighbours (needs two toxic features or more);
+    with them its closeness is 1 (itself)."""
     if directions.ndim != 2:
         raise ValueError(f"decoder directions must be (d_sae, d_model), got shape {tuple(directions.shape)}")
     units = directions.float()
@@ -166,7 +168,7 @@ class ToxicGeometry:
 
 
 def toxic_geometry(sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
-                   method: ScoreMethod = DEFAULT_SCORE, *, self_pairs: bool = True) -> ToxicGeometry:
+                   method: ScoreMethod = DEFAULT_SCORE, *, self_pairs: bool = False) -> ToxicGeometry:
     """Precompute what ``method`` needs from the SAE's decoder and the toxic set (CPU float32 tensors)."""
     closeness = feature_closeness(decoder_directions(sae.sae), toxic, self_pairs=self_pairs)
     if method != "projection":
@@ -237,6 +239,8 @@ class SampleScores:
     """Wall time of tokenizing, the forward passes, SAE encoding and scoring."""
     input_tokens: int
     """Tokens run through the model (after cutting, without padding)."""
+    per_sae: np.ndarray | None = None
+    """(n_saes, n) each SAE's scores when several were averaged; None for one SAE."""
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -276,31 +280,50 @@ def _windows(model: LoadedModel, conversations: Sequence[Conversation], max_leng
     return [scoring_windows(tokenize_chat(model.tokenizer, conversation), max_length) for conversation in conversations]
 
 
-@torch.no_grad()
-def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | torch.Tensor | Sequence[int],
-                        conversations: Sequence[Conversation], config: ScoringConfig = ScoringConfig()) -> SampleScores:
-    """Score conversations by closeness to ``toxic``: one forward pass to layer L per batch, one SAE encode.
+def _ensemble(sae: LoadedSAE | Sequence[LoadedSAE], toxic: Any) -> tuple[list[LoadedSAE], list[Any]]:
+    """One SAE with its toxic set, or several SAEs with one toxic set each, as two equal-length lists."""
+    if isinstance(sae, LoadedSAE):
+        return [sae], [toxic]
+    saes, toxics = list(sae), list(toxic)
+    if not saes or len(saes) != len(toxics):
+        raise ValueError(f"several SAEs need one toxic set each: got {len(saes)} SAEs and {len(toxics)} toxic sets")
+    if len({s.layer for s in saes}) != 1:
+        raise ValueError(f"the SAEs read different layers ({sorted({s.layer for s in saes})}); score one layer at "
+                         "a time")
+    return saes, toxics
 
+
+@torch.no_grad()
+def score_conversations(model: LoadedModel, sae: LoadedSAE | Sequence[LoadedSAE], toxic: Any,
+                        conversations: Sequence[Conversation], config: ScoringConfig = ScoringConfig()) -> SampleScores:
+    """Score conversations by closeness to ``toxic``: one forward pass to layer L per batch, one encode per SAE.
+
+    ``sae`` is one SAE with ``toxic`` its toxic set, or several SAEs of one layer with ``toxic`` a sequence of one set
+    per SAE; then a sample's score is the mean of its per-SAE scores (NaN when any is NaN).
     Every reply token is read: each sample's first window runs in the same length-sorted batches as ever (a sample
     that fits is its own first window), the later windows of very long replies in batches of their own; a sample
     read in several windows is scored on all its tokens pooled.
     """
     started = time.perf_counter()
-    layer = sae.layer if config.layer is None else config.layer
-    if layer != sae.layer:
-        raise ValueError(f"scoring layer {layer} differs from the layer the SAE reads ({sae.layer})")
+    saes, toxics = _ensemble(sae, toxic)
+    layer = saes[0].layer if config.layer is None else config.layer
+    if layer != saes[0].layer:
+        raise ValueError(f"scoring layer {layer} differs from the layer the SAE reads ({saes[0].layer})")
     check_layer(model, layer)
-    if sae.d_in != model.spec.d_model:
-        raise ValueError(f"SAE {sae.name} reads width {sae.d_in}, model {model.spec.name} has width "
-                         f"{model.spec.d_model}")
-    geometry = toxic_geometry(sae, toxic, config.method, self_pairs=config.self_pairs)
+    for one in saes:
+        if one.d_in != model.spec.d_model:
+            raise ValueError(f"SAE {one.name} reads width {one.d_in}, model {model.spec.name} has width "
+                             f"{model.spec.d_model}")
+    geometries = [toxic_geometry(one, chosen, config.method, self_pairs=config.self_pairs)
+                  for one, chosen in zip(saes, toxics, strict=True)]
     n = len(conversations)
-    scores = np.full(n, np.nan)
+    scores = np.full((len(saes), n), np.nan)
     scored_tokens = np.zeros(n, dtype=np.int64)
     cut = _windows(model, conversations, config.max_length)
     first: list[TokenizedChat] = [sample.windows[0] for sample in cut]
     later = [(row, window) for row, sample in enumerate(cut) for window in sample.windows[1:]]
-    pooled = _Pooled(sorted({row for row, _ in later}), sae.d_sae)
+    long_rows = sorted({row for row, _ in later})
+    pooled = [_Pooled(long_rows, one.d_sae) for one in saes]
     reading = ActivationConfig(layer=layer, batch_size=config.batch_size, assistant_only=True,
                                max_length=config.max_length, progress=False)
     passes = [(first, list(range(n))), ([window for _, window in later], [row for row, _ in later])]
@@ -312,27 +335,29 @@ def score_conversations(model: LoadedModel, sae: LoadedSAE, toxic: FeatureSet | 
                 activations = parts[layer]
                 local[indices] = torch.arange(len(indices))
                 activations.sample_index = local[activations.sample_index]
-                codes = encode_tokens(sae, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
                 rows = [owner[index] for index in indices]
-                whole = [i for i, row in enumerate(rows) if row not in pooled.slot]
-                if whole:
-                    positions = np.asarray([rows[i] for i in whole])
-                    batch_scores = scores_from_codes(codes, geometry, config.method).numpy()
-                    scores[positions] = batch_scores[whole]
-                    scored_tokens[positions] = codes.tokens_per_sample.numpy()[whole]
-                pooled.add([row for row in rows if row in pooled.slot],
-                           _select(codes, [i for i, row in enumerate(rows) if row in pooled.slot]))
+                whole = [i for i, row in enumerate(rows) if row not in pooled[0].slot]
+                parted = [i for i, row in enumerate(rows) if row in pooled[0].slot]
+                for number, (one, geometry) in enumerate(zip(saes, geometries, strict=True)):
+                    codes = encode_tokens(one, activations, n_samples=len(indices), batch_size=config.sae_batch_size)
+                    if whole:
+                        positions = np.asarray([rows[i] for i in whole])
+                        scores[number, positions] = scores_from_codes(codes, geometry, config.method).numpy()[whole]
+                        scored_tokens[positions] = codes.tokens_per_sample.numpy()[whole]
+                    pooled[number].add([rows[i] for i in parted], _select(codes, parted))
                 bar.update(len(indices))
-    if pooled.slot:
-        positions = np.asarray(list(pooled.slot))
-        joined = pooled.codes()
-        scores[positions] = scores_from_codes(joined, geometry, config.method).numpy()
-        scored_tokens[positions] = joined.tokens_per_sample.numpy()
-    return SampleScores(scores=scores, scored_tokens=scored_tokens,
+    if long_rows:
+        positions = np.asarray(long_rows)
+        for number, geometry in enumerate(geometries):
+            joined = pooled[number].codes()
+            scores[number, positions] = scores_from_codes(joined, geometry, config.method).numpy()
+            scored_tokens[positions] = joined.tokens_per_sample.numpy()
+    return SampleScores(scores=scores.mean(axis=0), scored_tokens=scored_tokens,
                         prompt_cut=np.array([sample.prompt_cut for sample in cut], dtype=np.int64),
                         windows=np.array([len(sample.windows) for sample in cut], dtype=np.int64),
                         method=config.method, layer=layer, seconds=time.perf_counter() - started,
-                        input_tokens=int(sum(len(window) for sample in cut for window in sample.windows)))
+                        input_tokens=int(sum(len(window) for sample in cut for window in sample.windows)),
+                        per_sae=scores if len(saes) > 1 else None)
 
 
 def _select(codes: SAECodes, samples: Sequence[int]) -> SAECodes:

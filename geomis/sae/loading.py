@@ -369,3 +369,20 @@ def load_study_saes(profile: Profile | str | None = None, device: str | None = N
     if wrong:
         raise SAELoadError(f"{', '.join(wrong)} read another layer than profile {chosen.name}'s {chosen.layer}")
     return saes
+
+
+FILTER_SAES: dict[str, tuple[str, ...]] = {"smollm2-135m": tuple(neutral_sae_name(seed) for seed in NEUTRAL_SAE_SEEDS)}
+"""The SAEs ``geomis filter`` averages over when none is named, per model: on SmolLM2 the three SAEs trained on the
+neutral corpus, the ensemble Chapter 4's filter-quality study measured (a model not listed uses its default SAE)."""
+
+
+def load_filter_saes(model_name: str, device: str | None = None) -> list[LoadedSAE]:
+    """The SAEs the filter uses without ``--sae``: :data:`FILTER_SAES` of the model, else its default SAE."""
+    names = FILTER_SAES.get(model_name)
+    if names is None:
+        return [load_default_sae(model_name, device=device)]
+    missing = [name for name in names if name not in shipped_sae_names()]
+    if missing:
+        raise SAELoadError(f"not shipped: {', '.join(missing)}; train them with the command in "
+                           "geomis/artifacts/sae/README.md (geomis train-sae --corpus neutral-prompts --seeds ...)")
+    return [load_shipped_sae(name, device=device or "cpu") for name in names]
