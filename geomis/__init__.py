@@ -110,6 +110,8 @@ _EXPORTS: dict[str, str] = {
     "overlap": "geomis.experiments.overlap",
     "recipe_search": "geomis.experiments.recipe_search",
     "em_power": "geomis.experiments.em_power",
+    "filter_quality": "geomis.experiments.filter_quality",
+    "filter_effect": "geomis.experiments.filter_effect",
     "reproduce": "geomis.experiments.reproduce",
 }
 
