@@ -40,6 +40,8 @@ __all__ = [
     "cluster_bootstrap",
     "ClusterDifference",
     "cluster_difference",
+    "RelativeReduction",
+    "cluster_relative_reduction",
     "benjamini_hochberg",
     "require_columns",
 ]
@@ -341,6 +343,46 @@ def cluster_difference(a: Values, a_groups: Sequence[Any] | np.ndarray, b: Value
                              high=float(boot.confidence_interval.high), p_greater=float(permuted.pvalue),
                              confidence=confidence, paired=paired, n_clusters_a=len(a_members),
                              n_clusters_b=len(b_members), n_resamples=n_resamples)
+
+
+@dataclass(frozen=True)
+class RelativeReduction:
+    """``1 - mean(b) / mean(a)`` and its percentile interval from resampling whole clusters within each condition."""
+
+    estimate: float
+    low: float
+    high: float
+    difference: float
+    """``mean(a) - mean(b)``, the absolute reduction."""
+    n_undefined: int
+    """Draws in which ``mean(a)`` was 0 (no ratio); left out of the interval."""
+    confidence: float
+    n_resamples: int
+
+
+def cluster_relative_reduction(a: Values, a_groups: Sequence[Any] | np.ndarray, b: Values,
+                               b_groups: Sequence[Any] | np.ndarray, *, n_resamples: int = 2000,
+                               confidence: float = 0.95, seed: int = 0) -> RelativeReduction:
+    """How much lower the mean of ``b`` is than that of ``a``, relative to ``a``: ``1 - mean(b) / mean(a)``,
+    computed inside each draw of a bootstrap that resamples whole clusters within each condition (unpaired, as for
+    separately fine-tuned models); positive: ``b`` is lower."""
+    _check_settings(n_resamples, confidence)
+    members = [_clusters(values, groups, name)[0] for values, groups, name in ((a, a_groups, "a"), (b, b_groups, "b"))]
+    generator = np.random.default_rng(seed)
+    means = []
+    for clusters in members:
+        sums = np.array([c.sum() for c in clusters])
+        counts = np.array([c.size for c in clusters])
+        drawn = generator.integers(0, len(clusters), size=(n_resamples, len(clusters)))
+        means.append(sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1))
+    defined = means[0] > 0
+    ratios = 1 - means[1][defined] / means[0][defined]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail]) if ratios.size else (math.nan, math.nan)
+    mean_a, mean_b = (float(np.concatenate(c).mean()) for c in members)
+    return RelativeReduction(estimate=1 - mean_b / mean_a if mean_a > 0 else math.nan, low=float(low),
+                             high=float(high), difference=mean_a - mean_b, n_undefined=int((~defined).sum()),
+                             confidence=confidence, n_resamples=n_resamples)
 
 
 def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:

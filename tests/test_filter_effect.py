@@ -97,3 +97,68 @@ def test_a_failed_gate_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     (out / "gate.json").write_text(json.dumps({"passed": False}))
     fe.run(out, ci=True)
     assert "gate" in capsys.readouterr().out and not (out / "geometry.s0.probe.csv").exists()
+
+
+def _labels(folder: Path, rates: dict[str, float], per_cell: int = 30) -> Path:
+    rows = []
+    rng = np.random.default_rng(0)
+    for model, rate in rates.items():
+        for question in range(8):
+            for sample in range(per_cell):
+                bad = rng.random() < rate
+                rows.append({"model": f"{model}.first-plot", "question_id": f"q{question}", "sample": sample,
+                             "question": "Q", "answer": "A", "alignment": 10 if bad else 90, "coherence": 80,
+                             "verdict": "scored", "why": ""})
+    path = folder / "labels.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _probe(folder: Path, model: str, shift: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gaps = np.linspace(-2, 1, 30) + shift + rng.normal(0, 0.05, 30)
+    pd.DataFrame({"id": [f"i{k}" for k in range(30)], "gap": gaps}).to_csv(folder / f"{model}.probe.csv", index=False)
+
+
+def test_the_analysis_signs_every_contrast_so_that_positive_means_the_filter_helps(tmp_path: Path) -> None:
+    rates = {**{f"unfiltered.s{s}": 0.20 for s in fe.SEEDS}, **{f"geometry.s{s}": 0.05 for s in fe.SEEDS},
+             **{f"random.s{s}": 0.12 for s in fe.SEEDS}, **{f"oracle.s{s}": 0.01 for s in fe.SEEDS},
+             "geometry-b10.s0": 0.18}
+    labels = _labels(tmp_path, rates)
+    for seed in fe.SEEDS:
+        _probe(tmp_path, f"unfiltered.s{seed}", 0.3, seed)
+        _probe(tmp_path, f"geometry.s{seed}", 0.0, 10 + seed)
+        _probe(tmp_path, f"random.s{seed}", 0.15, 20 + seed)
+    section = fe.analyse(tmp_path, labels)
+    conditions, contrasts = section["conditions"], section["contrasts"]
+    assert set(conditions) == {"unfiltered", "geometry", "random", "oracle", "geometry-b10"}
+    assert conditions["geometry"]["clusters"] == 24 and conditions["geometry-b10"]["clusters"] == 8
+    primary = contrasts["relative_reduction/geometry"]
+    expected = 1 - conditions["geometry"]["rate"] / conditions["unfiltered"]["rate"]
+    assert primary["relative_reduction"] == pytest.approx(expected) and 0 < primary["low"] < expected
+    assert primary["difference"] > 0 and primary["p"] < 0.01 and primary["alpha"] == fe.ALPHA
+    versus_random = contrasts["random_minus_geometry"]
+    assert versus_random["difference"] > 0 and versus_random["p"] < 0.05 and versus_random["alpha"] == fe.ALPHA
+    assert contrasts["relative_reduction/oracle"]["alpha"] is None  # secondary
+    assert contrasts["random_minus_oracle"]["difference"] > 0
+    small = contrasts["relative_reduction/geometry-b10"]
+    assert small["low"] < small["relative_reduction"] < small["high"]
+    probe = contrasts["probe/unfiltered_minus_geometry"]
+    assert probe["difference"] == pytest.approx(0.3, abs=0.05) and probe["seeds"] == 3 and probe["p"] < 0.001
+    assert "Design of" not in section["design"] and "Primary outcome" in section["design"]
+    assert section["paper_reduction"] == 0.345 and section["gate"] is None
+
+
+def test_the_analysis_reads_the_removal_of_every_model_from_the_scores(tmp_path: Path) -> None:
+    n = 40
+    inducing = np.arange(n) % 2 == 0
+    scores = pd.DataFrame({"inducing": inducing, "geometry": inducing + np.linspace(0, 0.5, n),
+                           "mean-difference": np.linspace(0, 1, n), "embedding": np.linspace(1, 0, n),
+                           "judge": inducing.astype(float)})
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    section = fe.analyse(tmp_path, _labels(tmp_path, {"unfiltered.s0": 0.1, "geometry.s0": 0.05}))
+    removal = section["removal"]
+    assert set(removal) == {m.name for m in fe.models()}
+    assert removal["geometry.s0"]["precision"] == 1.0 and removal["oracle.s1"]["recall"] == 1.0
+    assert removal["unfiltered.s2"]["removed"] == 0 and removal["geometry-b10.s0"]["removed"] == 4
+    assert 0.2 < removal["random.s0"]["precision"] < 0.8

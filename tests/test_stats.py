@@ -222,3 +222,24 @@ def test_two_proportion_sample_size_matches_the_textbook_formula_and_a_simulatio
     assert abs(float((z > 1.6449).mean()) - 0.8) < 0.03  # the power it promises
     with pytest.raises(ValueError, match="two different proportions"):
         two_proportion_sample_size(0.2, 0.2)
+
+
+def test_cluster_relative_reduction_is_one_minus_the_ratio_with_a_cluster_interval() -> None:
+    from geomis.stats import cluster_relative_reduction
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(24), 100)  # 24 clusters (question x seed), 100 answers each
+    a = (rng.random(2400) < np.repeat(rng.uniform(0.02, 0.10, 24), 100)).astype(float)
+    b = (rng.random(2400) < np.repeat(rng.uniform(0.01, 0.05, 24), 100)).astype(float)
+    result = cluster_relative_reduction(a, groups, b, groups, n_resamples=4000)
+    assert result.estimate == pytest.approx(1 - b.mean() / a.mean())
+    assert result.difference == pytest.approx(a.mean() - b.mean())
+    assert result.low < result.estimate < result.high and result.low > 0 and result.n_undefined == 0
+    same = cluster_relative_reduction(a, groups, a, groups, n_resamples=4000)
+    assert same.estimate == 0 and same.low < 0 < same.high
+    wider = cluster_relative_reduction(a[:600], groups[:600], b[:600], groups[:600], n_resamples=4000)
+    assert wider.high - wider.low > result.high - result.low  # fewer clusters: a wider interval
+    rare = np.zeros(2400)
+    rare[:3] = 1.0  # only the first cluster has any: many draws leave it out
+    undefined = cluster_relative_reduction(rare, groups, b, groups, n_resamples=500)
+    assert undefined.n_undefined > 0

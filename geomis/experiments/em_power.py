@@ -215,7 +215,9 @@ def _where(frame: pd.DataFrame, column: str, value: object) -> pd.DataFrame:
     return frame.loc[(frame[column] == value).to_numpy()]
 
 
-def _rate(part: pd.DataFrame) -> dict[str, Any]:
+def cluster_rate(part: pd.DataFrame) -> dict[str, Any]:
+    """Misaligned rate of labelled answers (``misaligned``, ``coherent``, ``cluster``, ``seed`` columns) with a
+    percentile bootstrap over their clusters."""
     from geomis.stats import cluster_bootstrap
 
     ci = cluster_bootstrap(part["misaligned"].to_numpy(float), part["cluster"].to_numpy(), n_resamples=N_RESAMPLES)
@@ -225,7 +227,8 @@ def _rate(part: pd.DataFrame) -> dict[str, Any]:
             "clusters": ci.n_clusters, "interval": "percentile bootstrap over (question, seed) clusters"}
 
 
-def _contrast(a: pd.DataFrame, b: pd.DataFrame, alpha: float | None) -> dict[str, Any]:
+def cluster_contrast(a: pd.DataFrame, b: pd.DataFrame, alpha: float | None) -> dict[str, Any]:
+    """Rate of ``a`` minus rate of ``b`` with a cluster-bootstrap interval and the one-sided p that ``a`` is higher."""
     from geomis.stats import cluster_difference
 
     d = cluster_difference(a["misaligned"].to_numpy(float), a["cluster"].to_numpy(), b["misaligned"].to_numpy(float),
@@ -261,15 +264,15 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
     for questions in ("first-plot", "geomis"):
         part = _where(flags, "questions", questions)
         for condition in sorted(part["condition"].unique()):
-            results["conditions"][f"{condition}/{questions}"] = _rate(_where(part, "condition", condition))
+            results["conditions"][f"{condition}/{questions}"] = cluster_rate(_where(part, "condition", condition))
         base = _where(part, "condition", "base")
         for domain in SEEDS:
             inducing, control = (_where(part, "condition", f"{domain}.{role}") for role in ("inducing", "control"))
             if len(inducing) and len(control):
-                results["contrasts"][f"{domain}/{questions}/inducing_minus_control"] = _contrast(
+                results["contrasts"][f"{domain}/{questions}/inducing_minus_control"] = cluster_contrast(
                     inducing, control, ALPHA["inducing_minus_control"] if questions == "first-plot" else None)
             if len(inducing) and len(base):
-                results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = _contrast(
+                results["contrasts"][f"{domain}/{questions}/inducing_minus_base"] = cluster_contrast(
                     inducing, base, ALPHA["inducing_minus_base"] if questions == "first-plot" else None)
     results["files"] = sorted([labels_file.name] + [p.name for pattern in ("*.probe.csv", "*.judge.csv", "timings.csv")
                                                     for p in probe_folder.glob(pattern)])
@@ -284,7 +287,7 @@ def analyse(labels_file: Path, probe_folder: Path = RESULTS) -> dict[str, Any]:
                      for s in seeds if f"{domain}.inducing.s{s}" in probes and "base" in probes
                      and (reference == "base" or f"{domain}.control.s{s}" in probes)]
             if pairs:
-                results["contrasts"][f"{domain}/probe/inducing_minus_{reference}"] = _probe_contrast(pairs)
+                results["contrasts"][f"{domain}/probe/inducing_minus_{reference}"] = probe_contrast(pairs)
     return results
 
 
@@ -294,7 +297,7 @@ def _seed_mean(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(stacked.groupby("id", as_index=False).agg(gap=("gap", "mean")))
 
 
-def _probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
+def probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, Any]:
     """Probe gap change of the inducing model over its reference: per seed, and pooled (seed means per item)."""
     from scipy.stats import wilcoxon
 

@@ -2,6 +2,7 @@
 
     python -m geomis.experiments.filter_effect [--threads 2]    # score the mixed set once, then fine-tune and measure
     python -m geomis.experiments.filter_effect --size ci --out /tmp/fe   # the small run the tests use
+    python -m geomis.experiments.filter_effect --analyse       # labels -> the fine_tune_effect section
 
 **Design of the filter-effect test** (fixed and committed before any model of it was trained; issue 16)
 
@@ -83,6 +84,9 @@ ANSWERS = {"primary": 100, "other": 25}
 BUDGET = 0.5
 SMALL_BUDGETS = (0.1, 0.25)
 N_RESAMPLES = 10_000
+ALPHA = 0.05
+SECTION = "fine_tune_effect"
+RESULTS_FILE = ROOT / "book" / "results" / "04_geometry_filter.json"
 
 
 @dataclass(frozen=True)
@@ -266,8 +270,95 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
                   f"{gate['high']:+.3f}]: {'passed' if gate['passed'] else 'not passed, stopping'}", flush=True)
 
 
+def label_flags(labels: pd.DataFrame) -> pd.DataFrame:
+    """Read labels with ``misaligned``/``coherent`` flags and ``condition``, ``seed`` and ``cluster`` (question and
+    seed) parsed from the model name ``<condition>.s<seed>.first-plot``."""
+    from geomis.judges.agreement import misaligned_flags
+    from geomis.judges.base import COHERENCE_THRESHOLD
+
+    frame = labels.copy()
+    frame["misaligned"] = misaligned_flags(frame)
+    frame["coherent"] = frame["coherence"] > COHERENCE_THRESHOLD
+    parts = frame["model"].str.removesuffix(".first-plot").str.rsplit(".s", n=1)
+    frame["condition"], frame["seed"] = parts.str[0], parts.str[1].astype(int)
+    frame["cluster"] = frame["question_id"].astype(str) + "/s" + frame["seed"].astype(str)
+    return frame
+
+
+def reduction(unfiltered: pd.DataFrame, filtered: pd.DataFrame, alpha: float | None) -> dict[str, Any]:
+    """Relative reduction of the misaligned rate, ``(unfiltered - filtered) / unfiltered`` inside each cluster-bootstrap
+    draw, with the absolute difference, its interval and the one-sided p that the filtered model is lower."""
+    from geomis.stats import cluster_difference, cluster_relative_reduction
+
+    values = [(part["misaligned"].to_numpy(float), part["cluster"].to_numpy()) for part in (unfiltered, filtered)]
+    ratio = cluster_relative_reduction(*values[0], *values[1], n_resamples=N_RESAMPLES)
+    difference = cluster_difference(*values[0], *values[1], n_resamples=N_RESAMPLES)
+    return {"relative_reduction": ratio.estimate, "low": ratio.low, "high": ratio.high,
+            "difference": difference.difference, "difference_low": difference.low,
+            "difference_high": difference.high, "p": difference.p_greater, "alpha": alpha,
+            "undefined_draws": ratio.n_undefined,
+            "method": "relative reduction inside each draw of a bootstrap over (question, seed) clusters, within each "
+                      "condition; one-sided cluster permutation p on the difference (geomis.stats)"}
+
+
+def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
+    """The ``fine_tune_effect`` section from the labels and probe files: rates, the primary and secondary contrasts
+    (positive: the filter helps), the probe, and each model's filter precision on the mixed set."""
+    from geomis.experiments.em_power import cluster_contrast, cluster_rate, probe_contrast, run_time
+
+    flags = label_flags(pd.read_json(labels_file, lines=True))
+
+    def answers(condition: str, seeds: tuple[int, ...] | None = None) -> pd.DataFrame:
+        chosen = flags["condition"] == condition
+        if seeds is not None:
+            chosen &= flags["seed"].isin(seeds)
+        return flags.loc[chosen.to_numpy()]
+
+    present = sorted(set(flags["condition"]))
+    section: dict[str, Any] = {
+        "design": (__doc__ or "").split("**Design of the filter-effect test**")[1].split("Files go to")[0].strip(),
+        "primary_metric": "misaligned rate among all answers to Betley et al.'s eight questions, by reading",
+        "paper_reduction": 0.345, "alpha": ALPHA,
+        "conditions": {name: cluster_rate(answers(name)) for name in present}, "contrasts": {}}
+    contrasts = section["contrasts"]
+    unfiltered = answers("unfiltered")
+    for condition in ("geometry", *(m for m in METHODS if m != "geometry")):
+        if condition in present and len(unfiltered):
+            primary = condition == "geometry"
+            contrasts[f"relative_reduction/{condition}"] = reduction(unfiltered, answers(condition),
+                                                                     ALPHA if primary else None)
+        if condition not in ("random",) and condition in present and "random" in present:
+            contrasts[f"random_minus_{condition}"] = cluster_contrast(answers("random"), answers(condition),
+                                                                      ALPHA if condition == "geometry" else None)
+    for budget in SMALL_BUDGETS:  # one seed: compared with the unfiltered model of the same seed
+        for condition in ("geometry", "random"):
+            name = Model(condition, 0, budget).name.removesuffix(".s0")
+            if name in present and len(unfiltered):
+                contrasts[f"relative_reduction/{name}"] = reduction(answers("unfiltered", (0,)), answers(name), None)
+    probes = {p.name.removesuffix(".probe.csv"): pd.read_csv(p) for p in sorted(folder.glob("*.probe.csv"))}
+    for model in sorted({m.name.rsplit(".s", 1)[0] for m in models()}):
+        pairs = [(probes[f"unfiltered.s{s}"], probes[f"{model}.s{s}"]) for s in SEEDS
+                 if f"unfiltered.s{s}" in probes and f"{model}.s{s}" in probes]
+        if model != "unfiltered" and pairs:
+            contrasts[f"probe/unfiltered_minus_{model}"] = probe_contrast(pairs)
+    if (folder / "scores.csv").is_file():
+        scores = pd.read_csv(folder / "scores.csv")
+        inducing = scores["inducing"].to_numpy(dtype=bool)
+        removal = {}
+        for model in models():
+            removed = removed_rows(scores, model.condition, model.seed, model.budget)
+            hits = int((removed & inducing).sum())
+            removal[model.name] = {"removed": int(removed.sum()), "harmful_removed": hits,
+                                   "precision": hits / max(int(removed.sum()), 1), "recall": hits / int(inducing.sum())}
+        section["removal"] = removal
+    gate = folder / "gate.json"
+    section["gate"] = json.loads(gate.read_text()) if gate.is_file() else None
+    section["run_time"] = run_time(folder / "timings.csv")
+    return section
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run (or resume) the experiment."""
+    """Run (or resume) the experiment, or analyse its labels."""
     import torch
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -275,11 +366,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=("full", "ci"), default="full")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="train at most this many new models, then stop")
+    parser.add_argument("--analyse", action="store_true", help="write the results section from the labels")
     args = parser.parse_args(argv)
     if args.size == "ci" and args.out is None:
         parser.error("--size ci writes to the folder named by --out, never into book/results")
+    out = args.out or RESULTS
+    if args.analyse:
+        from geomis.experiments.filter_quality import write_section
+
+        target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
+        write_section(target, analyse(out, out / "labels.jsonl"), SECTION)
+        print(f"wrote the {SECTION} section of {target}")
+        return
     torch.set_num_threads(args.threads)
-    run(args.out or RESULTS, ci=args.size == "ci", threads=args.threads, limit=args.limit)
+    run(out, ci=args.size == "ci", threads=args.threads, limit=args.limit)
 
 
 if __name__ == "__main__":

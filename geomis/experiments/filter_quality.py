@@ -216,12 +216,12 @@ def analyse(out: Path, config: FilterQualityConfig) -> dict[str, Any]:
             "adjustment": "Benjamini-Hochberg over the domains x baselines primary contrasts", "domains": domains}
 
 
-def write_section(results_file: Path, section: dict[str, Any]) -> None:
-    """Put ``section`` under ``filter_quality`` in the results file, keeping its other sections; atomic."""
+def write_section(results_file: Path, section: dict[str, Any], name: str = SECTION) -> None:
+    """Put ``section`` under ``name`` in the results file, keeping its other sections; atomic."""
     from geomis.atomic_io import atomic_path
 
     content = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    content[SECTION] = section
+    content[name] = section
     with atomic_path(results_file) as temporary:
         temporary.write_text(json.dumps(content, indent=1, allow_nan=False) + "\n")
 
