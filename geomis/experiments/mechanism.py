@@ -40,6 +40,7 @@ CPU default, with the prediction fixed before the measured shifts are looked at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,8 @@ class SpilloverTest:
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return float(scipy_stats.spearmanr(x, y).statistic)
+    result: Any = scipy_stats.spearmanr(x, y)
+    return float(result.statistic)
 
 
 def spillover_test(prediction: torch.Tensor, base: torch.Tensor, tuned: torch.Tensor, *,
