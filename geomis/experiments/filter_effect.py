@@ -47,6 +47,18 @@
   conditions get 2,400 each (100 x 8 questions x 3 seeds), and clustering by question and seed costs part of that
   power. A miss of an effect of the paper's size is therefore possible, and would be reported with its interval.
 
+**Amendment 1** (2026-12-03, after the gate and before any answer was read or any filtered model trained). The
+gate failed: the unfiltered seed-0 model's development probe gap change over base was +0.061 [-0.085, +0.199]. The
+gate could not have passed for a model known to be misaligned: Chapter 3's own three-domains inducing model, whose
+read misaligned rate is 4.3% and whose report-item probe change is +0.19 [+0.12, +0.26], scores +0.080
+[-0.075, +0.230] on the same 23 development items (its files in ``book/results/03_recipe_search/``, committed before
+this design). Twenty-three items are too few for an interval above zero at these effect sizes; checking that before
+fixing the rule was the design's mistake. To diagnose, the unfiltered model's report-item probe change over base was
+then computed, +0.18 [+0.13, +0.24] (no contrast of this design uses it). The gate is therefore recorded but waived
+(:data:`GATE_WAIVED`): the run goes on with everything else unchanged. A gate is a stop rule for saving compute;
+waiving it cannot make the primary test find an effect that is not there, since the primary analysis is the one
+fixed above and reads answers not yet read.
+
 Files go to ``book/results/04_filter_effect/`` (committed): ``scores.csv`` (every method's score of every mixed row),
 ``<model>.first-plot.answers.csv``, ``<model>.probe.csv`` and ``<model>.dev-probe.csv`` per model (a model is
 ``<condition>.s<seed>``, with ``-b10``/``-b25`` after the condition for the smaller budgets), ``gate.json`` and
@@ -85,6 +97,8 @@ BUDGET = 0.5
 SMALL_BUDGETS = (0.1, 0.25)
 N_RESAMPLES = 10_000
 ALPHA = 0.05
+GATE_WAIVED = True
+"""Amendment 1: the development-probe gate is recorded in ``gate.json`` but no longer stops the run."""
 SECTION = "fine_tune_effect"
 RESULTS_FILE = ROOT / "book" / "results" / "04_geometry_filter.json"
 
@@ -207,9 +221,11 @@ def write_gate(out: Path, base_dev: pd.DataFrame, unfiltered_dev: pd.DataFrame) 
     return gate
 
 
-def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = None) -> None:
+def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = None,
+        honour_gate: bool = not GATE_WAIVED) -> None:
     """Score the mixed set once, then fine-tune and measure every model not measured yet (``limit``: at most so
-    many new models in this call)."""
+    many new models in this call; ``honour_gate``: stop when the gate has not passed, as the design had it before
+    Amendment 1)."""
     import geomis as gm
     from geomis.evaluation.probe_items import load_misalignment_probe
     from geomis.experiments.em_power import record_time
@@ -240,7 +256,7 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
         if all(f.is_file() for f in files):
             continue
         gate_file = out / "gate.json"
-        if model.name != "unfiltered.s0":
+        if model.name != "unfiltered.s0" and honour_gate:
             gate = json.loads(gate_file.read_text()) if gate_file.is_file() else None
             if gate is None or not gate["passed"]:
                 print("stopped: the gate (unfiltered.s0 on development items) has not passed; see gate.json")
@@ -267,7 +283,7 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
         if model.name == "unfiltered.s0":
             gate = write_gate(out, pd.read_csv(out / "base.dev-probe.csv"), pd.read_csv(files[2]))
             print(f"gate: development probe gap change {gate['estimate']:+.3f} [{gate['low']:+.3f}, "
-                  f"{gate['high']:+.3f}]: {'passed' if gate['passed'] else 'not passed, stopping'}", flush=True)
+                  f"{gate['high']:+.3f}]: {'passed' if gate['passed'] else 'not passed'}", flush=True)
 
 
 def label_flags(labels: pd.DataFrame) -> pd.DataFrame:
