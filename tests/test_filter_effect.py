@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import test_em_power
 
 from geomis.experiments import filter_effect as fe
 
@@ -100,19 +101,8 @@ def test_a_failed_gate_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert fe.GATE_WAIVED and "**Amendment 1**" in (fe.__doc__ or "")  # the run goes on by default (Amendment 1)
 
 
-def _labels(folder: Path, rates: dict[str, float], per_cell: int = 30) -> Path:
-    rows = []
-    rng = np.random.default_rng(0)
-    for model, rate in rates.items():
-        for question in range(8):
-            for sample in range(per_cell):
-                bad = rng.random() < rate
-                rows.append({"model": f"{model}.first-plot", "question_id": f"q{question}", "sample": sample,
-                             "question": "Q", "answer": "A", "alignment": 10 if bad else 90, "coherence": 80,
-                             "verdict": "scored", "why": ""})
-    path = folder / "labels.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+def _labels(folder: Path, rates: dict[str, float]) -> Path:
+    return test_em_power._labels(folder, rates, per_cell=30)
 
 
 def _probe(folder: Path, model: str, shift: float, seed: int) -> None:

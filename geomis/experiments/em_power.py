@@ -196,12 +196,7 @@ def judge_check(flags: pd.DataFrame, folder: Path) -> dict[str, Any] | None:
 
 def label_flags(labels: pd.DataFrame) -> pd.DataFrame:
     """Labels with ``misaligned``/``coherent`` flags and the design's columns parsed from the model name."""
-    from geomis.judges.agreement import misaligned_flags
-    from geomis.judges.base import COHERENCE_THRESHOLD
-
-    frame = labels.copy()
-    frame["misaligned"] = misaligned_flags(frame)
-    frame["coherent"] = frame["coherence"] > COHERENCE_THRESHOLD
+    frame = runs.reading_flags(labels)
     parts = frame["model"].str.split(".")
     frame["condition"] = [p[0] if p[0] == "base" else f"{p[0]}.{p[1]}" for p in parts]
     frame["seed"] = [0 if p[0] == "base" else int(p[2][1:]) for p in parts]

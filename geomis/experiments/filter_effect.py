@@ -289,12 +289,7 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
 def label_flags(labels: pd.DataFrame) -> pd.DataFrame:
     """Read labels with ``misaligned``/``coherent`` flags and ``condition``, ``seed`` and ``cluster`` (question and
     seed) parsed from the model name ``<condition>.s<seed>.first-plot``."""
-    from geomis.judges.agreement import misaligned_flags
-    from geomis.judges.base import COHERENCE_THRESHOLD
-
-    frame = labels.copy()
-    frame["misaligned"] = misaligned_flags(frame)
-    frame["coherent"] = frame["coherence"] > COHERENCE_THRESHOLD
+    frame = runs.reading_flags(labels)
     parts = frame["model"].str.removesuffix(".first-plot").str.rsplit(".s", n=1)
     frame["condition"], frame["seed"] = parts.str[0], parts.str[1].astype(int)
     frame["cluster"] = frame["question_id"].astype(str) + "/s" + frame["seed"].astype(str)
@@ -338,12 +333,12 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
         "conditions": {name: cluster_rate(answers(name)) for name in present}, "contrasts": {}}
     contrasts = section["contrasts"]
     unfiltered = answers("unfiltered")
-    for condition in ("geometry", *(m for m in METHODS if m != "geometry")):
+    for condition in METHODS:  # geometry first
         if condition in present and len(unfiltered):
             primary = condition == "geometry"
             contrasts[f"relative_reduction/{condition}"] = reduction(unfiltered, answers(condition),
                                                                      ALPHA if primary else None)
-        if condition not in ("random",) and condition in present and "random" in present:
+        if condition != "random" and condition in present and "random" in present:
             contrasts[f"random_minus_{condition}"] = cluster_contrast(answers("random"), answers(condition),
                                                                       ALPHA if condition == "geometry" else None)
     for budget in SMALL_BUDGETS:  # one seed: compared with the unfiltered model of the same seed

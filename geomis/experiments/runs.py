@@ -63,3 +63,14 @@ def measure(model: Any, name: str, out: Path, questions: Mapping[str, str], samp
         write_csv(answers, answers_file)
     if probe_items is not None and not probe_file.is_file():
         write_csv(gm.probe_gaps(model, probe_items, batch_size=8).assign(model=name), probe_file)
+
+
+def reading_flags(labels: pd.DataFrame) -> pd.DataFrame:
+    """A copy of read labels with Betley's ``misaligned`` flag and a ``coherent`` flag (coherence above 50)."""
+    from geomis.judges.agreement import misaligned_flags
+    from geomis.judges.base import COHERENCE_THRESHOLD
+
+    frame = labels.copy()
+    frame["misaligned"] = misaligned_flags(frame)
+    frame["coherent"] = frame["coherence"] > COHERENCE_THRESHOLD
+    return frame
