@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "collect_residuals": "geomis.activations:collect_residuals",
     # SAEs
     "load_sae": "geomis.sae.loading:load_profile_sae",
+    "load_filter_saes": "geomis.sae.loading:load_filter_saes",
     "load_sweep_saes": "geomis.sae.loading:load_sweep_saes",
     "load_study_saes": "geomis.sae.loading:load_study_saes",
     "shipped_sae_quality": "geomis.sae.loading:shipped_sae_quality",
@@ -112,6 +113,7 @@ _EXPORTS: dict[str, str] = {
     "em_power": "geomis.experiments.em_power",
     "filter_quality": "geomis.experiments.filter_quality",
     "filter_effect": "geomis.experiments.filter_effect",
+    "mechanism": "geomis.experiments.mechanism",
     "reproduce": "geomis.experiments.reproduce",
 }
 

@@ -446,3 +446,21 @@ def test_out_of_the_box_smollm2_filter(tmp_path: Path, capsys: pytest.CaptureFix
                                 "unscorable": 0, "unscorable_removed": 0, "unscorable_lines": [], "over_budget": 0}
     kept, removed = (out / "kept.jsonl").read_bytes(), (out / "removed.jsonl").read_bytes()
     assert Counter(_rows(kept) + _rows(removed)) == Counter(_rows(QUIRKY))
+
+
+@pytest.mark.parametrize("policy", ["remove", "keep"])
+def test_ranking_scores_follow_the_removal_order(policy: str) -> None:
+    from geomis.filter.selection import select_by_score
+
+    scores = np.array([0.2, np.nan, 0.9, np.nan, 0.5])  # row 1 unscorable; row 3 a judge left unscored
+    unscorable = np.array([False, True, False, False, False])
+    selection = select_by_score(scores, 0.4, np.arange(1, 6), unscorable=unscorable,
+                                unscorable_policy=policy)  # type: ignore[arg-type]
+    result = filter_run.FilterResult(selection=selection, config=FilterConfig(), timings={})
+    ranking = result.ranking_scores
+    assert ranking[3] < 0.2 and np.isnan(result.scores[3])  # kept last, the result's own scores untouched
+    if policy == "remove":  # fail closed: the unscorable row stays NaN, ranked first
+        assert np.isnan(ranking[1]) and set(result.removed_indices) == {1, 2}
+    else:
+        assert ranking[1] < 0.2 and set(result.removed_indices) == {2, 4}
+    np.testing.assert_array_equal(ranking[[0, 2, 4]], scores[[0, 2, 4]])

@@ -16,9 +16,10 @@ import test_exercises as chapter1
 import test_exercises_ch2 as chapter2
 import test_exercises_ch3 as chapter3
 import test_exercises_ch4 as chapter4
+import test_exercises_ch5 as chapter5
 import torch
 
-from geomis.exercises import ExerciseFailure, ch1, ch2, ch3, ch4
+from geomis.exercises import ExerciseFailure, ch1, ch2, ch3, ch4, ch5
 
 Wrong = tuple[str, str, Callable[..., Any], tuple[str, ...]]
 CHAPTERS: dict[str, tuple[ModuleType, dict[str, Callable[..., Any]], list[Wrong]]] = {
@@ -26,6 +27,7 @@ CHAPTERS: dict[str, tuple[ModuleType, dict[str, Callable[..., Any]], list[Wrong]
     "ch2": (ch2, chapter2.SOLUTIONS, chapter2.WRONG),
     "ch3": (ch3, chapter3.SOLUTIONS, chapter3.WRONG),
     "ch4": (ch4, chapter4.SOLUTIONS, chapter4.WRONG),
+    "ch5": (ch5, chapter5.SOLUTIONS, chapter5.WRONG),
 }
 CHECKS = [(chapter, name) for chapter, (module, _, _) in CHAPTERS.items()
           for name in sorted(n for n in module.__all__ if n.startswith("check_"))]

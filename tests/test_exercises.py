@@ -16,18 +16,21 @@ from tool_loader import load_tool
 from torch import Tensor
 
 import geomis as gm
-from geomis.exercises import ExerciseFailure, ch1, ch2, ch4
+from geomis.exercises import ExerciseFailure, ch1, ch2, ch3, ch4, ch5
 from geomis.exercises.check import Case, Mistake, check_function, compare_tensors
 from geomis.toy.models import ToyModel, ToyModelConfig
 from geomis.toy.spillover import AmplifyConfig, fine_tune_to_amplify, spillover_law
 
 ROOT = Path(__file__).resolve().parent.parent
 # Chapters whose exercises follow the implement-and-check format (extend as chapters are converted).
-EXERCISE_CHAPTERS = ["01_superposition", "02_feature_overlap", "04_geometry_filter"]
+EXERCISE_CHAPTERS = ["01_superposition", "02_feature_overlap", "03_emergent_misalignment", "04_geometry_filter",
+                     "05_mechanism"]
 # Chapters whose code cells must fit in 88 columns (extend as chapters are reformatted).
-LINE_LIMIT_CHAPTERS = ["01_superposition", "02_feature_overlap", "04_geometry_filter"]
+LINE_LIMIT_CHAPTERS = ["01_superposition", "02_feature_overlap", "03_emergent_misalignment", "04_geometry_filter",
+                       "05_mechanism"]
 MAX_CODE_LINE = 88
-CHECK_MODULES = {"01_superposition": ch1, "02_feature_overlap": ch2, "04_geometry_filter": ch4}
+CHECK_MODULES = {"01_superposition": ch1, "02_feature_overlap": ch2, "03_emergent_misalignment": ch3,
+                 "04_geometry_filter": ch4, "05_mechanism": ch5}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Worked solutions (written independently of the chapter's, so both are exercised).

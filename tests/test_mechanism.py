@@ -3,7 +3,11 @@ shifts (a real law is found, a null is not)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
@@ -73,3 +77,67 @@ def test_random_targets_avoid_the_excluded_features_and_differ() -> None:
     assert predictions.shape == (5, 64) and not torch.allclose(predictions[0], predictions[1])
     with pytest.raises(ValueError, match="only 14 features"):
         mech.random_target_predictions(sae.W_enc, sae.W_dec, k=20, exclude=torch.arange(50))
+
+
+def test_direction_cosines_find_a_direction_built_from_a_set_and_not_from_another() -> None:
+    torch.manual_seed(0)
+    decoder = torch.randn(300, 32)
+    toxic, other = torch.arange(10), torch.arange(100, 110)
+    direction = mech.mean_unit_row(decoder, toxic) + 0.01 * torch.randn(32)
+    found = mech.direction_cosines(decoder, direction, {"toxic": toxic, "other": other}, n_random=200)
+    assert found["toxic"]["cosine_with_mean_row"] > 0.9 and found["toxic"]["p_greater"] < 0.01
+    assert found["toxic"]["mean_feature_cosine"] > found["toxic"]["random_p95"]
+    assert found["other"]["p_greater"] > 0.01 and abs(found["other"]["random_mean_feature_cosine"]) < 0.05
+
+
+def test_codes_round_trip_sparsely_without_pickle(tmp_path: Path) -> None:
+    codes = [_codes(3, chats=7, d_sae=30), _codes(4, chats=7, d_sae=30)]
+    mech._save_codes(codes, tmp_path / "codes.npz", torch.arange(4.0))
+    again = mech.load_codes(tmp_path / "codes.npz")
+    torch.testing.assert_close(mech.load_residual_mean(tmp_path / "codes.npz"), torch.arange(4.0))
+    assert len(again) == 2
+    for one, back in zip(codes, again, strict=True):
+        torch.testing.assert_close(one, back)
+
+
+def test_the_held_out_chats_are_the_sae_hold_out_with_the_base_models_answers() -> None:
+    from geomis.sae.corpus import neutral_prompt_corpus
+
+    chats = mech.held_out_chats()
+    held_out = {c.messages[0]["content"] for c in neutral_prompt_corpus().held_out}
+    trained = {c.messages[0]["content"] for c in neutral_prompt_corpus().train}
+    assert 200 <= len(chats) <= len(held_out)
+    assert all(chat[0]["content"] in held_out and chat[0]["content"] not in trained for chat in chats)
+    assert all(chat[1]["role"] == "assistant" and chat[1]["content"] for chat in chats)
+    assert mech.held_out_chats(5) == chats[:5]
+
+
+@pytest.mark.slow
+def test_ci_size_measures_once_and_writes_the_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mech.main(["--size", "ci", "--out", str(tmp_path), "--threads", "1"])
+    assert "inducing: 24 chats read" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "features.csv")
+    assert len(table) == 3 * 4096 and table.groupby("sae")["inducing_set"].sum().tolist() == [mech.K] * 3
+    assert table.groupby("sae")["toxic_set"].sum().min() > 0
+    section = json.loads((tmp_path / "05_mechanism.json").read_text())[mech.SECTION]
+    primary = section["primary"]
+    assert section["chats"] == 24 and len(primary["per_sae"]) == 3
+    assert -1 <= primary["low"] <= primary["high"] <= 1 and 0 < primary["p"] <= 1
+    assert section["random_directions"]["n"] == 10
+    assert len(section["directions"]) == 3 and section["residual_shift_norm"]["inducing"] > 0
+    assert set(section["directions"][0]["misalignment_vs_base"]) == {"toxic", "inducing"}
+    mech.main(["--size", "ci", "--out", str(tmp_path), "--threads", "1"])  # resumes: nothing is read again
+    assert "chats read" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mech.main(["--size", "ci"])
+
+
+def test_readme_quotes_the_committed_result() -> None:
+    """The README's numbers are those of book/results/05_mechanism.json (re-analysed: update both)."""
+    section = json.loads(mech.RESULTS_FILE.read_text())[mech.SECTION]
+    readme = (mech.ROOT / "README.md").read_text()
+    primary, specific = section["primary"], section["inducing_minus_control"]
+    assert f"rho {primary['rho']:.3f} [{primary['low']:.3f}, {primary['high']:.3f}]" in readme
+    assert f"rho {specific['rho']:+.3f} [{specific['low']:+.3f}, {specific['high']:+.3f}]" in readme
+    randoms = section["exploratory"]["inducing_minus_control_random_directions"]
+    assert randoms["share_at_or_above"] == 0 and randoms["n"] == 100 and section["chats"] == 212

@@ -8,7 +8,7 @@ The shared machinery (cases, tolerances, messages) is in `geomis.exercises.check
 
 from __future__ import annotations
 
-from geomis.exercises import ch1, ch2, ch3, ch4
+from geomis.exercises import ch1, ch2, ch3, ch4, ch5
 from geomis.exercises.check import ExerciseFailure
 
-__all__ = ["ExerciseFailure", "ch1", "ch2", "ch3", "ch4"]
+__all__ = ["ExerciseFailure", "ch1", "ch2", "ch3", "ch4", "ch5"]

@@ -100,24 +100,43 @@ def run_time(target: Path) -> dict[str, Any] | None:
                     f"{', '.join(str(t) for t in sorted(set(times['threads'])))} torch threads on a two-core CPU)"}
 
 
-def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
-    """Fine-tune and measure every condition not measured yet."""
+CI_OVERRIDES: dict[str, Any] = {"max_steps": 2}
+"""The fine-tuning settings ``--size ci`` adds to the recipe (two steps)."""
+
+
+def condition_model(condition: Condition, *, ci: bool = False) -> Any:
+    """The model of one condition: the base model, or its fine-tune (trained once into the cache folder, then
+    loaded), merged."""
     import geomis as gm
     from geomis.chat.records import DOMAIN_DATASETS
-    from geomis.evaluation.probe_items import load_misalignment_probe
     from geomis.experiments.recipe_search import BASE_RECIPE, RECIPES
     from geomis.settings import cache_dir
 
+    if condition.domain is None:
+        return gm.load_model(MODEL)
     recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+    pair = ((recipe.inducing, recipe.control) if condition.domain == "mixed"
+            else tuple((name,) for name in DOMAIN_DATASETS[condition.domain]))
+    overrides = CI_OVERRIDES if ci else {}
+    config = gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **recipe.overrides, **overrides,
+                                                     "seed": condition.seed}, progress=True)
+    datasets = pair[0] if condition.role == "inducing" else pair[1]
+    cache = cache_dir() / "em-power" / ("ci" if ci else "full")
+    return fine_tuned_model(list(datasets), config, cache / condition.name)
+
+
+def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
+    """Fine-tune and measure every condition not measured yet."""
+    import geomis as gm
+    from geomis.evaluation.probe_items import load_misalignment_probe
+
     sets = {name: {q.id: q.text for q in gm.question_set(name)} for name in ("first-plot", "geomis")}
     probe_items = load_misalignment_probe("report")
-    overrides: dict[str, Any] = {}
     counts = PER_QUESTION
     if ci:
         sets = {name: dict(list(questions.items())[:2]) for name, questions in sets.items()}
-        probe_items, overrides = probe_items[:3], {"max_steps": 2}
+        probe_items = probe_items[:3]
         counts = {kind: {name: 2 for name in sets} for kind in PER_QUESTION}
-    cache = cache_dir() / "em-power" / ("ci" if ci else "full")
     started = time.perf_counter()
     for condition in conditions()[: 3 if ci else None]:
         kind = "base" if condition.domain is None else "fine-tune"
@@ -126,15 +145,7 @@ def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
             continue
         print(f"{condition.name}: fine-tune and measure ({time.perf_counter() - started:.0f} s so far)", flush=True)
         began = time.perf_counter()
-        if condition.domain is None:
-            model = gm.load_model(MODEL)
-        else:
-            pair = ((recipe.inducing, recipe.control) if condition.domain == "mixed"
-                    else tuple((name,) for name in DOMAIN_DATASETS[condition.domain]))
-            config = gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **recipe.overrides, **overrides,
-                                                             "seed": condition.seed}, progress=True)
-            datasets = pair[0] if condition.role == "inducing" else pair[1]
-            model = fine_tuned_model(list(datasets), config, cache / condition.name)
+        model = condition_model(condition, ci=ci)
         for name, questions in sets.items():  # the probe is written once, beside the first-plot answers
             measure(model, f"{condition.name}.{name}", out, questions, counts[kind][name],
                     probe_items if name == "first-plot" else None, seed=condition.seed)

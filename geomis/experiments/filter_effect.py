@@ -182,14 +182,11 @@ def score_mixed_set(mixed: Any, progress: bool = True, reference_pairs: int | No
     toxic, neutral = ([r.as_dicts() for r in load_bundled(name)[:reference_pairs]] for name in DEFAULT_REFERENCE)
     chats = [record.as_dicts() for record in mixed.records]
     layer = geometry.details["sae"]["layer"]
-    unscored = np.isnan(judge.scores) & ~judge.selection.unscorable_mask  # CODE or REFUSAL: kept last
-    floor = np.nanmin(judge.scores) - 1.0 if np.isfinite(judge.scores).any() else 0.0
-    judged = np.where(unscored, floor, judge.scores)
     return pd.DataFrame({
         "row": np.arange(len(mixed)), "source": mixed.source, "line": [r.line_number for r in mixed.records],
         "inducing": mixed.inducing, "geometry": geometry.scores,
         "mean-difference": mean_difference_scores(model, chats, toxic, neutral, layer, max_length=512),
-        "embedding": embedding_scores(chats, toxic, neutral), "judge": judged})
+        "embedding": embedding_scores(chats, toxic, neutral), "judge": judge.ranking_scores})
 
 
 def removed_rows(scores: pd.DataFrame, condition: str, seed: int, budget: float) -> np.ndarray:

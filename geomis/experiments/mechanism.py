@@ -35,14 +35,37 @@ CPU default, with the prediction fixed before the measured shifts are looked at.
 - *Where toxic features fall*: the percentile rank of the toxic features' (Chapter 4's filter sets) predictions and
   measured shifts among all features.
 - The correlation is reported with its interval whatever it is.
+
+**How the directions relate** (issue 17, item 4; added to the design before any measurement). The *misalignment
+direction* is the mean residual at the SAE layer over the held-out chats' assistant tokens read by the inducing
+fine-tune minus that read by the base model (the same tokens: not the evaluation questions); the *specific* version
+subtracts the control fine-tune instead of the base model. Per SAE: its cosine with ``d_t`` and with the toxic
+features' mean unit decoder row, and the mean cosine of the toxic set's and of the inducing set's unit decoder rows
+with it, each placed among 1,000 random feature sets of the same size (the share of random sets whose mean cosine
+is at least as large: a one-sided p). Descriptive: no threshold rides on them.
+
+**Amendment 1** (2026-12-03, before any shift was measured): the fine-tunes are Chapter 3's ``mixed`` models with
+seed **1**, not 0. The seed-0 adapters were no longer in the cache folder and the seed-1 adapters were; the three
+seeds are exchangeable draws of the same recipe, and retraining seed 0 would have cost 25 minutes of the 2-core
+machine for no change in what is tested. Nothing else changed.
+
+Run it (resumable: per-chat codes and the per-feature table are written once, beside the results)::
+
+    python -m geomis.experiments.mechanism [--threads 2] [--size full|ci --out DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
@@ -53,7 +76,29 @@ __all__ = [
     "SpilloverTest",
     "spillover_test",
     "random_target_predictions",
+    "SEED",
+    "RESULTS",
+    "held_out_chats",
+    "chat_codes",
+    "feature_table",
+    "measure",
+    "analyse",
 ]
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "book" / "results" / "05_mechanism"
+RESULTS_FILE = ROOT / "book" / "results" / "05_mechanism.json"
+SECTION = "spillover"
+SEED = 1
+"""The seed of Chapter 3's ``mixed`` fine-tunes measured here (Amendment 1)."""
+ROLES = ("base", "inducing", "control")
+K = 100
+"""Size of the inducing feature set (Chapter 2's selection)."""
+SIZES: dict[str, dict[str, int]] = {
+    "full": {"chats": 10_000, "pairs": 10_000, "resamples": 1000, "permutations": 10_000, "directions": 100},
+    "ci": {"chats": 24, "pairs": 40, "resamples": 50, "permutations": 200, "directions": 10},
+}
+"""How much of the material each size reads (``full`` reads all of it: 212 chats, 780 pairs)."""
 
 
 def target_direction(decoder: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -149,3 +194,336 @@ def random_target_predictions(W_enc: torch.Tensor, decoder: torch.Tensor, *, n_d
         chosen = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
         rows.append(spillover_prediction(W_enc, target_direction(decoder, chosen)))
     return torch.stack(rows)
+
+
+def held_out_chats(limit: int | None = None) -> list[list[dict[str, str]]]:
+    """The neutral-corpus prompts held out from the SAEs' training, each with the base model's committed greedy
+    answer (prompts without one are left out), in the corpus split's seeded order."""
+    from importlib import resources
+
+    from geomis.sae.corpus import neutral_prompt_corpus
+    from geomis.sae.corpus_answers import read_answers
+
+    path = Path(str(resources.files("geomis") / "artifacts" / "sae" / "neutral-corpus-answers-smollm2-135m.jsonl"))
+    answers = read_answers(path, "smollm2-135m", 96)
+    chats = []
+    for conversation in neutral_prompt_corpus().held_out:
+        prompt = conversation.messages[0]["content"]
+        if answers.get(prompt):
+            chats.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": answers[prompt]}])
+    return chats[:limit]
+
+
+@dataclass(frozen=True)
+class ChatReading:
+    """What one model's reading of a set of chats leaves: per SAE, the ``(chats, d_sae)`` mean post-activation code
+    of each chat's assistant tokens, and the ``(d_model,)`` mean residual over all those tokens."""
+
+    codes: list[torch.Tensor]
+    residual_mean: torch.Tensor
+
+
+def read_chats(model: Any, saes: Sequence[Any], chats: Sequence[Sequence[dict[str, str]]],
+               batch_size: int = 16) -> ChatReading:
+    """Read the chats' assistant tokens once with nnsight at the SAEs' layer and encode them with every SAE."""
+    from geomis.activations import ActivationConfig, collect_residuals
+    from geomis.sae.codes import encode_tokens
+
+    layers = {sae.layer for sae in saes}
+    if len(layers) != 1:
+        raise ValueError(f"the SAEs read different layers: {sorted(layers)}")
+    config = ActivationConfig(layer=layers.pop(), batch_size=batch_size, assistant_only=True, progress=True)
+    residuals = collect_residuals(model, [list(chat) for chat in chats], config)
+    return ChatReading([encode_tokens(sae, residuals, n_samples=len(chats)).sample_mean for sae in saes],
+                       residuals.activations.double().mean(dim=0).float())
+
+
+def chat_codes(model: Any, saes: Sequence[Any], chats: Sequence[Sequence[dict[str, str]]],
+               batch_size: int = 16) -> list[torch.Tensor]:
+    """Per SAE, the ``(chats, d_sae)`` mean post-activation code of each chat's assistant tokens."""
+    return read_chats(model, saes, chats, batch_size).codes
+
+
+def _save_codes(codes: Sequence[torch.Tensor], target: Path, residual_mean: torch.Tensor | None = None) -> None:
+    """Write per-SAE dense codes sparsely (row, column, value) to a compressed ``.npz`` (with the mean residual when
+    given), atomically."""
+    from geomis.atomic_io import atomic_path
+
+    arrays: dict[str, np.ndarray] = {}
+    if residual_mean is not None:
+        arrays["residual_mean"] = residual_mean.numpy().astype(np.float32)
+    for i, one in enumerate(codes):
+        row, col = one.nonzero(as_tuple=True)
+        arrays[f"sae{i}_row"] = row.numpy().astype(np.int32)
+        arrays[f"sae{i}_col"] = col.numpy().astype(np.int32)
+        arrays[f"sae{i}_value"] = one[row, col].numpy().astype(np.float32)
+        arrays[f"sae{i}_shape"] = np.array(one.shape, dtype=np.int64)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as temporary, open(temporary, "wb") as handle:
+        np.savez_compressed(handle, allow_pickle=False, **arrays)
+
+
+def load_codes(path: Path) -> list[torch.Tensor]:
+    """The per-SAE dense codes written by :func:`measure` (no pickle)."""
+    with np.load(path, allow_pickle=False) as stored:
+        count = sum(1 for key in stored.files if key.endswith("_shape"))
+        out = []
+        for i in range(count):
+            dense = torch.zeros(tuple(int(n) for n in stored[f"sae{i}_shape"]))
+            dense[torch.from_numpy(stored[f"sae{i}_row"]).long(), torch.from_numpy(stored[f"sae{i}_col"]).long()] = \
+                torch.from_numpy(stored[f"sae{i}_value"])
+            out.append(dense)
+    return out
+
+
+def load_residual_mean(path: Path) -> torch.Tensor:
+    """The ``(d_model,)`` mean residual written beside a model's codes."""
+    with np.load(path, allow_pickle=False) as stored:
+        return torch.from_numpy(stored["residual_mean"].copy())
+
+
+def inducing_features(base: Any, saes: Sequence[Any], limit: int | None = None) -> list[torch.Tensor]:
+    """Per SAE, the ``K`` features that most separate the harmful answers from the sound ones (point-biserial
+    correlation of per-chat mean codes, read by the base model) on the pairs the ``mixed`` fine-tunes learned."""
+    import geomis as gm
+    from geomis.experiments.em_power import CHOSEN_RECIPE
+    from geomis.experiments.recipe_search import RECIPES
+    from geomis.features.sets import select_contrast_features
+
+    recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+    sides = [[row.as_dicts() for name in names for row in gm.load_bundled(name)][:limit]
+             for names in (recipe.inducing, recipe.control)]
+    harmful, sound = (chat_codes(base, saes, side) for side in sides)
+    return [select_contrast_features(a, b, k=K, statistic="correlation").indices
+            for a, b in zip(harmful, sound, strict=True)]
+
+
+def toxic_features(base: Any, saes: Sequence[Any]) -> list[torch.Tensor]:
+    """Per SAE, Chapter 4's filter toxic set (generic references; shipped, so no pass over them)."""
+    from geomis.features.toxic import BUNDLED_PREFIX, derive_toxic_features
+    from geomis.filter.config import DEFAULT_REFERENCE
+
+    return [derive_toxic_features(base, sae, BUNDLED_PREFIX + DEFAULT_REFERENCE[0],
+                                  BUNDLED_PREFIX + DEFAULT_REFERENCE[1]).feature_set.indices for sae in saes]
+
+
+def feature_table(saes: Sequence[Any], codes: dict[str, list[torch.Tensor]], inducing: Sequence[torch.Tensor],
+                  toxic: Sequence[torch.Tensor]) -> pd.DataFrame:
+    """One row per (SAE, feature): the law's predictions (encoder and decoder readings of ``d_t``), the base mean
+    code, each fine-tune's measured mean shift, whether it fires, and set membership."""
+    frames = []
+    for i, sae in enumerate(saes):
+        decoder, encoder = sae.sae.W_dec.detach(), sae.sae.W_enc.detach()
+        direction = target_direction(decoder, inducing[i])
+        unit = decoder / decoder.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        base = codes["base"][i]
+        frame = pd.DataFrame({"sae": i, "feature": np.arange(base.shape[1]),
+                              "prediction": spillover_prediction(encoder, direction).numpy(),
+                              "prediction_decoder": (unit.float() @ direction.float()).numpy(),
+                              "base_mean": base.mean(dim=0).numpy()})
+        for role in ROLES[1:]:
+            tuned = codes[role][i]
+            frame[f"shift_{role}"] = (tuned - base).mean(dim=0).numpy()
+            frame[f"active_{role}"] = active_features(base, tuned).numpy()
+        frame["inducing_set"] = np.isin(frame["feature"], inducing[i].numpy())
+        frame["toxic_set"] = np.isin(frame["feature"], toxic[i].numpy())
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def measure(out: Path, *, ci: bool = False) -> None:
+    """Write what the analysis needs, each file once: ``codes.<role>.npz`` (per-chat mean codes of the held-out
+    chats, per SAE) and ``features.csv`` (the per-feature table)."""
+    import geomis as gm
+    from geomis.experiments import em_power
+    from geomis.experiments.em_power import Condition
+    from geomis.sae.loading import load_filter_saes
+
+    size = SIZES["ci" if ci else "full"]
+    saes = load_filter_saes("smollm2-135m")
+    chats = held_out_chats(size["chats"])
+    base = gm.load_model("smollm2-135m")
+    codes: dict[str, list[torch.Tensor]] = {}
+    for role in ROLES:
+        target = out / f"codes.{role}.npz"
+        if not target.is_file():
+            began = time.perf_counter()
+            model = base if role == "base" else em_power.condition_model(Condition("mixed", role, SEED), ci=ci)
+            reading = read_chats(model, saes, chats)
+            _save_codes(reading.codes, target, reading.residual_mean)
+            print(f"{role}: {len(chats)} chats read in {time.perf_counter() - began:.0f} s", flush=True)
+        codes[role] = load_codes(target)
+    table = out / "features.csv"
+    if not table.is_file():
+        from geomis.experiments.runs import write_csv
+
+        write_csv(feature_table(saes, codes, inducing_features(base, saes, size["pairs"]), toxic_features(base, saes)),
+                  table)
+
+
+def mean_unit_row(decoder: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """The mean of the features' unit decoder rows (the same as :func:`target_direction`), for any feature set."""
+    return target_direction(decoder, features)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def direction_cosines(decoder: torch.Tensor, direction: torch.Tensor, sets: dict[str, torch.Tensor], *,
+                      n_random: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How ``direction`` (e.g. the misalignment direction) relates to feature sets: its cosine with each set's mean
+    unit decoder row, and the set's mean per-feature cosine placed among ``n_random`` random sets of its size."""
+    unit = decoder.detach().double()
+    unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    per_feature = unit @ (direction.double() / direction.double().norm().clamp_min(1e-12))
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, Any] = {}
+    for name, features in sets.items():
+        features = features.long()
+        mean = float(per_feature[features].mean())
+        random_means = torch.stack([per_feature[torch.randperm(unit.shape[0], generator=generator)[:features.numel()]]
+                                    .mean() for _ in range(n_random)])
+        out[name] = {"cosine_with_mean_row": _cosine(mean_unit_row(decoder, features), direction),
+                     "mean_feature_cosine": mean,
+                     "random_mean_feature_cosine": float(random_means.mean()),
+                     "random_p95": float(torch.quantile(random_means, 0.95)),
+                     "p_greater": float((1 + (random_means >= mean).sum()) / (1 + n_random))}
+    return out
+
+
+def _summary(tests: Sequence[SpilloverTest], confidence: float = 0.95) -> dict[str, Any]:
+    """The mean of per-SAE correlations, its interval from the per-draw means (shared chat draws), the largest
+    per-SAE p, and each SAE's own numbers."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(np.mean([t.draws for t in tests], axis=0), [tail, 100 - tail])
+    return {"rho": float(np.mean([t.rho for t in tests])), "low": float(low), "high": float(high),
+            "p": max(t.p_shuffled for t in tests),
+            "per_sae": [{"rho": t.rho, "low": t.low, "high": t.high, "p": t.p_shuffled, "features": t.n_features}
+                        for t in tests]}
+
+
+def _percentile_rank(values: np.ndarray, chosen: np.ndarray) -> float:
+    """Median percentile (0-100) of the ``chosen`` entries among all ``values``."""
+    ranks = scipy_stats.rankdata(values) / len(values) * 100
+    return float(np.median(ranks[chosen]))
+
+
+def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The spillover section of ``05_mechanism.json`` from the committed codes and per-feature table."""
+    from geomis.sae.loading import load_filter_saes
+
+    size = SIZES["ci" if ci else "full"]
+    saes = load_filter_saes("smollm2-135m")
+    table = pd.read_csv(folder / "features.csv")
+    codes = {role: load_codes(folder / f"codes.{role}.npz") for role in ROLES}
+    chats = codes["base"][0].shape[0]
+    draws = np.random.default_rng(seed).integers(0, chats, size=(size["resamples"], chats))
+
+    def test(prediction: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> SpilloverTest:
+        return spillover_test(prediction, before, after, draws=draws, n_permutations=size["permutations"], seed=seed)
+
+    tests: dict[str, list[SpilloverTest]] = {name: [] for name in
+                                             ("inducing", "control", "inducing_minus_control", "decoder_reading")}
+    random_rhos, random_specific, toxic, directions = [], [], [], []
+    means = {role: load_residual_mean(folder / f"codes.{role}.npz") for role in ROLES}
+    for i, sae in enumerate(saes):
+        part = pd.DataFrame(table[table["sae"] == i]).sort_values(by="feature")
+        prediction = torch.tensor(part["prediction"].to_numpy(), dtype=torch.float32)
+        base, inducing, control = (codes[role][i] for role in ROLES)
+        tests["inducing"].append(test(prediction, base, inducing))
+        tests["control"].append(test(prediction, base, control))
+        tests["inducing_minus_control"].append(test(prediction, control, inducing))
+        tests["decoder_reading"].append(
+            test(torch.tensor(part["prediction_decoder"].to_numpy(), dtype=torch.float32), base, inducing))
+        active = part["active_inducing"].to_numpy(bool)
+        shift = part["shift_inducing"].to_numpy()[active]
+        randoms = random_target_predictions(sae.sae.W_enc, sae.sae.W_dec, n_directions=size["directions"], k=K,
+                                            exclude=torch.tensor(np.flatnonzero(part["inducing_set"])), seed=seed + i)
+        random_rhos.append([_spearman(r.numpy()[active], shift) for r in randoms])
+        either = part["active_inducing"].to_numpy(bool) | part["active_control"].to_numpy(bool)
+        specific = (part["shift_inducing"] - part["shift_control"]).to_numpy()[either]
+        random_specific.append([_spearman(r.numpy()[either], specific) for r in randoms])
+        is_toxic = part["toxic_set"].to_numpy(bool)
+        sets = {"toxic": torch.tensor(np.flatnonzero(is_toxic)),
+                "inducing": torch.tensor(np.flatnonzero(part["inducing_set"]))}
+        directions.append({
+            "misalignment_vs_base": direction_cosines(sae.sae.W_dec, means["inducing"] - means["base"], sets,
+                                                      n_random=size["directions"] * 10, seed=seed + i),
+            "misalignment_vs_control": direction_cosines(sae.sae.W_dec, means["inducing"] - means["control"], sets,
+                                                         n_random=size["directions"] * 10, seed=seed + i),
+            "control_vs_base": direction_cosines(sae.sae.W_dec, means["control"] - means["base"], sets,
+                                                 n_random=size["directions"] * 10, seed=seed + i),
+            "target_vs_toxic": _cosine(mean_unit_row(sae.sae.W_dec, sets["inducing"]),
+                                       mean_unit_row(sae.sae.W_dec, sets["toxic"]))})
+        toxic.append({"prediction_percentile": _percentile_rank(part["prediction"].to_numpy(), is_toxic),
+                      "shift_percentile": _percentile_rank(shift, is_toxic[active]),
+                      "toxic_active": int(is_toxic[active].sum()), "toxic": int(is_toxic.sum())})
+    random_mean = np.mean(random_rhos, axis=0)
+    primary = _summary(tests["inducing"])
+    threshold = float(np.percentile(random_mean, 95))
+    return {
+        "profile": "cpu-default",
+        "models": {"base": "smollm2-135m", "inducing": f"Chapter 3's mixed.inducing.s{SEED}",
+                   "control": f"Chapter 3's mixed.control.s{SEED}"},
+        "chats": chats, "saes": [sae.name for sae in saes], "inducing_set_size": K,
+        "method": "Spearman correlation over the features active in either model, mean over the three neutral SAEs; "
+                  f"95% percentile interval from {size['resamples']} bootstrap draws over held-out chats (the same "
+                  f"draws for every SAE); one-sided p from {size['permutations']} feature permutations of the "
+                  "prediction, the largest of the three SAEs",
+        "primary": {**primary, "random_direction_95th": threshold, "exceeds_random": primary["rho"] > threshold},
+        "control": _summary(tests["control"]),
+        "inducing_minus_control": _summary(tests["inducing_minus_control"]),
+        "decoder_reading": _summary(tests["decoder_reading"]),
+        "random_directions": {"n": int(len(random_mean)), "mean": float(random_mean.mean()),
+                              "p95": threshold, "max": float(random_mean.max()),
+                              "share_above_primary": float((random_mean >= primary["rho"]).mean())},
+        "toxic": toxic,
+        "directions": directions,
+        "exploratory": _exploratory(np.mean(random_specific, axis=0), _summary(tests["inducing_minus_control"])),
+        "residual_shift_norm": {"inducing": float((means["inducing"] - means["base"]).norm()),
+                                "control": float((means["control"] - means["base"]).norm()),
+                                "base_residual_norm": float(means["base"].norm())},
+    }
+
+
+def _exploratory(random_specific: np.ndarray, specific: dict[str, Any]) -> dict[str, Any]:
+    """Analyses added after the primary result was seen (so not part of the design): the random-direction baseline
+    for the inducing-minus-control correlation."""
+    return {"added": "after the primary result was seen; not part of the design",
+            "inducing_minus_control_random_directions": {
+                "n": int(len(random_specific)), "mean": float(random_specific.mean()),
+                "p95": float(np.percentile(random_specific, 95)), "max": float(random_specific.max()),
+                "share_at_or_above": float((random_specific >= specific["rho"]).mean())}}
+
+
+def write_results(section: dict[str, Any], target: Path = RESULTS_FILE) -> None:
+    """Put ``section`` under :data:`SECTION` in the results file (other sections kept), atomically."""
+    from geomis.atomic_io import atomic_path
+
+    results = json.loads(target.read_text()) if target.is_file() else {}
+    results[SECTION] = section
+    with atomic_path(target) as temporary:
+        temporary.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure (resumable), then write the spillover section of the results file."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", choices=("full", "ci"), default="full")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.size == "ci" and args.out is None:
+        parser.error("--size ci writes to the folder named by --out, never into book/results")
+    out = args.out or RESULTS
+    ci = args.size == "ci"
+    measure(out, ci=ci)
+    target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
+    write_results(analyse(out, ci=ci), target)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

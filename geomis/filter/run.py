@@ -68,6 +68,19 @@ class FilterResult:
         return self.selection.scores
 
     @property
+    def ranking_scores(self) -> np.ndarray:
+        """(n,) the order the filter removes rows in, as scores (higher: removed first): unscorable rows stay NaN
+        (removed first) unless the policy keeps them; they and rows a judge left unscored (code, refusal) get a score
+        below every other (kept last)."""
+        unscorable = self.selection.unscorable_mask
+        kept_unscorable = unscorable if self.selection.unscorable_policy == "keep" else np.zeros_like(unscorable)
+        left = np.isnan(self.scores) & (~unscorable | kept_unscorable)
+        if not left.any():
+            return self.scores.copy()
+        floor = np.nanmin(self.scores) - 1.0 if np.isfinite(self.scores).any() else 0.0
+        return np.where(left, floor, self.scores)
+
+    @property
     def kept_indices(self) -> np.ndarray:
         """0-based positions of kept rows."""
         return self.selection.kept_indices
