@@ -24,6 +24,7 @@ from geomis.exercises.check import (
     check_function,
     compare_tensors,
     passed,
+    seeded_generator,
 )
 from geomis.toy.models import (
     ToyModel,
@@ -116,13 +117,9 @@ def reference_closest_features(W: Tensor, target: int, k: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _weights(seed: int, n_hidden: int, n_features: int, spread_norms: bool = True) -> Tensor:
     """Random feature directions; with `spread_norms`, lengths between 0.3 and 1.5 so that dot and cosine differ."""
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     W = torch.randn(n_hidden, n_features, generator=generator)
     W = W / W.norm(dim=0, keepdim=True)
     if spread_norms:
@@ -132,7 +129,7 @@ def _weights(seed: int, n_hidden: int, n_features: int, spread_norms: bool = Tru
 
 def _sparse_inputs(seed: int, batch: int, n_features: int, p: float) -> Tensor:
     """Sparse inputs as the chapter draws them (through geomis, so the cases do not depend on the student's code)."""
-    return reference_sparse_batch(batch, n_features, p, _generator(seed))
+    return reference_sparse_batch(batch, n_features, p, seeded_generator(seed))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,7 +161,7 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
     exercise = "sparse_batch"
     cases = []
     for index, (name, batch, n_features, p) in enumerate(_BATCH_CASES):
-        case = Case(name, (batch, n_features, p, _generator(100 + index)))
+        case = Case(name, (batch, n_features, p, seeded_generator(100 + index)))
         cases.append(case)
         x = call_student(exercise, sparse_batch, case, global_seed=1)
         if not isinstance(x, Tensor):
@@ -179,7 +176,7 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
             raise ExerciseFailure(f"{fail}: values range from {float(x.min()):.3g} to {float(x.max()):.3g}; a "
                                   "present feature takes a value uniform in [0, 1], an absent one is exactly 0.")
         got = _batch_statistics(x)
-        want = _batch_statistics(reference_sparse_batch(batch, n_features, p, _generator(900 + index)))
+        want = _batch_statistics(reference_sparse_batch(batch, n_features, p, seeded_generator(900 + index)))
         if abs(got["present"] - want["present"]) > 0.01:
             swapped = abs(got["present"] - (1 - p)) < 0.01 and p != 0.5
             raise ExerciseFailure(
@@ -197,7 +194,7 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
                 f"{fail}: the number of present features per input has standard deviation {got['row_std']:.2f}, "
                 f"the reference gives {want['row_std']:.2f}. Each feature must be present independently of the "
                 "others: draw one coin per entry, not one per input.")
-        again = call_student(exercise, sparse_batch, Case(name, (batch, n_features, p, _generator(100 + index))),
+        again = call_student(exercise, sparse_batch, Case(name, (batch, n_features, p, seeded_generator(100 + index))),
                              global_seed=2)
         if not (isinstance(again, Tensor) and torch.equal(again, x)):
             raise ExerciseFailure(
@@ -214,7 +211,7 @@ def check_sparse_batch(sparse_batch: StudentFunction) -> None:
 
 def _forward_cases() -> list[Case]:
     W = _weights(1, 5, 20)
-    b = 0.1 * torch.randn(20, generator=_generator(2))
+    b = 0.1 * torch.randn(20, generator=seeded_generator(2))
     x = _sparse_inputs(3, 16, 20, 0.3)
     negative = -0.3 * torch.ones(20)
     W2 = _weights(4, 2, 5, spread_norms=False)
@@ -244,7 +241,7 @@ def check_toy_forward(toy_forward: StudentFunction) -> None:
 
 def _loss_cases() -> list[Case]:
     x = _sparse_inputs(10, 32, 20, 0.3)
-    x_hat = torch.relu(x + 0.2 * torch.randn(32, 20, generator=_generator(11)))
+    x_hat = torch.relu(x + 0.2 * torch.randn(32, 20, generator=seeded_generator(11)))
     decay = 0.9 ** torch.arange(20, dtype=torch.float32)
     return [
         Case("importance 0.9^i", (x, x_hat, decay)),
@@ -315,10 +312,10 @@ def check_dimensions_per_feature(dimensions_per_feature: StudentFunction) -> Non
 
 def _sgd_cases() -> list[Case]:
     W = _weights(30, 5, 20)
-    b = -0.1 * torch.rand(20, generator=_generator(31))
+    b = -0.1 * torch.rand(20, generator=seeded_generator(31))
     x = _sparse_inputs(32, 64, 20, 0.2)
-    x[:, 0] = torch.rand(64, generator=_generator(33))
-    E = W + 0.3 * torch.randn(5, 20, generator=_generator(34))
+    x[:, 0] = torch.rand(64, generator=seeded_generator(33))
+    E = W + 0.3 * torch.randn(5, 20, generator=seeded_generator(34))
     off = b.clone()
     off[0] = -100.0
     b_half = b.clone()

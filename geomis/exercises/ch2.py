@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geomis.exercises.check import Case, Mistake, Tolerance, check_function, compare_tensors
+from geomis.exercises.check import Case, Mistake, Tolerance, check_function, compare_tensors, seeded_generator
 from geomis.features.geometry import nearest_cosines, pairwise_cosines
 from geomis.features.sets import point_biserial_correlation
 
@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 StudentFunction = Callable[..., Any]
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _unit_rows(matrix: Tensor) -> Tensor:
@@ -76,14 +72,14 @@ def reference_spillover_cosines(W_enc: Tensor, W_dec: Tensor, source: Tensor,  #
 
 
 def _sae_weights(seed: int, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     W_enc = torch.randn(d_in, d_sae, generator=generator) / d_in ** 0.5  # noqa: N806
     return W_enc, 0.1 * torch.randn(d_sae, generator=generator), 0.5 * torch.randn(d_in, generator=generator)
 
 
 def _encode_cases() -> list[Case]:
     W_enc, b_enc, b_dec = _sae_weights(1, 12, 48)  # noqa: N806
-    h = torch.randn(6, 12, generator=_generator(2)) + b_dec
+    h = torch.randn(6, 12, generator=seeded_generator(2)) + b_dec
     negative = -2.0 * torch.ones(48)
     return [
         Case("6 tokens, k = 4", (h, W_enc, b_enc, b_dec, 4)),
@@ -136,7 +132,7 @@ def check_topk_encode(topk_encode: StudentFunction) -> None:
 
 
 def _biserial_cases() -> list[Case]:
-    generator = _generator(10)
+    generator = seeded_generator(10)
     codes = torch.rand(30, 8, generator=generator)
     labels = (torch.arange(30) % 3 == 0).long()
     codes[labels == 1, 2] += 1.0  # feature 2 fires more on label 1
@@ -190,7 +186,7 @@ def check_point_biserial(point_biserial: StudentFunction) -> None:
 
 
 def _decoder(seed: int, d_sae: int = 40, d_in: int = 10, spread: bool = True) -> Tensor:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     decoder = torch.randn(d_sae, d_in, generator=generator)
     if spread:  # rows of very different lengths, as an SAE trained without normalisation has
         decoder *= torch.exp(torch.randn(d_sae, 1, generator=generator))
@@ -250,7 +246,7 @@ def check_mean_nearest_cosine(mean_nearest_cosine: StudentFunction) -> None:
 
 def _spillover_cases() -> list[Case]:
     W_dec = _decoder(30, 24, 8)  # noqa: N806
-    W_enc = (W_dec + 0.8 * torch.randn(24, 8, generator=_generator(31))).T.contiguous()  # noqa: N806
+    W_enc = (W_dec + 0.8 * torch.randn(24, 8, generator=seeded_generator(31))).T.contiguous()  # noqa: N806
     tilted = W_enc.clone()
     tilted[:, 12] = -W_dec[2]  # feature 12 reads exactly against feature 2's write direction
     return [

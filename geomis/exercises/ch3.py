@@ -25,6 +25,7 @@ from geomis.exercises.check import (
     check_function,
     passed,
     require_callable,
+    seeded_generator,
 )
 from geomis.stats import cluster_bootstrap, cluster_difference, wilson_interval
 
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 StudentFunction = Callable[..., Any]
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,7 +82,7 @@ def reference_cluster_permutation_p(a: Tensor, a_clusters: Tensor, b: Tensor, b_
 
 
 def _rule_cases() -> list[Case]:
-    generator = _generator(1)
+    generator = seeded_generator(1)
     alignment = torch.rand(40, generator=generator) * 100
     coherence = torch.rand(40, generator=generator) * 100
     edges_a = torch.tensor([29.9, 30.0, 30.0, 10.0, 10.0, 0.0, 100.0])
@@ -179,7 +176,7 @@ def _pair(value: Any) -> Any:
 
 def _clustered_flags(seed: int, rates: list[float], per_cluster: int | list[int]) -> tuple[Tensor, Tensor]:
     """0/1 flags in clusters (questions), each cluster with its own rate."""
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     sizes = per_cluster if isinstance(per_cluster, list) else [per_cluster] * len(rates)
     flags = [(torch.rand(size, generator=generator) < rate).long() for rate, size in zip(rates, sizes, strict=True)]
     clusters = [torch.full((size,), index) for index, size in enumerate(sizes)]
@@ -205,7 +202,7 @@ def check_cluster_interval(cluster_interval: StudentFunction) -> None:
     exercise = "cluster_interval"
     cases = []
     for index, (name, flags, clusters) in enumerate(_interval_cases()):
-        case = Case(name, (flags, clusters, 4000, _generator(100 + index)))
+        case = Case(name, (flags, clusters, 4000, seeded_generator(100 + index)))
         cases.append(case)
         got = _pair(call_student(exercise, cluster_interval, case, global_seed=1))
         fail = f"❌ {exercise} is wrong on case '{name}'"
@@ -213,18 +210,18 @@ def check_cluster_interval(cluster_interval: StudentFunction) -> None:
             raise ExerciseFailure(f"{fail}: return (low, high) as two numbers, got {type(got).__name__} "
                                   f"{tuple(got.shape) if isinstance(got, Tensor) else ''}")
         low, high = float(got[0]), float(got[1])
-        want = reference_cluster_interval(flags, clusters, 4000, _generator(900 + index))
+        want = reference_cluster_interval(flags, clusters, 4000, seeded_generator(900 + index))
         w_low, w_high = float(want[0]), float(want[1])
         slack = 0.2 * (w_high - w_low) + 0.01
         if abs(low - w_low) <= slack and abs(high - w_high) <= slack:
-            again = _pair(call_student(exercise, cluster_interval,
-                                       Case(name, (flags, clusters, 4000, _generator(100 + index))), global_seed=2))
+            repeat = Case(name, (flags, clusters, 4000, seeded_generator(100 + index)))
+            again = _pair(call_student(exercise, cluster_interval, repeat, global_seed=2))
             if not (isinstance(again, Tensor) and torch.equal(again, got)):
                 raise ExerciseFailure(f"{fail}: two calls with generators seeded alike gave different intervals. "
                                       "Draw the clusters with the `generator` argument (torch.randint(..., "
                                       "generator=generator)) so that a seed fixes the interval.")
             continue
-        naive = _naive_interval(flags, clusters, 4000, _generator(7))
+        naive = _naive_interval(flags, clusters, 4000, seeded_generator(7))
         n_low, n_high = float(naive[0]), float(naive[1])
         hint = ""
         if abs(low - n_low) <= slack and abs(high - n_high) <= slack and (n_high - n_low) < 0.8 * (w_high - w_low):
@@ -269,7 +266,7 @@ def check_cluster_permutation_p(cluster_permutation_p: StudentFunction) -> None:
     exercise = "cluster_permutation_p"
     cases = []
     for index, (name, a, ca, b, cb) in enumerate(_permutation_cases()):
-        case = Case(name, (a, ca, b, cb, 4000, _generator(200 + index)))
+        case = Case(name, (a, ca, b, cb, 4000, seeded_generator(200 + index)))
         cases.append(case)
         raw = call_student(exercise, cluster_permutation_p, case, global_seed=1)
         try:
@@ -281,7 +278,7 @@ def check_cluster_permutation_p(cluster_permutation_p: StudentFunction) -> None:
         if not 0 < got <= 1:
             raise ExerciseFailure(f"{fail}: p = {got:.4g} is not in (0, 1]. Count the observed arrangement as one "
                                   "of the permutations: p = (1 + #null >= observed) / (1 + n_permutations).")
-        want = float(reference_cluster_permutation_p(a, ca, b, cb, 4000, _generator(900 + index)))
+        want = float(reference_cluster_permutation_p(a, ca, b, cb, 4000, seeded_generator(900 + index)))
         slack = 4 * math.sqrt(max(want * (1 - want), 1e-4) / 4000) + 0.01
         if abs(got - want) <= slack:
             continue
@@ -292,7 +289,7 @@ def check_cluster_permutation_p(cluster_permutation_p: StudentFunction) -> None:
         elif abs(got - (1 - want)) <= slack:
             hint = " That is 1 - p: count the permuted differences *at least as large* as the observed one."
         else:
-            naive = _answer_level_p(a, b, 2000, _generator(8))
+            naive = _answer_level_p(a, b, 2000, seeded_generator(8))
             if abs(got - naive) <= 4 * math.sqrt(max(naive * (1 - naive), 1e-4) / 2000) + 0.01:
                 hint = (" That is the p of permuting single answers: answers to one question are not independent, "
                         "so permute whole clusters between the conditions, keeping each cluster's answers together.")

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geomis.exercises.check import Case, Mistake, Tolerance, check_function, compare_tensors, require_callable
+from geomis.exercises.check import (
+    Case,
+    Mistake,
+    Tolerance,
+    check_function,
+    compare_tensors,
+    require_callable,
+    seeded_generator,
+)
 from geomis.filter.scores import activation_weighted_closeness, closest_score
 from geomis.filter.scores import feature_closeness as geomis_feature_closeness
 from geomis.filter.selection import select_by_score
@@ -34,10 +42,6 @@ __all__ = [
 ]
 
 StudentFunction = Callable[..., Any]
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _unit_rows(matrix: Tensor) -> Tensor:
@@ -78,7 +82,7 @@ def reference_mean_difference_score(sample_means: Tensor, toxic_means: Tensor, n
 
 
 def _decoder(seed: int, d_sae: int = 40, d_in: int = 10) -> Tensor:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     decoder = torch.randn(d_sae, d_in, generator=generator)
     return decoder * torch.exp(torch.randn(d_sae, 1, generator=generator))  # rows of very different lengths
 
@@ -142,7 +146,7 @@ def check_feature_closeness(feature_closeness: StudentFunction) -> None:
 def _activations(seed: int, n: int, d_sae: int, density: float = 0.25, quiet: tuple[int, ...] = ()) -> Tensor:
     """(n, d_sae) sparse non-negative mean codes; the `quiet` samples are all zero, and every feature fires in at
     least one other sample (so that no feature's total over the samples is 0)."""
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     values = torch.rand(n, d_sae, generator=generator) * torch.exp(torch.randn(n, d_sae, generator=generator))
     codes = torch.where(torch.rand(n, d_sae, generator=generator) < density, values, 0.0)
     codes[list(quiet)] = 0.0
@@ -154,14 +158,15 @@ def _activations(seed: int, n: int, d_sae: int, density: float = 0.25, quiet: tu
 
 
 def _weighted_cases() -> list[Case]:
-    closeness = 0.9 * torch.rand(30, generator=_generator(50)) - 0.1
+    closeness = 0.9 * torch.rand(30, generator=seeded_generator(50)) - 0.1
     dominated = _activations(53, 6, 30, density=0.15, quiet=(2,))
     dominated[2, 7], dominated[2, [1, 12, 20]] = 6.0, 0.02  # one strong feature, three faint ones
     return [
         Case("8 samples, sparse activations", (_activations(51, 8, 30), closeness)),
         Case("a sample where no feature fires (its score is NaN)", (_activations(52, 8, 30, quiet=(5,)), closeness)),
         Case("a sample dominated by one feature", (dominated, closeness)),
-        Case("negative closeness values", (_activations(54, 7, 30), 2 * torch.rand(30, generator=_generator(55)) - 1)),
+        Case("negative closeness values",
+             (_activations(54, 7, 30), 2 * torch.rand(30, generator=seeded_generator(55)) - 1)),
     ]
 
 
@@ -219,7 +224,7 @@ def check_weighted_score(weighted_score: StudentFunction) -> None:
 
 
 def _removal_cases() -> list[Case]:
-    generator = _generator(60)
+    generator = seeded_generator(60)
     half = torch.arange(40) % 2 == 0
     random_scores = torch.randn(40, generator=generator) + 0.8 * half
     fraction = torch.tensor([0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.3, 0.4, 0.5, 0.05])
@@ -304,7 +309,7 @@ def check_removal_quality(removal_quality: StudentFunction) -> None:
 
 
 def _residuals(seed: int, n: int, d_model: int = 16, shift: float = 0.0) -> Tensor:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     return torch.randn(n, d_model, generator=generator) + shift
 
 
@@ -316,7 +321,7 @@ def _difference_cases() -> list[Case]:
     along = torch.zeros(16)
     along[3] = 2.5
     axis_toxic = axis_toxic - axis_toxic.mean(0) + axis_neutral.mean(0) + along  # the means differ along axis 3 only
-    scales = torch.exp(2 * torch.randn(10, 1, generator=_generator(76)))
+    scales = torch.exp(2 * torch.randn(10, 1, generator=seeded_generator(76)))
     return [
         Case("12 samples, 4 toxic and 6 neutral chats", (_residuals(72, 12) + offset, toxic, neutral)),
         Case("toxic and neutral means that differ along one axis only",

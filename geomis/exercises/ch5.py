@@ -29,6 +29,7 @@ from geomis.exercises.check import (
     describe_args,
     passed,
     require_callable,
+    seeded_generator,
 )
 from geomis.experiments.mechanism import direction_cosines, spillover_prediction, target_direction
 
@@ -48,10 +49,6 @@ N_RESAMPLES = 2000
 """Permutations (or random feature sets) each resampling case asks for."""
 RHO_TOLERANCE = 1e-5
 """How far the student's Spearman rho may be from scipy's (rounding only)."""
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
@@ -116,7 +113,7 @@ def reference_cosine_placement(W_dec: Tensor, direction: Tensor, features: Tenso
 
 
 def _decoder(seed: int, d_sae: int = 40, d_model: int = 12) -> Tensor:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     decoder = torch.randn(d_sae, d_model, generator=generator)
     return decoder * torch.exp(torch.randn(d_sae, 1, generator=generator))  # rows of very different lengths
 
@@ -178,7 +175,7 @@ def check_target_direction(target_direction: StudentFunction) -> None:
 
 
 def _encoder(seed: int, d_model: int = 12, d_sae: int = 40) -> Tensor:
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     encoder = torch.randn(d_model, d_sae, generator=generator)
     return encoder * torch.exp(torch.randn(1, d_sae, generator=generator))  # columns of very different lengths
 
@@ -248,7 +245,7 @@ def check_spillover_prediction(spillover_prediction: StudentFunction) -> None:
 
 
 def _spearman_inputs() -> list[tuple[str, Tensor, Tensor]]:
-    generator = _generator(30)
+    generator = seeded_generator(30)
     curved_x = torch.randn(80, generator=generator)
     curved_y = torch.exp(2.5 * curved_x) + 0.3 * torch.randn(80, generator=generator)
     weak_x = torch.randn(120, generator=generator)
@@ -268,7 +265,7 @@ def _spearman_inputs() -> list[tuple[str, Tensor, Tensor]]:
 
 
 def _spearman_cases() -> list[Case]:
-    return [Case(name, (x, y, N_RESAMPLES, _generator(300 + index)))
+    return [Case(name, (x, y, N_RESAMPLES, seeded_generator(300 + index)))
             for index, (name, x, y) in enumerate(_spearman_inputs())]
 
 
@@ -353,7 +350,7 @@ def _gap(got: Tensor, wrong: Tensor, n: int, *, rho_only: bool) -> float:
 def _known_mistake(mistakes: Sequence[Mistake], case: Case, got: Tensor, n: int, *, rho_only: bool = False) -> str:
     """' Your output is what you get if you ...' for the mistake nearest ``got`` within the allowed slack, else ''."""
     found: list[tuple[float, int]] = []
-    args = tuple(_generator(7) if isinstance(a, torch.Generator) else a for a in case.args)
+    args = tuple(seeded_generator(7) if isinstance(a, torch.Generator) else a for a in case.args)
     for index, mistake in enumerate(mistakes):
         with torch.random.fork_rng(devices=[]):
             wrong = torch.as_tensor(mistake.function(*args))
@@ -368,7 +365,7 @@ def _known_mistake(mistakes: Sequence[Mistake], case: Case, got: Tensor, n: int,
 def _require_seeded(exercise: str, function: StudentFunction, case: Case, got: float, seed: int,
                     drawn: str) -> None:
     """Fail when the same seeded generator and a different global seed give a different answer."""
-    again = Case(case.name, tuple(_generator(seed) if isinstance(a, torch.Generator) else a for a in case.args))
+    again = Case(case.name, tuple(seeded_generator(seed) if isinstance(a, torch.Generator) else a for a in case.args))
     value = call_student(exercise, function, again, global_seed=2)
     pair = _as_pair(value)
     second = float(pair[1]) if pair is not None else float(value)
@@ -393,7 +390,7 @@ def check_spearman_p(spearman_p: StudentFunction) -> None:
         if got is None:
             raise ExerciseFailure(f"{fail}: return two numbers (rho, p), got a {type(raw).__name__}")
         rho, p = float(got[0]), float(got[1])
-        want = reference_spearman_p(x, y, n, _generator(900 + index))
+        want = reference_spearman_p(x, y, n, seeded_generator(900 + index))
         want_rho, want_p = float(want[0]), float(want[1])
         if not abs(rho - want_rho) <= RHO_TOLERANCE:
             hint = _known_mistake(mistakes, case, got, n, rho_only=True)
@@ -422,7 +419,7 @@ def check_spearman_p(spearman_p: StudentFunction) -> None:
 
 def _placement_inputs() -> list[tuple[str, Tensor, Tensor, Tensor]]:
     d_sae, d_model = 200, 12
-    generator = _generator(40)
+    generator = seeded_generator(40)
     direction = torch.randn(d_model, generator=generator) * 3.0
     unit = direction / direction.norm()
 
@@ -454,7 +451,7 @@ def _placement_inputs() -> list[tuple[str, Tensor, Tensor, Tensor]]:
 
 
 def _placement_cases() -> list[Case]:
-    return [Case(name, (W_dec, direction, features, N_RESAMPLES, _generator(400 + index)))
+    return [Case(name, (W_dec, direction, features, N_RESAMPLES, seeded_generator(400 + index)))
             for index, (name, W_dec, direction, features) in enumerate(_placement_inputs())]
 
 
@@ -522,7 +519,7 @@ def check_cosine_placement(cosine_placement: StudentFunction) -> None:
         if not 0 < got <= 1:
             raise ExerciseFailure(f"{fail}: p = {got:.4g} is not in (0, 1]. Count the observed set as one of the "
                                   "random sets: p = (1 + #{random mean >= observed}) / (1 + n_random).")
-        want = float(reference_cosine_placement(W_dec, direction, features, n, _generator(900 + index)))
+        want = float(reference_cosine_placement(W_dec, direction, features, n, seeded_generator(900 + index)))
         slack = _slack(want, n)
         if abs(got - want) > slack:
             hint = _known_mistake(mistakes, case, torch.tensor([got]), n)

@@ -26,6 +26,7 @@ __all__ = [
     "compare_tensors",
     "check_function",
     "passed",
+    "seeded_generator",
 ]
 
 class ExerciseFailure(AssertionError):
@@ -69,6 +70,11 @@ class Tolerance:
 def _clone(value: Any) -> Any:
     """A copy of a tensor argument, so that a function that edits its input in place cannot spoil the next call."""
     return value.detach().clone() if isinstance(value, Tensor) else value
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU torch generator seeded with ``seed``: the checks draw their fixed inputs from it."""
+    return torch.Generator().manual_seed(seed)
 
 
 def describe_args(case: Case) -> str:
