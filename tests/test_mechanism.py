@@ -83,7 +83,7 @@ def test_direction_cosines_find_a_direction_built_from_a_set_and_not_from_anothe
     torch.manual_seed(0)
     decoder = torch.randn(300, 32)
     toxic, other = torch.arange(10), torch.arange(100, 110)
-    direction = mech.mean_unit_row(decoder, toxic) + 0.01 * torch.randn(32)
+    direction = mech.target_direction(decoder, toxic) + 0.01 * torch.randn(32)
     found = mech.direction_cosines(decoder, direction, {"toxic": toxic, "other": other}, n_random=200)
     assert found["toxic"]["cosine_with_mean_row"] > 0.9 and found["toxic"]["p_greater"] < 0.01
     assert found["toxic"]["mean_feature_cosine"] > found["toxic"]["random_p95"]

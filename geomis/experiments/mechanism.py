@@ -361,11 +361,6 @@ def measure(out: Path, *, ci: bool = False) -> None:
                   table)
 
 
-def mean_unit_row(decoder: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """The mean of the features' unit decoder rows (the same as :func:`target_direction`), for any feature set."""
-    return target_direction(decoder, features)
-
-
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
@@ -384,7 +379,7 @@ def direction_cosines(decoder: torch.Tensor, direction: torch.Tensor, sets: dict
         mean = float(per_feature[features].mean())
         random_means = torch.stack([per_feature[torch.randperm(unit.shape[0], generator=generator)[:features.numel()]]
                                     .mean() for _ in range(n_random)])
-        out[name] = {"cosine_with_mean_row": _cosine(mean_unit_row(decoder, features), direction),
+        out[name] = {"cosine_with_mean_row": _cosine(target_direction(decoder, features), direction),
                      "mean_feature_cosine": mean,
                      "random_mean_feature_cosine": float(random_means.mean()),
                      "random_p95": float(torch.quantile(random_means, 0.95)),
@@ -447,15 +442,13 @@ def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
         is_toxic = part["toxic_set"].to_numpy(bool)
         sets = {"toxic": torch.tensor(np.flatnonzero(is_toxic)),
                 "inducing": torch.tensor(np.flatnonzero(part["inducing_set"]))}
+        steps = {"misalignment_vs_base": ("inducing", "base"), "misalignment_vs_control": ("inducing", "control"),
+                 "control_vs_base": ("control", "base")}
         directions.append({
-            "misalignment_vs_base": direction_cosines(sae.sae.W_dec, means["inducing"] - means["base"], sets,
-                                                      n_random=size["directions"] * 10, seed=seed + i),
-            "misalignment_vs_control": direction_cosines(sae.sae.W_dec, means["inducing"] - means["control"], sets,
-                                                         n_random=size["directions"] * 10, seed=seed + i),
-            "control_vs_base": direction_cosines(sae.sae.W_dec, means["control"] - means["base"], sets,
-                                                 n_random=size["directions"] * 10, seed=seed + i),
-            "target_vs_toxic": _cosine(mean_unit_row(sae.sae.W_dec, sets["inducing"]),
-                                       mean_unit_row(sae.sae.W_dec, sets["toxic"]))})
+            **{name: direction_cosines(sae.sae.W_dec, means[to] - means[start], sets, n_random=size["directions"] * 10,
+                                       seed=seed + i) for name, (to, start) in steps.items()},
+            "target_vs_toxic": _cosine(target_direction(sae.sae.W_dec, sets["inducing"]),
+                                       target_direction(sae.sae.W_dec, sets["toxic"]))})
         toxic.append({"prediction_percentile": _percentile_rank(part["prediction"].to_numpy(), is_toxic),
                       "shift_percentile": _percentile_rank(shift, is_toxic[active]),
                       "toxic_active": int(is_toxic[active].sum()), "toxic": int(is_toxic.sum())})
