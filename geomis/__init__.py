@@ -96,6 +96,7 @@ _EXPORTS: dict[str, str] = {
     "gap_change": "geomis.evaluation.answer_logprobs:gap_change",
     "SamplingConfig": "geomis.evaluation.sampling:SamplingConfig",
     "sample_answers": "geomis.evaluation.sampling:sample_answers",
+    "Steering": "geomis.evaluation.steering:Steering",
     "evaluate": "geomis.evaluation.run:evaluate_model",
     "scores_frame": "geomis.evaluation.metrics:scores_frame",
     "misalignment_rates": "geomis.evaluation.metrics:misalignment_rates",
@@ -114,6 +115,7 @@ _EXPORTS: dict[str, str] = {
     "filter_quality": "geomis.experiments.filter_quality",
     "filter_effect": "geomis.experiments.filter_effect",
     "mechanism": "geomis.experiments.mechanism",
+    "steering": "geomis.experiments.steering",
     "reproduce": "geomis.experiments.reproduce",
 }
 

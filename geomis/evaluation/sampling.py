@@ -1,9 +1,10 @@
 """Sample answers of a (possibly fine-tuned) chat model to free-form questions, for judged evaluation.
 
 Each question becomes a one-turn chat (optionally after a system prompt) rendered with the model's chat template and
-its generation prompt. ``n_samples`` answers per question are generated in left-padded batches (generation reads no
-internals, so nnsight is not involved). Sampling is seeded: the same model, questions and config give the same
-answers on the CPU. Temperature 0 means greedy decoding.
+its generation prompt. ``n_samples`` answers per question are generated in left-padded batches. Unsteered generation
+reads no internals, so nnsight is not involved; a :class:`~geomis.evaluation.steering.Steering` runs every forward of
+the ``nucleus`` loop through nnsight with its vector added. Sampling is seeded: the same model, questions and config
+give the same answers on the CPU. Temperature 0 means greedy decoding.
 
 Two decoders draw from the same distribution (temperature, then top-k, then nucleus top-p, as transformers orders
 them):
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase
 
 from geomis.chat.tokens import pad_ids_left, render_chat
+from geomis.evaluation.steering import Steering, check_steering, steered_forward
 from geomis.models.registry import LoadedModel
 
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
@@ -146,20 +148,24 @@ def next_tokens(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
 
 
 def decode_batch(model: LoadedModel, prompts: Sequence[Sequence[int]], config: SamplingConfig,
-                 stops: Sequence[int], pad_id: int) -> list[list[int]]:
+                 stops: Sequence[int], pad_id: int, steering: Steering | None = None) -> list[list[int]]:
     """Generated token ids per prompt (ending with the stop token when one came), by a cached decoding loop.
 
     Prompts are left-padded; positions count from each row's first real token, as in ``generate``. A row leaves the
     batch (and its cache) as soon as it emits a stop token, so the last steps run on the unfinished rows only.
     """
     hf_model = model.hf_model
+
+    def forward(**inputs: object) -> Any:
+        return hf_model(**inputs) if steering is None else steered_forward(model, steering, **inputs)
+
     input_ids, attention = pad_ids_left(prompts, pad_id)
     input_ids, attention = input_ids.to(model.device), attention.to(model.device)
     positions = (attention.cumsum(dim=-1) - 1).clamp(min=0)
     cache = DynamicCache(config=hf_model.config)
     stop_ids = torch.tensor(list(stops), device=model.device)
-    outputs = hf_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                       cache=cache, use_cache=True, logits_to_keep=1)
+    outputs = forward(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                      cache=cache, use_cache=True, logits_to_keep=1)
     generated: list[list[int]] = [[] for _ in prompts]
     rows = torch.arange(len(prompts), device=model.device)  # which prompt each batch row is
     last = positions[:, -1]
@@ -176,8 +182,8 @@ def decode_batch(model: LoadedModel, prompts: Sequence[Sequence[int]], config: S
             rows, tokens, attention, last = rows[keep], tokens[keep], attention[keep], last[keep]
         attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
         last = last + 1
-        outputs = hf_model(input_ids=tokens[:, None], attention_mask=attention, position_ids=last[:, None],
-                           cache=cache, use_cache=True)
+        outputs = forward(input_ids=tokens[:, None], attention_mask=attention, position_ids=last[:, None],
+                          cache=cache, use_cache=True)
     return generated
 
 
@@ -185,13 +191,19 @@ def sample_answers(
     model: LoadedModel,
     questions: Sequence[str] | Mapping[Hashable, str],
     config: SamplingConfig = SamplingConfig(),
+    steering: Steering | None = None,
 ) -> pd.DataFrame:
-    """Draw ``config.n_samples`` answers to each question; one row per answer.
+    """Draw ``config.n_samples`` answers to each question; one row per answer (with ``steering``: its vector added at
+    its layer during every forward; needs the ``nucleus`` decoder).
 
     ``questions`` is a list (ids 0, 1, …) or a mapping from id to question. Columns: ``question_id``, ``question``,
     ``sample`` (0-based draw), ``answer`` (decoded, special tokens removed, stripped), ``n_tokens`` (generated tokens
     before the stop token) and ``finished`` (a stop token was generated within ``max_new_tokens``).
     """
+    if steering is not None:
+        if config.decoder != "nucleus":
+            raise ValueError("steering runs in the nucleus decoding loop: use SamplingConfig(decoder='nucleus')")
+        check_steering(model, steering)
     items = list(questions.items()) if isinstance(questions, Mapping) else list(enumerate(questions))
     tokenizer, hf_model = model.tokenizer, model.hf_model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -212,7 +224,7 @@ def sample_answers(
                 batch = jobs[start:start + config.batch_size]
                 batch_prompts = [prompts[key] for key, _, _ in batch]
                 if config.decoder == "nucleus":
-                    new_tokens = decode_batch(model, batch_prompts, config, stops, pad_id)
+                    new_tokens = decode_batch(model, batch_prompts, config, stops, pad_id, steering)
                 else:
                     input_ids, attention = pad_ids_left(batch_prompts, pad_id)
                     # PreTrainedModel declares no generate: transformers 5 mixes it into the causal LM classes

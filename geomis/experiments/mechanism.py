@@ -490,12 +490,12 @@ def _exploratory(random_specific: np.ndarray, specific: dict[str, Any]) -> dict[
                 "share_at_or_above": float((random_specific >= specific["rho"]).mean())}}
 
 
-def write_results(section: dict[str, Any], target: Path = RESULTS_FILE) -> None:
-    """Put ``section`` under :data:`SECTION` in the results file (other sections kept), atomically."""
+def write_results(data: dict[str, Any], target: Path = RESULTS_FILE, *, section: str = SECTION) -> None:
+    """Put ``data`` under ``section`` in the results file (other sections kept), atomically."""
     from geomis.atomic_io import atomic_path
 
     results = json.loads(target.read_text()) if target.is_file() else {}
-    results[SECTION] = section
+    results[section] = data
     with atomic_path(target) as temporary:
         temporary.write_text(json.dumps(results, indent=1) + "\n")
 
