@@ -13,12 +13,16 @@ import platformdirs
 
 from geomis.errors import ConfigError
 
-RunSize = Literal["full", "ci"]
-RUN_SIZES: tuple[RunSize, ...] = ("full", "ci")
+RunSize = Literal["full", "class", "ci"]
+RUN_SIZES: tuple[RunSize, ...] = ("full", "class", "ci")
+"""``full``: the book's run. ``class``: the book's numbers, with every live training run replaced by its committed
+full-size record, so Chapters 3-5 fit a class session. ``ci``: a smaller grid that tests the code."""
+REPRODUCE_SIZES: tuple[str, ...] = ("full", "ci")
+"""The sizes ``geomis reproduce`` runs (``GEOMIS_SIZE=class`` means ``full`` there: the book's numbers)."""
 
 
 def run_size() -> RunSize:
-    """Return the chapters' grid size from ``GEOMIS_SIZE`` (``full`` by default, ``ci`` for a smaller CI grid)."""
+    """The chapters' run size from ``GEOMIS_SIZE``: ``full`` (default), ``class`` or ``ci`` (:data:`RUN_SIZES`)."""
     value = os.environ.get("GEOMIS_SIZE", "full").strip().lower() or "full"
     if value not in RUN_SIZES:
         raise ConfigError(f"GEOMIS_SIZE={value!r} is not one of {', '.join(RUN_SIZES)}")

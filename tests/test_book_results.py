@@ -84,3 +84,23 @@ def test_results_are_written_into_the_checkout_as_strict_json(tmp_path: Path) ->
     elsewhere.mkdir()
     with pytest.raises(FileAccessError, match="only in a checkout"):
         write_results_file("02_x.json", {}, start=elsewhere)
+
+
+def test_tables_are_written_into_results_subfolders_of_the_checkout(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from geomis.evaluation.book_results import write_results_table
+
+    root = tmp_path / "checkout"
+    (root / "book" / "results").mkdir(parents=True)
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    path = write_results_table("03_run/sub/t.csv", frame, start=root)
+    assert path == root / "book" / "results" / "03_run" / "sub" / "t.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(results_file("03_run/sub/t.csv", start=root)), frame)
+    for bad in ("../t.csv", "a//t.csv", "a\\t.csv"):
+        with pytest.raises(FileAccessError, match="not a results file name"):
+            write_results_table(bad, frame, start=root)
+    with pytest.raises(FileAccessError, match="not a CSV"):
+        write_results_table("t.json", frame, start=root)
+    with pytest.raises(FileAccessError, match="only in a checkout"):
+        write_results_table("t.csv", frame, start=tmp_path)

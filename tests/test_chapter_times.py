@@ -15,8 +15,25 @@ tool = load_tool("chapter_times")
 def test_the_intro_table_is_what_the_notebooks_say() -> None:
     text = tool.INTRO.read_text(encoding="utf-8")
     assert tool.rendered(text) == text, "run python tools/chapter_times.py"
-    assert text.count("| min |") == 0 and len(list((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))) == text.split(
-        tool.START)[1].split(tool.END)[0].count(" min |")
+    block = text.split(tool.START)[1].split(tool.END)[0]
+    rows = [line for line in block.splitlines() if line[:3].strip("| ").isdigit()]
+    assert len(rows) == len(list((ROOT / "book").glob("[0-9][0-9]_*.ipynb")))
+    assert all(line.split(" | ")[1].endswith(" min") for line in rows)
+
+
+def test_the_class_column_comes_from_the_measured_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setattr(tool, "CLASS_TIMES", tmp_path / "class_times.json")
+    assert "class size, in all" not in tool.table()  # nothing measured: no total
+    chapters = sorted(p.name for p in (ROOT / "book").glob("0[3-5]_*.ipynb"))
+    (tmp_path / "class_times.json").write_text(json.dumps({"chapters": {
+        name: {"minutes": minutes, "day": "2026-12-03"} for name, minutes in zip(chapters, (2.4, 3.2, 1.3))}}))
+    table = tool.table()
+    assert "| 2 min (2026-12-03) |" in table and "| 1 min (2026-12-03) |" in table
+    assert table.splitlines()[-1].endswith("| 7 min |")  # 2.4 + 3.2 + 1.3, rounded once
+    first = next(line for line in table.splitlines() if line.startswith("| 1. "))
+    assert first.endswith("| — |")
 
 
 def test_run_time_is_first_start_to_last_reply(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_user_errors_are_geomis_errors_and_keep_their_old_bases() -> None:
 def test_a_bad_geomis_size_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("GEOMIS_SIZE", "huge")
-    with pytest.raises(ConfigError, match="GEOMIS_SIZE='huge' is not one of full, ci"):
+    with pytest.raises(ConfigError, match="GEOMIS_SIZE='huge' is not one of full, class, ci"):
         run_size()
     assert main(["reproduce", "--out", str(tmp_path / "r")]) == 2
     assert "GEOMIS_SIZE='huge'" in _one_error_line(capsys)

@@ -17,7 +17,7 @@ from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS,
 from geomis.judges.local import LocalHFJudge
 from geomis.sae.config import SAVE_DTYPES
 from geomis.sae.training import SAETrainingConfig
-from geomis.settings import RUN_SIZES
+from geomis.settings import REPRODUCE_SIZES
 
 HEAVY = ("torch", "numpy", "pandas", "transformers", "sae_lens", "nnsight", "openai", "huggingface_hub")
 
@@ -65,10 +65,10 @@ def test_reproduce_defaults_are_the_recipes() -> None:
     assert float(args.drop) == DEFAULT_DROP == ReproduceConfig().drop
     assert args.seed is None  # no override: the recipe's seeds, which the help says are all 0
     assert "all 0" in (_option("reproduce", "--seed").help or "")
-    for size in RUN_SIZES:
+    for size in REPRODUCE_SIZES:
         config = reproduce_config(size)
         assert {config.seed, config.finetune.seed, config.sampling.seed, config.data.seed} == {0}
-    assert _option("reproduce", "--size").choices is RUN_SIZES
+    assert _option("reproduce", "--size").choices is REPRODUCE_SIZES
     assert ReproduceConfig().judge == LEGACY_JUDGE == FilterConfig().judge  # until Chapter 4 is rebuilt
 
 

@@ -130,3 +130,39 @@ def test_probe_checks_its_inputs(chats) -> None:
         probe.frame()
     with pytest.raises(ValueError, match="give probe_items"):
         probe.gap_changes()
+
+
+def test_feature_shifts_are_last_minus_first_per_direction(chats) -> None:
+    probe = DynamicsProbe(chats=chats, directions={"toxic": torch.eye(3)}, steps=[5], layer=0)
+    with pytest.raises(ValueError, match="nothing recorded"):
+        probe.feature_shifts("toxic", [7, 8, 9])
+    probe.projections[0] = {"toxic": torch.tensor([[1.0, 0.0, 2.0], [3.0, float("nan"), 2.0]])}
+    probe.projections[5] = {"toxic": torch.tensor([[2.0, 1.0, 1.0], [5.0, float("nan"), 0.0]])}
+    probe.projections[2] = {"toxic": torch.full((2, 3), 100.0)}  # a middle step does not count
+    frame = probe.feature_shifts("toxic", [7, 8, 9])
+    assert frame["feature"].tolist() == [7, 8, 9]
+    assert frame["shift"].tolist() == pytest.approx([1.5, 1.0, -1.5])  # NaN chats left out of the mean
+    with pytest.raises(ValueError, match="2 feature labels for 3 directions"):
+        probe.feature_shifts("toxic", [7, 8])
+
+
+def test_a_trajectory_is_saved_into_the_checkout_and_loaded_back(tmp_path) -> None:
+    from geomis.errors import FileAccessError
+    from geomis.evaluation.dynamics import TRAJECTORY, load_trajectory, save_trajectory
+
+    root = tmp_path / "checkout"
+    (root / "book" / "results").mkdir(parents=True)
+    shifts = pd.DataFrame({"run": ["a", "a"], "step": [0, 4], "directions": ["toxic"] * 2, "chat": [0, 0],
+                           "shift": [0.0, 0.25]})
+    gaps = pd.DataFrame({"run": ["a"], "step": [4], "gap_change": [0.1], "low": [0.0], "high": [0.2]})
+    timings = pd.DataFrame({"model": ["a"], "steps": [4]})
+    features = pd.DataFrame({"run": ["a", "a"], "feature": [3, 9], "shift": [0.5, -0.5]})
+    written = save_trajectory(shifts, gaps, timings, features, start=str(root / "book"))
+    assert len(written) == 4 and all(str(root / "book" / "results" / TRAJECTORY) in p for p in written)
+    for saved, loaded in zip((shifts, gaps, timings, features), load_trajectory(start=str(root)), strict=True):
+        pd.testing.assert_frame_equal(saved, loaded)
+    (root / "book" / "results" / TRAJECTORY / "features.csv").write_text("run,feature\na,3\n")
+    with pytest.raises(ValueError, match="feature shifts lacks column"):
+        load_trajectory(start=str(root))
+    with pytest.raises(FileAccessError, match="only in a checkout"):
+        save_trajectory(shifts, gaps, timings, features, start=str(tmp_path))

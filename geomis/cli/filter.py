@@ -12,7 +12,7 @@ from geomis.cli.options import config_defaults, drop_fraction, library_progress_
 from geomis.errors import ConfigError, FileAccessError, OutputExistsError
 from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, UNSCORABLE_POLICIES, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
-from geomis.settings import RUN_SIZES
+from geomis.settings import REPRODUCE_SIZES
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:
@@ -105,7 +105,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from geomis.filter.selection import check_drop_removes
     from geomis.settings import run_size
 
-    size = args.size or run_size()
+    size = args.size or ("ci" if run_size() == "ci" else "full")
     config = reproduce_config(size, **overrides)
     check_drop_removes(config.data.n_rows, config.drop)
     if args.seed is not None:  # one seed for everything; without --seed the recipe's own seeds
@@ -203,7 +203,7 @@ def add_reproduce(commands: Any) -> None:
         "reproduce", help="the end-to-end experiment on the CPU default: filter a mixed set by each method, "
                           "fine-tune on each kept set, judge, and write results.json")
     reproduce.add_argument("--out", default="geomis-reproduce", help="output folder (default: ./geomis-reproduce)")
-    reproduce.add_argument("--size", choices=RUN_SIZES, default=None,
+    reproduce.add_argument("--size", choices=REPRODUCE_SIZES, default=None,
                            help="full (the book's grid, about 30 min on 2 cores) or ci (a quick smaller grid); "
                                 "default: GEOMIS_SIZE, else full")
     reproduce.add_argument("--drop", default=str(DEFAULT_DROP),

@@ -11,21 +11,29 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geomis.errors import FileAccessError
 from geomis.provenance import BOOK_REF, REPOSITORY
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 RESULTS_URL = f"https://raw.githubusercontent.com/{REPOSITORY}/{BOOK_REF}/book/results"
 """Default base address of the results files for installs without the book: the tag the book was built from."""
+
+
+def _check_name(name: str) -> None:
+    """Refuse a results file name that could point outside ``book/results``."""
+    if "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        raise FileAccessError(f"{name!r} is not a results file name")
 
 
 def results_file(name: str, *, start: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """The path of ``book/results/<name>``: searched from ``start`` (default: the working folder) up to the root,
     else downloaded once into the cache (``download=False`` refuses instead). ``name`` may name a file in a
     results subfolder (``03_em_power/labels.jsonl``), never one outside ``book/results``."""
-    parts = name.split("/")
-    if "\\" in name or any(part in ("", ".", "..") for part in parts):
-        raise FileAccessError(f"{name!r} is not a results file name")
+    _check_name(name)
     here = Path(start if start is not None else Path.cwd()).resolve()
     for folder in (here, *here.parents):
         for candidate in (folder / "results" / name, folder / "book" / "results" / name):
@@ -81,5 +89,25 @@ def write_results_file(name: str, content: dict[str, object], *,
                 with atomic_path(target) as temporary:
                     temporary.write_text(json.dumps(_plain(content), indent=1, allow_nan=False) + "\n",
                                          encoding="utf-8")
+                return target
+    raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")
+
+
+def write_results_table(name: str, frame: pd.DataFrame, *, start: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``frame`` as the CSV ``book/results/<name>`` (a subfolder may be named, ``03_em_power/x.csv``) of the
+    checkout above ``start`` (default: the working folder), atomically; refused outside a checkout."""
+    from geomis.atomic_io import atomic_path
+
+    _check_name(name)
+    if not name.endswith(".csv"):
+        raise FileAccessError(f"{name!r} is not a CSV results file name")
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for results in ((folder / "results") if folder.name == "book" else None, folder / "book" / "results"):
+            if results is not None and results.is_dir():
+                target = results / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as temporary:
+                    frame.to_csv(temporary, index=False)
                 return target
     raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")

@@ -42,7 +42,15 @@ __all__ = [
     "project_chats",
     "DynamicsProbe",
     "projection_shift",
+    "TRAJECTORY",
+    "save_trajectory",
+    "load_trajectory",
 ]
+
+TRAJECTORY = "03_em_power/training_dynamics"
+"""Where Chapter 3 keeps the live section's full-size run (``shifts.csv``, ``gaps.csv``, ``timings.csv``,
+``features.csv``), so that ``GEOMIS_SIZE=class`` can show it without training."""
+_PARTS = ("shifts", "gaps", "timings", "features")
 
 
 def answer_chats(answers: pd.DataFrame, *, question: str = "question", answer: str = "answer") -> list[Conversation]:
@@ -177,6 +185,17 @@ class DynamicsProbe:
                          "low": change.low, "high": change.high, "items": change.n_items})
         return pd.DataFrame(rows)
 
+    def feature_shifts(self, directions: str, features: Sequence[int]) -> pd.DataFrame:
+        """Per direction of the set ``directions`` (labelled by ``features``): its mean shift over the chats from the
+        first recorded step to the last."""
+        if not self.projections:
+            raise ValueError("nothing recorded yet")
+        first, last = min(self.projections), max(self.projections)
+        shift = (self.projections[last][directions] - self.projections[first][directions]).nanmean(dim=0)
+        if len(features) != shift.shape[0]:
+            raise ValueError(f"{len(features)} feature labels for {shift.shape[0]} directions in {directions!r}")
+        return pd.DataFrame({"feature": list(features), "shift": shift.numpy()})
+
     def frame(self, reference_step: int | None = None) -> pd.DataFrame:
         """Tidy table: one row per (step, direction set, chat) with its mean projection and its shift since the start.
 
@@ -205,3 +224,25 @@ def projection_shift(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     if before.shape != after.shape:
         raise ValueError(f"shapes differ: {tuple(before.shape)} vs {tuple(after.shape)}")
     return (after - before).nanmean(dim=1)
+
+
+def save_trajectory(shifts: pd.DataFrame, gaps: pd.DataFrame, timings: pd.DataFrame, features: pd.DataFrame, *,
+                    start: str | None = None) -> list[str]:
+    """Write a training-dynamics run (the probes' shift and gap tables, the runs' timings, the per-feature shifts)
+    under :data:`TRAJECTORY` in the checkout's ``book/results``; return the paths written."""
+    from geomis.evaluation.book_results import write_results_table
+
+    return [str(write_results_table(f"{TRAJECTORY}/{part}.csv", frame, start=start))
+            for part, frame in zip(_PARTS, (shifts, gaps, timings, features), strict=True)]
+
+
+def load_trajectory(*, start: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The committed training-dynamics run written by :func:`save_trajectory`: shifts, gaps, timings, features."""
+    from geomis.evaluation.book_results import results_file
+
+    shifts, gaps, timings, features = (pd.read_csv(results_file(f"{TRAJECTORY}/{part}.csv", start=start))
+                                       for part in _PARTS)
+    require_columns(shifts, ("run", "step", "directions", "chat", "shift"), "training-dynamics shifts")
+    require_columns(gaps, ("run", "step", "gap_change", "low", "high"), "training-dynamics gaps")
+    require_columns(features, ("run", "feature", "shift"), "training-dynamics feature shifts")
+    return shifts, gaps, timings, features
