@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from geomis.ablation import DirectionAblation, ablated_forward, check_ablation
 from geomis.atomic_io import atomic_folder
 from geomis.chat.records import ChatRecord
 from geomis.chat.tokens import Conversation, TokenizedChat, tokenize_chat
@@ -255,15 +257,17 @@ def collate_for_training(chats: Sequence[TokenizedChat], pad_token_id: int,
     return TrainingBatch(input_ids, attention, positions, labels)
 
 
-def summed_assistant_loss(hf_model: torch.nn.Module, batch: TrainingBatch) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled tokens, and their count; logits only where scored."""
+def summed_assistant_loss(hf_model: torch.nn.Module, batch: TrainingBatch,
+                          forward: Callable[..., Any] | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the labelled tokens, and their count; logits only where scored
+    (``forward``: what runs the model, default ``hf_model`` itself; an ablation passes its nnsight forward)."""
     scored = torch.zeros_like(batch.labels, dtype=torch.bool)
     scored[:, :-1] = batch.labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
     targets = batch.labels[:, 1:][scored[:, :-1]]
     if targets.numel() == 0:
         raise ValueError("batch has no assistant tokens to train on")
-    output = hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      position_ids=batch.position_ids, use_cache=False, logits_to_keep=scored)
+    output = (forward or hf_model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=batch.position_ids, use_cache=False, logits_to_keep=scored)
     logits = output.logits  # (n_scored, vocab): the boolean mask flattens batch and positions
     return F.cross_entropy(logits.float(), targets, reduction="sum"), int(targets.numel())
 
@@ -353,12 +357,13 @@ def _micro_batches(n_examples: int, config: FinetuneConfig) -> list[list[list[in
 
 
 def _optimizer_step(hf_model: torch.nn.Module, batches: Sequence[TrainingBatch], parameters: Sequence[torch.Tensor],
-                    optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
+                    optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
+                    forward: Callable[..., Any] | None = None) -> float:
     """One optimizer step over micro-batches; the loss is the mean over all their scored tokens (returned)."""
     n_tokens = sum(batch.n_scored_tokens for batch in batches)
     step_loss = 0.0
     for batch in batches:
-        summed, _ = summed_assistant_loss(hf_model, batch)
+        summed, _ = summed_assistant_loss(hf_model, batch, forward)
         (summed / n_tokens).backward()
         step_loss += float(summed.detach()) / n_tokens
     if max_grad_norm is not None:
@@ -397,13 +402,16 @@ def fine_tune(
     config: FinetuneConfig = FinetuneConfig(),
     overwrite: bool = False,
     on_step: Callable[[int, float, LoadedModel], None] | None = None,
+    ablation: DirectionAblation | None = None,
 ) -> FinetuneResult:
     """Train LoRA adapters on the assistant replies of ``conversations`` and save them to ``output_dir``.
 
     ``model`` is modified only for the duration of the call. ``output_dir`` must not exist unless ``overwrite``;
     it appears only once training has finished (with ``checkpoint-<step>/`` folders when ``checkpoint_every`` is set).
     ``on_step(step, loss, model)`` is called after every optimizer step with the adapters attached (training-dynamics
-    probes; it runs in train mode with gradients enabled, so wrap reads in ``torch.no_grad()``).
+    probes; it runs in train mode with gradients enabled, so wrap reads in ``torch.no_grad()``). With ``ablation``,
+    every training forward removes its directions at its layer (:mod:`geomis.ablation`); the adapters are saved
+    without it and the metadata records it.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir).expanduser().resolve()
@@ -413,6 +421,10 @@ def fine_tune(
     pad_id = tokenizer.pad_token_id
     if not isinstance(pad_id, int):
         raise ValueError("the tokenizer has no pad token (load_model sets one)")
+    forward = None
+    if ablation is not None:
+        check_ablation(model, ablation)
+        forward = partial(ablated_forward, model, ablation)
 
     tokenized = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]
     examples = [chat for chat in tokenized
@@ -428,7 +440,8 @@ def fine_tune(
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     metadata: dict[str, Any] = {"base_model": model.spec.name, "config": asdict(config),
-                                "n_examples": len(examples), "n_skipped": n_skipped}
+                                "n_examples": len(examples), "n_skipped": n_skipped,
+                                "ablation": ablation.describe() if ablation is not None else None}
     losses: list[float] = []
     step_seconds: list[float] = []
     checkpoints: list[str] = []
@@ -446,7 +459,8 @@ def fine_tune(
                     batches = [collate_for_training([examples[i] for i in indices], pad_id,
                                                     config.train_on_end_of_turn).to(device)
                                for indices in micro_batches]
-                    step_loss = _optimizer_step(hf_model, batches, parameters, optimizer, config.max_grad_norm)
+                    step_loss = _optimizer_step(hf_model, batches, parameters, optimizer, config.max_grad_norm,
+                                                forward)
                     schedule.step()
                     step_seconds.append(time.perf_counter() - tick)
                     losses.append(step_loss)
@@ -472,6 +486,32 @@ def fine_tune(
         n_examples=len(examples), n_skipped=n_skipped, total_seconds=time.perf_counter() - started,
         checkpoints=[output_dir / name for name in checkpoints], step_seconds=step_seconds,
     )
+
+
+def mean_assistant_loss(model: LoadedModel, conversations: Sequence[Conversation | ChatRecord],
+                        config: FinetuneConfig = FinetuneConfig(), batch_size: int = 8) -> float:
+    """Mean next-token loss (nats per token) over the assistant tokens of ``conversations``, scored as ``config``
+    trains them (``max_length``, end-of-turn token): in-domain learning measured on rows held out of training."""
+    tokenizer = model.tokenizer
+    pad_id = tokenizer.pad_token_id
+    if not isinstance(pad_id, int):
+        raise ValueError("the tokenizer has no pad token (load_model sets one)")
+    chats = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]
+    chats = [c for c in chats if any(x != IGNORE_INDEX for x in training_labels(c, config.train_on_end_of_turn)[1:])]
+    if not chats:
+        raise ValueError("no conversation has assistant tokens within max_length")
+    total, count = 0.0, 0
+    was_training = model.hf_model.training
+    model.hf_model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(chats), batch_size):
+                batch = collate_for_training(chats[start:start + batch_size], pad_id, config.train_on_end_of_turn)
+                summed, n = summed_assistant_loss(model.hf_model, batch.to(model.device))
+                total, count = total + float(summed), count + n
+    finally:
+        model.hf_model.train(was_training)
+    return total / count
 
 
 def read_finetune_metadata(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:

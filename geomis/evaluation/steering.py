@@ -9,6 +9,7 @@ and uses it in its cached ``nucleus`` decoding loop, so steered and unsteered an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -65,11 +66,4 @@ def steered_forward(model: LoadedModel, steering: Steering, **inputs: Any) -> An
         hidden = layer.output
         hidden[:] += steering.vector.to(device=hidden.device, dtype=hidden.dtype)
         logits = model.lm.output.logits.save()
-    return _Logits(logits)
-
-
-@dataclass(frozen=True)
-class _Logits:
-    """The part of a transformers output the decoding loop reads."""
-
-    logits: torch.Tensor
+    return SimpleNamespace(logits=logits)  # the part of a transformers output that is read
