@@ -116,6 +116,7 @@ _EXPORTS: dict[str, str] = {
     "filter_effect": "geomis.experiments.filter_effect",
     "mechanism": "geomis.experiments.mechanism",
     "steering": "geomis.experiments.steering",
+    "ablation": "geomis.experiments.ablation",
     "reproduce": "geomis.experiments.reproduce",
 }
 
