@@ -82,3 +82,18 @@ def test_readme_quotes_the_recorded_sampling_benchmark() -> None:
                 f"{rows['nucleus, batch 1']['answers_per_s']:.2f} and {rows['generate, batch 1']['answers_per_s']:.2f}"]
     assert [text for text in expected if text not in flat] == []
     assert nucleus["vs_bound"] >= 0.5  # the sampling issue's goal, as recorded
+
+
+@pytest.mark.slow
+def test_filter_methods_cost_writes_every_method_against_geometry(tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = tmp_path / "cost.csv"
+    rows = _table("filter_methods_cost.py", "--samples", "8", "--rounds", "1", "--out", str(out),
+                  header="method", columns=4)
+    assert set(rows) == {"geometry", "mean-difference", "embedding", "judge", "random"}
+    assert float(rows["geometry"][-1]) == 1.0
+    written = pd.read_csv(out)
+    assert written["method"].tolist() == list(rows) and (written["samples"] == 8).all()
+    assert (written["s_per_1000"] > 0).all()
+    assert written["s_per_1000"].tolist() == pytest.approx([float(r[2]) for r in rows.values()], abs=1e-3)
