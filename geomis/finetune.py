@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from geomis.ablation import DirectionAblation, ablated_forward, check_ablation
+from geomis.direction_ablation import DirectionAblation, ablated_forward, check_ablation
 from geomis.atomic_io import atomic_folder
 from geomis.chat.records import ChatRecord
 from geomis.chat.tokens import Conversation, TokenizedChat, tokenize_chat
@@ -410,8 +410,8 @@ def fine_tune(
     it appears only once training has finished (with ``checkpoint-<step>/`` folders when ``checkpoint_every`` is set).
     ``on_step(step, loss, model)`` is called after every optimizer step with the adapters attached (training-dynamics
     probes; it runs in train mode with gradients enabled, so wrap reads in ``torch.no_grad()``). With ``ablation``,
-    every training forward removes its directions at its layer (:mod:`geomis.ablation`); the adapters are saved
-    without it and the metadata records it.
+    every training forward removes its directions at its layer (:mod:`geomis.direction_ablation`); the adapters are
+    saved without it and the metadata records it.
     """
     started = time.perf_counter()
     output_dir = Path(output_dir).expanduser().resolve()

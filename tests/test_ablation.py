@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomis.ablation import DirectionAblation, ablated_forward
+from geomis.direction_ablation import DirectionAblation, ablated_forward
 from geomis.finetune import (
     FinetuneConfig,
     attach_lora,

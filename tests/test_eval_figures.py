@@ -115,3 +115,24 @@ def test_probe_changes_plots_each_reference_and_the_rate_panel() -> None:
     offsets = fig.axes[1].collections[0].get_offsets()
     assert offsets.tolist() == [[0.2, 0.05], [-0.1, 0.0]]
     plt.close(fig)
+
+
+def test_filter_effect_figure_draws_each_condition_and_the_reference_once() -> None:
+    from geomis.evaluation.figures import plot_filter_effect
+
+    def rate(r: float) -> dict:
+        return {"rate": r, "low": r / 2, "high": r * 2}
+    section = {"conditions": {"geometry": rate(0.01), "unfiltered": rate(0.02), "random": rate(0.015)},
+               "contrasts": {"relative_reduction/geometry": {"relative_reduction": 0.5, "low": -3.0, "high": 0.8},
+                             "relative_reduction/random": {"relative_reduction": 0.25, "low": -0.5, "high": 0.6},
+                             "probe/unfiltered_minus_geometry": {"difference": 0.08, "low": 0.05, "high": 0.1}}}
+    fig = plot_filter_effect(section, reference=0.345)
+    rates, reductions, probes = fig.axes
+    assert [t.get_text() for t in rates.get_yticklabels()] == ["unfiltered", "geometry", "random"]
+    assert [t.get_text() for t in reductions.get_yticklabels()] == ["geometry", "random"]
+    assert [t.get_text() for t in probes.get_yticklabels()] == ["geometry"]
+    dashed = [line for line in reductions.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 0.345
+    assert "cut at -100%" in reductions.get_xlabel()  # geometry's interval reaches -300%
+    with pytest.raises(ValueError, match="no unfiltered condition"):
+        plot_filter_effect({"conditions": {"geometry": rate(0.01)}})

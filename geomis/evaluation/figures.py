@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from geomis.stats import require_columns
 
-__all__ = ["MEASURES", "plot_judge_calibration", "plot_misalignment_rates", "plot_probe_changes",
-           "plot_rates_by_question", "plot_training_dynamics"]
+__all__ = ["MEASURES", "plot_filter_effect", "plot_judge_calibration", "plot_misalignment_rates",
+           "plot_probe_changes", "plot_rates_by_question", "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
@@ -195,4 +196,48 @@ def plot_judge_calibration(calibration: pd.DataFrame, group: str = "split") -> F
     ax.set_ylabel("share misaligned by the reference")
     ax.set_title("Calibration on held-out answers")
     ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def plot_filter_effect(section: dict, reference: float | None = None, clip: float = -1.0) -> Figure:
+    """Chapter 4's filter-effect experiment in three panels: the misaligned rate of each condition; each filter's
+    relative reduction against ``unfiltered`` (intervals clipped at ``clip``, the paper's ``reference`` drawn once);
+    the judge-free probe's reduction against ``unfiltered``. ``section`` is the ``fine_tune_effect`` results section.
+    """
+    conditions = section.get("conditions", {})
+    if "unfiltered" not in conditions:
+        raise ValueError("the section has no unfiltered condition to compare with")
+    names = ["unfiltered"] + [c for c in conditions if c != "unfiltered"]
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 0.4 * len(names) + 2.2), layout="constrained")
+    colours = dict(zip(names, sns.color_palette("deep", len(names)), strict=True))
+
+    def rows(ax: Axes, values: list[tuple[str, float, float, float]], title: str, xlabel: str) -> None:
+        for y, (name, estimate, low, high) in enumerate(values):
+            ax.errorbar([estimate], [y], xerr=[[estimate - low], [high - estimate]], fmt="o", capsize=3,
+                        color=colours[name])
+        ax.set_yticks(range(len(values)), [v[0] for v in values])
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+
+    rows(axes[0], [(n, conditions[n]["rate"], conditions[n]["low"], conditions[n]["high"]) for n in names],
+         "Misaligned answers (by reading)", "share of all answers (95% cluster interval)")
+    axes[0].set_xlim(left=0)
+    contrasts = section.get("contrasts", {})
+    reductions = [(n, c["relative_reduction"], max(c["low"], clip), c["high"]) for n in names[1:]
+                  if (c := contrasts.get(f"relative_reduction/{n}")) is not None]
+    if reductions:
+        rows(axes[1], reductions, "Relative reduction vs unfiltered", "(unfiltered - filtered) / unfiltered")
+        axes[1].axvline(0.0, color="grey", linewidth=0.8)
+        if reference is not None:
+            axes[1].axvline(reference, color="black", linestyle="--", linewidth=1)
+            axes[1].annotate(f"paper: {reference:.1%}", (reference, 1.0), xycoords=("data", "axes fraction"),
+                             ha="left", va="bottom", fontsize="small")
+        if any(c["low"] < clip for n in names[1:] if (c := contrasts.get(f"relative_reduction/{n}"))):
+            axes[1].set_xlabel(f"(unfiltered - filtered) / unfiltered; intervals cut at {clip:.0%}")
+    probes = [(n, c["difference"], c["low"], c["high"]) for n in names[1:]
+              if (c := contrasts.get(f"probe/unfiltered_minus_{n}")) is not None]
+    if probes:
+        rows(axes[2], probes, "Judge-free probe: reduction vs unfiltered", "probe gap, unfiltered - filtered (nats)")
+        axes[2].axvline(0.0, color="grey", linewidth=0.8)
     return fig

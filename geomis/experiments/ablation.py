@@ -9,8 +9,9 @@ misalignment the inducing data brings?
 - *Arms*, each with fine-tune seeds 0, 1 and 2: ``none`` (no ablation); ``toxic`` (the span of the 100 unit decoder
   rows of Chapter 4's filter toxic set of neutral SAE ``s`` for seed ``s``, so the three seeds use the three SAEs);
   ``random`` (the span of 100 seeded Gaussian directions, seed ``1000 + s``: the same count). The span is projected
-  out of the output of decoder layer 15 (the SAEs' layer) in every training forward (:mod:`geomis.ablation`, through
-  nnsight, gradients through the projection), during training only: every model is evaluated without it. A span of
+  out of the output of decoder layer 15 (the SAEs' layer) in every training forward
+  (:mod:`geomis.direction_ablation`, through nnsight, gradients through the projection), during training only: every
+  model is evaluated without it. A span of
   100 generic directions removes 100 of the 576 residual dimensions (17.4%); the results give each arm's rank.
 - *Measures*: 50 answers to each of Betley et al.'s eight first-plot questions per model (Chapter 3's sampling, the
   fine-tune's seed), read blind in mixed batches (``tools/label_batches.py``; one labelling wave holds the three arms
@@ -100,8 +101,8 @@ def split_rows(records: Sequence[Any], domains: Sequence[str], per_domain: int =
 
 
 def ablation_for(model: Model, decoders: Sequence[torch.Tensor], toxic_sets: Sequence[torch.Tensor]) -> Any:
-    """The :class:`~geomis.ablation.DirectionAblation` of one fine-tune (None for the ``none`` arm)."""
-    from geomis.ablation import DirectionAblation
+    """The :class:`~geomis.direction_ablation.DirectionAblation` of one fine-tune (None for the ``none`` arm)."""
+    from geomis.direction_ablation import DirectionAblation
 
     if model.arm == "none":
         return None

@@ -359,9 +359,14 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
             removal[model.name] = {"removed": int(removed.sum()), "harmful_removed": hits,
                                    "precision": hits / max(int(removed.sum()), 1), "recall": hits / int(inducing.sum())}
         section["removal"] = removal
+    read = set(flags["model"].str.removesuffix(".first-plot"))
+    section["pending_models"] = [m.name for m in models() if m.name not in read]
     gate = folder / "gate.json"
     section["gate"] = json.loads(gate.read_text()) if gate.is_file() else None
     section["run_time"] = run_time(folder / "timings.csv")
+    section["files"] = sorted(["labels.jsonl", *(f"{name}.probe.csv" for name in probes),
+                               *(name for name in ("scores.csv", "gate.json", "timings.csv")
+                                 if (folder / name).is_file())])
     return section
 
 
