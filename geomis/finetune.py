@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from geomis.direction_ablation import DirectionAblation, ablated_forward, check_ablation
 from geomis.atomic_io import atomic_folder
 from geomis.chat.records import ChatRecord
 from geomis.chat.tokens import Conversation, TokenizedChat, tokenize_chat
+from geomis.direction_ablation import DirectionAblation, ablated_forward, check_ablation
 from geomis.models.registry import LoadedModel, load_hf_model, wrap_hf_model
 
 if TYPE_CHECKING:
