@@ -153,3 +153,20 @@ def test_the_analysis_reads_the_removal_of_every_model_from_the_scores(tmp_path:
     assert removal["geometry.s0"]["precision"] == 1.0 and removal["oracle.s1"]["recall"] == 1.0
     assert removal["unfiltered.s2"]["removed"] == 0 and removal["geometry-b10.s0"]["removed"] == 4
     assert 0.2 < removal["random.s0"]["precision"] < 0.8
+
+
+def test_readme_quotes_the_committed_primary_result() -> None:
+    """The README's filter-effect numbers are those of 04_geometry_filter.json (re-analysed: update both)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    effect = json.loads((root / "book" / "results" / "04_geometry_filter.json").read_text())["fine_tune_effect"]
+    c, r = effect["conditions"], effect["contrasts"]["relative_reduction/geometry"]
+    v = effect["contrasts"]["random_minus_geometry"]
+    quote = (f"unfiltered {c['unfiltered']['rate']:.2%} [{c['unfiltered']['low']:.2%}, {c['unfiltered']['high']:.2%}] "
+             f"of answers misaligned, geometry {c['geometry']['rate']:.2%}, random {c['random']['rate']:.2%}; "
+             f"geometry's relative reduction {r['relative_reduction']:+.0%} [{r['low']:+.0%}, {r['high']:+.0%}] "
+             f"(one-sided p = {r['p']:.2f}), random minus geometry {v['difference']:+.2%} [{v['low']:+.2%}, "
+             f"{v['high']:+.2%}] (p = {v['p']:.2f})")
+    assert quote in " ".join((root / "README.md").read_text().split())
