@@ -231,8 +231,8 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
         axes[1].axvline(0.0, color="grey", linewidth=0.8)
         if reference is not None:
             axes[1].axvline(reference, color="black", linestyle="--", linewidth=1)
-            axes[1].annotate(f"paper: {reference:.1%}", (reference, 1.0), xycoords=("data", "axes fraction"),
-                             ha="left", va="bottom", fontsize="small")
+            axes[1].annotate(f" paper: {reference:.1%}", (reference, 0.5), xycoords=("data", "axes fraction"),
+                             ha="left", va="center", fontsize="small")
         if any(c["low"] < clip for n in names[1:] if (c := contrasts.get(f"relative_reduction/{n}"))):
             axes[1].set_xlabel(f"(unfiltered - filtered) / unfiltered; intervals cut at {clip:.0%}")
     probes = [(n, c["difference"], c["low"], c["high"]) for n in names[1:]
