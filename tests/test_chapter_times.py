@@ -27,12 +27,12 @@ def test_the_class_column_comes_from_the_measured_file(tmp_path: Path, monkeypat
     monkeypatch.setattr(tool, "CLASS_TIMES", tmp_path / "class_times.json")
     assert "class size, in all" not in tool.table()  # nothing measured: no total
     chapters = sorted(p.name for p in (ROOT / "book").glob("0[3-5]_*.ipynb"))
-    minutes = dict(zip(chapters, (2.4, 3.2, 1.3), strict=True))
+    minutes = dict(zip(chapters, (2.4, 3.2, 0.3), strict=True))
     (tmp_path / "class_times.json").write_text(json.dumps({"chapters": {
         name: {"minutes": value, "day": "2026-12-03"} for name, value in minutes.items()}}))
     table = tool.table()
-    assert "| 2 min (2026-12-03) |" in table and "| 1 min (2026-12-03) |" in table
-    assert table.splitlines()[-1].endswith("| 7 min |")  # 2.4 + 3.2 + 1.3, rounded once
+    assert "| 2 min (2026-12-03) |" in table and "| <1 min (2026-12-03) |" in table
+    assert table.splitlines()[-1].endswith("| 6 min |")  # 2.4 + 3.2 + 0.3, rounded once
     first = next(line for line in table.splitlines() if line.startswith("| 1. "))
     assert first.endswith("| — |")
 

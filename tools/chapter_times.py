@@ -78,6 +78,11 @@ def class_times() -> dict[str, dict[str, object]]:
     return json.loads(CLASS_TIMES.read_text())["chapters"] if CLASS_TIMES.is_file() else {}
 
 
+def _minutes(minutes: float) -> str:
+    """Whole minutes, or "<1 min" below half a minute."""
+    return f"{minutes:.0f} min" if minutes >= 0.5 else "<1 min"
+
+
 def table() -> str:
     """The markdown table of every chapter's measured run time, with the class size's where measured."""
     measured = class_times()
@@ -86,7 +91,7 @@ def table() -> str:
     for path in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
         title, minutes, day = chapter_run(path)
         entry = measured.get(path.name)
-        at_class = f"{float(entry['minutes']):.0f} min ({entry['day']})" if entry else "—"
+        at_class = f"{_minutes(float(entry['minutes']))} ({entry['day']})" if entry else "—"
         lines.append(f"| {int(path.name[:2])}. {title} | {minutes:.0f} min | {day.isoformat()} | {at_class} |")
     if measured:
         total = sum(float(entry["minutes"]) for entry in measured.values())
