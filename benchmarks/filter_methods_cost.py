@@ -78,15 +78,15 @@ def main() -> None:
         "min_s": min(values), "s_per_1000": 1000 * statistics.median(values) / len(rows),
         "relative_to_geometry": statistics.median(values) / reference} for name, values in timings.items()])
     table = table.assign(threads=args.threads, cpus=os.cpu_count(), date=dt.date.today().isoformat())
-    print(f"{len(rows)} rows of Chapter 4's mixed set, {args.rounds} rounds, {args.threads} torch threads, "
-          f"{os.cpu_count()} CPUs")
-    print(table[["method", "median_s", "min_s", "s_per_1000", "relative_to_geometry"]].to_string(
-        index=False, float_format=lambda x: f"{x:,.3f}"))
     if args.out is not None:
         from geomis.experiments.runs import write_csv
 
         write_csv(table, args.out)
         print(f"wrote {args.out}")
+    print(f"{len(rows)} rows of Chapter 4's mixed set, {args.rounds} rounds, {args.threads} torch threads, "
+          f"{os.cpu_count()} CPUs")
+    print(table[["method", "median_s", "min_s", "s_per_1000", "relative_to_geometry"]].to_string(
+        index=False, justify="left", float_format=lambda x: f"{x:,.3f}"))
 
 
 if __name__ == "__main__":
