@@ -21,7 +21,7 @@ STAGES: list[tuple[str, set[str]]] = [
     ("SAEs and SAE codes", {"sae"}),
     ("feature sets and geometry", {"features"}),
     ("sample scores and filtered data", {"filter"}),
-    ("fine-tune", {"finetune"}),
+    ("fine-tune", {"direction_ablation", "finetune"}),
     ("evaluation", {"evaluation"}),
     ("experiments", {"experiments"}),
     ("exercises (the book's checks)", {"exercises"}),
