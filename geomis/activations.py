@@ -6,8 +6,10 @@ tokens of each batch are kept, as float32 on the CPU: the corpus never sits on t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -64,6 +66,28 @@ def check_layer(model: LoadedModel, layer: int) -> None:
     """Raise a clear ValueError when ``layer`` is not a decoder layer of ``model``."""
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} is out of range for {model.spec.name} (0..{model.n_layers - 1})")
+
+
+def check_residual_edit(model: LoadedModel, layer: int, width: int, what: str) -> None:
+    """Raise a one-line ValueError when an edit of ``width`` entries at decoder layer ``layer`` does not fit ``model``
+    (``what`` names the edit in the message)."""
+    check_layer(model, layer)
+    d_model = int(model.hf_model.config.hidden_size)
+    if width != d_model:
+        raise ValueError(f"{what} has {width} entries; {model.spec.name}'s residual stream has {d_model}")
+
+
+def edited_forward(model: LoadedModel, layer: int, edit: Callable[[torch.Tensor], torch.Tensor],
+                   **inputs: Any) -> Any:
+    """One full forward of ``model`` (keyword arguments of the transformers forward, ``input_ids`` among them) with
+    the output of decoder layer ``layer`` replaced by ``edit`` of it, through nnsight (gradients kept when enabled);
+    returns an object with the ``logits``."""
+    input_ids = inputs.pop("input_ids")
+    module = model.lm.model.layers[layer]
+    with model.lm.trace(input_ids, **inputs):
+        module.output = edit(module.output)
+        logits = model.lm.output.logits.save()
+    return SimpleNamespace(logits=logits)  # the part of a transformers output that is read
 
 
 def residual_at_layer(model: LoadedModel, batch: PaddedBatch, layer: int) -> torch.Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -72,21 +71,14 @@ class DirectionAblation:
 
 def check_ablation(model: LoadedModel, ablation: DirectionAblation) -> None:
     """Raise a one-line ValueError when ``ablation`` does not fit ``model`` (layer range, residual width)."""
-    from geomis.activations import check_layer
+    from geomis.activations import check_residual_edit
 
-    check_layer(model, ablation.layer)
-    width = int(model.hf_model.config.hidden_size)
-    if ablation.basis.shape[0] != width:
-        raise ValueError(f"the ablation basis has {ablation.basis.shape[0]} rows; {model.spec.name}'s residual stream "
-                         f"has {width}")
+    check_residual_edit(model, ablation.layer, int(ablation.basis.shape[0]), "the ablation basis")
 
 
 def ablated_forward(model: LoadedModel, ablation: DirectionAblation, **inputs: Any) -> Any:
     """One forward of ``model`` (gradients kept) with the directions removed at the ablation's layer; returns an
     object with the ``logits``."""
-    input_ids = inputs.pop("input_ids")
-    layer = model.lm.model.layers[ablation.layer]
-    with model.lm.trace(input_ids, **inputs):
-        layer.output = ablation.project(layer.output)
-        logits = model.lm.output.logits.save()
-    return SimpleNamespace(logits=logits)  # the part of a transformers output that is read
+    from geomis.activations import edited_forward
+
+    return edited_forward(model, ablation.layer, ablation.project, **inputs)

@@ -9,7 +9,6 @@ and uses it in its cached ``nucleus`` decoding loop, so steered and unsteered an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -48,22 +47,17 @@ class Steering:
 
 def check_steering(model: LoadedModel, steering: Steering) -> None:
     """Raise a one-line ValueError when ``steering`` does not fit ``model`` (layer range, vector width)."""
-    from geomis.activations import check_layer
+    from geomis.activations import check_residual_edit
 
-    check_layer(model, steering.layer)
-    width = int(model.hf_model.config.hidden_size)
-    if steering.vector.shape[0] != width:
-        raise ValueError(f"the steering vector has {steering.vector.shape[0]} entries; {model.spec.name}'s residual "
-                         f"stream has {width}")
+    check_residual_edit(model, steering.layer, int(steering.vector.shape[0]), "the steering vector")
 
 
 def steered_forward(model: LoadedModel, steering: Steering, **inputs: Any) -> Any:
     """One forward of ``model`` on ``inputs`` (keyword arguments of the transformers forward, ``input_ids`` among
     them) with the steering vector added at its layer; returns an object with the ``logits``."""
-    input_ids = inputs.pop("input_ids")
-    layer = model.lm.model.layers[steering.layer]
-    with model.lm.trace(input_ids, **inputs):
-        hidden = layer.output
-        hidden[:] += steering.vector.to(device=hidden.device, dtype=hidden.dtype)
-        logits = model.lm.output.logits.save()
-    return SimpleNamespace(logits=logits)  # the part of a transformers output that is read
+    from geomis.activations import edited_forward
+
+    def add(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + steering.vector.to(device=hidden.device, dtype=hidden.dtype)
+
+    return edited_forward(model, steering.layer, add, **inputs)
