@@ -78,6 +78,8 @@ def test_reproduction_runs_every_condition_and_writes_results(tmp_path: Path) ->
     assert payload["paper_reduction"] == 0.345 and payload["drop_fraction"] == 0.5
     assert payload["versions"]["geomis"] and payload["versions"]["python"]  # provenance by default
     assert [c["condition"] for c in payload["conditions"]] == names
+    assert payload["power"]["smoke_run"]  # eight answers per condition: no reduction is reported
+    assert all(c["reduction"] is None for c in payload["conditions"])
     first = payload["conditions"][0]
     assert first["rate_overall_low"] <= first["rate_overall"] <= first["rate_overall_high"]
     assert (tmp_path / "out" / "answers.csv").read_text().count("\n") >= 5 * 8 + 1
@@ -260,7 +262,9 @@ def test_results_json_is_written_last(tmp_path: Path, monkeypatch: pytest.Monkey
     answers = pd.DataFrame({"question": ["q"], "answer": ["a"]})
     result = SimpleNamespace(config=ReproduceConfig(), n_mixed=8, n_inducing=4, timings={},
                              conditions=[SimpleNamespace(name="base", evaluation=SimpleNamespace(answers=answers))])
-    monkeypatch.setattr(reproduce, "results_table", lambda result: pd.DataFrame({"condition": ["base"]}))
+    table = pd.DataFrame({"condition": ["base"], "method": ["base"], "coherent": [8], "rate_coherent": [0.0],
+                          "reduction": [float("nan")]})
+    monkeypatch.setattr(reproduce, "results_table", lambda result: table)
 
     class BrokenFigure:
         def savefig(self, *args: object, **kwargs: object) -> None:
@@ -271,3 +275,29 @@ def test_results_json_is_written_last(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not (out / "results.json").exists()  # no old (or new) marker beside a half-written set
     assert write_results(result, out, versions={}).name == "results.json"
     assert json.loads((out / "results.json").read_text())["mixed_rows"] == 8
+
+
+def _table(unfiltered: tuple[int, int], filtered_n: int):
+    import pandas as pd
+
+    k, n = unfiltered
+    return pd.DataFrame([
+        {"condition": "base", "method": "base", "coherent": n, "rate_coherent": 0.0},
+        {"condition": "no filter", "method": "none", "coherent": n, "rate_coherent": k / n},
+        {"condition": "geometry", "method": "geometry", "coherent": filtered_n, "rate_coherent": 0.01},
+        {"condition": "random", "method": "random", "coherent": filtered_n + 5, "rate_coherent": 0.02}])
+
+
+def test_a_run_too_small_to_measure_the_papers_reduction_is_a_smoke_run() -> None:
+    from geomis.experiments.reproduce import power_check
+    from geomis.stats import two_proportion_sample_size
+
+    needed = two_proportion_sample_size(0.2, 0.2 * (1 - 0.345))
+    small = power_check(_table((8, 40), 40))
+    assert small["smoke_run"] and small["answers_needed"] == needed and small["answers_per_condition"] == 40
+    assert small["text"].startswith("SMOKE RUN") and f"{needed:,}" in small["text"]
+    big = power_check(_table((200, 1000), needed))
+    assert not big["smoke_run"] and big["text"].startswith("powered")
+    assert power_check(_table((200, 1000), needed - 1))["smoke_run"]  # the fewest answers of any filter count
+    nothing = power_check(_table((0, 40), 10_000))
+    assert nothing["smoke_run"] and nothing["answers_needed"] is None and "nothing to measure" in nothing["text"]
