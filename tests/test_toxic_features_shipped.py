@@ -64,4 +64,10 @@ def test_a_shipped_toxic_set_equals_a_fresh_derivation(smollm2, sae_name: str, r
     assert shipped.from_cache
     fresh = derive_toxic_features(smollm2, sae, toxic, neutral, config=ToxicFeatureConfig(use_cache=False))
     assert not fresh.from_cache
-    assert fresh.feature_set.index_list() == shipped.feature_set.index_list()
+    # The set is what the filter uses. Its members and their correlations must match; the order of two near-tied
+    # members may not: on another CPU a TopK encode can flip at its threshold for a token, moving one feature's
+    # correlation by ~3e-4 (seen once, 2026-12-03) while the others agree to 1e-7.
+    assert set(fresh.feature_set.index_list()) == set(shipped.feature_set.index_list())
+    fresh_values = dict(zip(fresh.feature_set.index_list(), fresh.feature_set.values.tolist(), strict=True))
+    for feature, value in zip(shipped.feature_set.index_list(), shipped.feature_set.values.tolist(), strict=True):
+        assert abs(fresh_values[feature] - value) < 1e-3, feature
