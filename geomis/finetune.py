@@ -337,6 +337,21 @@ def _as_conversation(item: Conversation | ChatRecord) -> Conversation:
     return item.as_dicts() if isinstance(item, ChatRecord) else item
 
 
+def _scorable_chats(model: LoadedModel, conversations: Sequence[Conversation | ChatRecord],
+                    config: FinetuneConfig) -> tuple[int, list[TokenizedChat], int]:
+    """The pad id, the conversations tokenized as ``config`` trains them that have a token to score, and how many
+    were left out; a one-line ValueError when there is no pad token or nothing to score."""
+    pad_id = model.tokenizer.pad_token_id
+    if not isinstance(pad_id, int):
+        raise ValueError("the tokenizer has no pad token (load_model sets one)")
+    tokenized = [tokenize_chat(model.tokenizer, _as_conversation(c), config.max_length) for c in conversations]
+    kept = [chat for chat in tokenized
+            if any(label != IGNORE_INDEX for label in training_labels(chat, config.train_on_end_of_turn)[1:])]
+    if not kept:
+        raise ValueError("no conversation has assistant tokens within max_length")
+    return pad_id, kept, len(tokenized) - len(kept)
+
+
 def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up, then linear decay towards 0."""
     if step < warmup_steps:
@@ -416,22 +431,13 @@ def fine_tune(
     started = time.perf_counter()
     output_dir = Path(output_dir).expanduser().resolve()
     _check_output_dir(output_dir, overwrite)
-    hf_model, tokenizer = model.hf_model, model.tokenizer
+    hf_model = model.hf_model
     _warn_about_precision(model)
-    pad_id = tokenizer.pad_token_id
-    if not isinstance(pad_id, int):
-        raise ValueError("the tokenizer has no pad token (load_model sets one)")
+    pad_id, examples, n_skipped = _scorable_chats(model, conversations, config)
     forward = None
     if ablation is not None:
         check_ablation(model, ablation)
         forward = partial(ablated_forward, model, ablation)
-
-    tokenized = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]
-    examples = [chat for chat in tokenized
-                if any(label != IGNORE_INDEX for label in training_labels(chat, config.train_on_end_of_turn)[1:])]
-    n_skipped = len(tokenized) - len(examples)
-    if not examples:
-        raise ValueError("no conversation has assistant tokens within max_length")
     if n_skipped:
         logger.warning("skipped %d conversations with no assistant tokens within %d tokens", n_skipped,
                        config.max_length)
@@ -492,14 +498,7 @@ def mean_assistant_loss(model: LoadedModel, conversations: Sequence[Conversation
                         config: FinetuneConfig = FinetuneConfig(), batch_size: int = 8) -> float:
     """Mean next-token loss (nats per token) over the assistant tokens of ``conversations``, scored as ``config``
     trains them (``max_length``, end-of-turn token): in-domain learning measured on rows held out of training."""
-    tokenizer = model.tokenizer
-    pad_id = tokenizer.pad_token_id
-    if not isinstance(pad_id, int):
-        raise ValueError("the tokenizer has no pad token (load_model sets one)")
-    chats = [tokenize_chat(tokenizer, _as_conversation(c), config.max_length) for c in conversations]
-    chats = [c for c in chats if any(x != IGNORE_INDEX for x in training_labels(c, config.train_on_end_of_turn)[1:])]
-    if not chats:
-        raise ValueError("no conversation has assistant tokens within max_length")
+    pad_id, chats, _ = _scorable_chats(model, conversations, config)
     total, count = 0.0, 0
     was_training = model.hf_model.training
     model.hf_model.eval()

@@ -122,7 +122,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _reproduce_into(out: Path, size: str, config: Any) -> int:
     """Run the experiment into a locked, cleared ``out`` and print its table."""
-    from geomis.experiments.reproduce import power_check, results_table, run_reproduction, write_results
+    from geomis.experiments.reproduce import reported_table, run_reproduction, write_results
 
     print(f"geomis reproduce: size {size}, dropping {config.drop:.0%} of the mixed set; writing to {out}",
           file=sys.stderr)
@@ -132,11 +132,9 @@ def _reproduce_into(out: Path, size: str, config: Any) -> int:
     matplotlib.use("Agg")
     from geomis.evaluation.figures import plot_misalignment_rates
 
-    table = results_table(result)
-    power = power_check(table)
+    table, power = reported_table(result)
     figure = plot_misalignment_rates(table, label="condition")
     if power["smoke_run"]:
-        table["reduction"] = float("nan")
         figure.axes[0].set_title(figure.axes[0].get_title() + "\n(smoke run: too few answers to compare conditions)")
     path = write_results(result, out, figures={"misalignment": figure})
     print(power["text"])

@@ -71,6 +71,17 @@ def _plain(value: object) -> object:
     return value
 
 
+def _checkout_results(start: str | os.PathLike[str] | None) -> Path:
+    """The ``book/results`` folder of the checkout above ``start`` (default: the working folder); refused outside
+    a checkout."""
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for results in ((folder / "results") if folder.name == "book" else None, folder / "book" / "results"):
+            if results is not None and results.is_dir():
+                return results
+    raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")
+
+
 def write_results_file(name: str, content: dict[str, object], *,
                        start: str | os.PathLike[str] | None = None) -> Path:
     """Write ``content`` as ``book/results/<name>`` of the checkout above ``start`` (default: the working folder),
@@ -81,16 +92,10 @@ def write_results_file(name: str, content: dict[str, object], *,
 
     if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(".json"):
         raise FileAccessError(f"{name!r} is not a results file name (NN_name.json)")
-    here = Path(start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        for results in ((folder / "results") if folder.name == "book" else None, folder / "book" / "results"):
-            if results is not None and results.is_dir():
-                target = results / name
-                with atomic_path(target) as temporary:
-                    temporary.write_text(json.dumps(_plain(content), indent=1, allow_nan=False) + "\n",
-                                         encoding="utf-8")
-                return target
-    raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")
+    target = _checkout_results(start) / name
+    with atomic_path(target) as temporary:
+        temporary.write_text(json.dumps(_plain(content), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return target
 
 
 def write_results_table(name: str, frame: pd.DataFrame, *, start: str | os.PathLike[str] | None = None) -> Path:
@@ -101,13 +106,8 @@ def write_results_table(name: str, frame: pd.DataFrame, *, start: str | os.PathL
     _check_name(name)
     if not name.endswith(".csv"):
         raise FileAccessError(f"{name!r} is not a CSV results file name")
-    here = Path(start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        for results in ((folder / "results") if folder.name == "book" else None, folder / "book" / "results"):
-            if results is not None and results.is_dir():
-                target = results / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(target) as temporary:
-                    frame.to_csv(temporary, index=False)
-                return target
-    raise FileAccessError(f"no book/results folder above {here}: results are written only in a checkout")
+    target = _checkout_results(start) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as temporary:
+        frame.to_csv(temporary, index=False)
+    return target

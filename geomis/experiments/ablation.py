@@ -48,7 +48,7 @@ import torch
 
 from geomis.experiments import runs
 from geomis.experiments.mechanism import RESULTS as MECHANISM
-from geomis.experiments.mechanism import RESULTS_FILE
+from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets
 
 __all__ = ["ARMS", "SEEDS", "HELD_OUT_PER_DOMAIN", "RESULTS", "Model", "models", "split_rows", "ablation_for",
            "analyse", "run"]
@@ -118,10 +118,9 @@ def ablation_for(model: Model, decoders: Sequence[torch.Tensor], toxic_sets: Seq
 
 def _data(ci: bool) -> tuple[list[Any], list[Any]]:
     import geomis as gm
-    from geomis.experiments.em_power import CHOSEN_RECIPE
-    from geomis.experiments.recipe_search import RECIPES
+    from geomis.experiments.em_power import chosen_recipe
 
-    recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+    recipe = chosen_recipe()
     records, domains = [], []
     for name in recipe.inducing:
         rows = gm.load_bundled(name)[: 8 if ci else None]
@@ -132,24 +131,11 @@ def _data(ci: bool) -> tuple[list[Any], list[Any]]:
 
 def _config(seed: int, ci: bool) -> Any:
     import geomis as gm
-    from geomis.experiments.em_power import CHOSEN_RECIPE, CI_OVERRIDES
-    from geomis.experiments.recipe_search import BASE_RECIPE, RECIPES
+    from geomis.experiments.em_power import CI_OVERRIDES, chosen_recipe
+    from geomis.experiments.recipe_search import BASE_RECIPE
 
-    recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
-    return gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **recipe.overrides,
+    return gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **chosen_recipe().overrides,
                                                    **(CI_OVERRIDES if ci else {}), "seed": seed}, progress=not ci)
-
-
-def _toxic_sets(n_saes: int) -> list[torch.Tensor]:
-    table = pd.read_csv(MECHANISM / "features.csv")
-    return [torch.tensor(np.flatnonzero(pd.DataFrame(table.loc[(table["sae"] == i).to_numpy()])
-                                        .sort_values("feature")["toxic_set"].to_numpy(bool)))
-            for i in range(n_saes)]
-
-
-def _append(target: Path, row: dict[str, Any]) -> None:
-    old = pd.read_csv(target) if target.is_file() else pd.DataFrame()
-    runs.write_csv(pd.concat([old, pd.DataFrame([row])], ignore_index=True), target)
 
 
 def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = None) -> str:
@@ -164,14 +150,14 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
     training, held_out = _data(ci)
     saes = load_filter_saes(runs.MODEL)
     decoders = [sae.sae.W_dec.detach() for sae in saes]
-    toxic_sets = _toxic_sets(len(saes))
+    toxic_sets = committed_feature_sets("toxic_set", len(saes))
     questions = {q.id: q.text for q in gm.question_set("first-plot")}
     if ci:
         questions = dict(list(questions.items())[:2])
     losses = out / "heldout_loss.csv"
     if not losses.is_file():
         base = gm.load_model(runs.MODEL)
-        _append(losses, {"model": "base", "arm": "base", "seed": -1, "rank": 0,
+        runs.append_row(losses, {"model": "base", "arm": "base", "seed": -1, "rank": 0,
                          "loss": mean_loss(base, held_out, _config(0, ci))})
     cache = cache_dir() / "ablation" / ("ci" if ci else "full")
     trained = 0
@@ -194,7 +180,7 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
         runs.measure(tuned, f"{model.name}.first-plot", out, questions, 2 if ci else ANSWERS_PER_QUESTION, None,
                      seed=model.seed)
         if model.name not in done:
-            _append(losses, {"model": model.name, "arm": model.arm, "seed": model.seed,
+            runs.append_row(losses, {"model": model.name, "arm": model.arm, "seed": model.seed,
                              "rank": 0 if ablation is None else ablation.rank,
                              "loss": mean_loss(tuned, held_out, config)})
         record_time(out / "timings.csv", model.name, time.perf_counter() - began, threads)
@@ -266,9 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         print(run(out, ci=args.size == "ci", threads=args.threads, limit=args.limit))
         return
     from geomis.experiments.mechanism import write_results
-    from geomis.judges.files import jsonl_objects
-
-    labels = pd.DataFrame([row for _, row in jsonl_objects(out / "labels.jsonl")])
+    labels = pd.read_json(out / "labels.jsonl", lines=True)
     section = analyse(labels, pd.read_csv(out / "heldout_loss.csv"))
     target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
     write_results(section, target, section=SECTION)

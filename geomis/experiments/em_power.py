@@ -81,10 +81,8 @@ def conditions() -> list[Condition]:
 
 def record_time(target: Path, model: str, seconds: float, threads: int) -> None:
     """Append one model's wall time (fine-tune, sampling and probe) to ``timings.csv``."""
-    old = pd.read_csv(target) if target.is_file() else pd.DataFrame()
-    row = pd.DataFrame([{"model": model, "seconds": round(seconds, 1), "threads": threads,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
-    runs.write_csv(pd.concat([old, row], ignore_index=True), target)
+    runs.append_row(target, {"model": model, "seconds": round(seconds, 1), "threads": threads,
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def run_time(target: Path) -> dict[str, Any] | None:
@@ -104,17 +102,24 @@ CI_OVERRIDES: dict[str, Any] = {"max_steps": 2}
 """The fine-tuning settings ``--size ci`` adds to the recipe (two steps)."""
 
 
+def chosen_recipe() -> Any:
+    """The recipe search's pick (:data:`CHOSEN_RECIPE`), the recipe every powered run trains with."""
+    from geomis.experiments.recipe_search import RECIPES
+
+    return next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+
+
 def condition_model(condition: Condition, *, ci: bool = False) -> Any:
     """The model of one condition: the base model, or its fine-tune (trained once into the cache folder, then
     loaded), merged."""
     import geomis as gm
     from geomis.chat.records import DOMAIN_DATASETS
-    from geomis.experiments.recipe_search import BASE_RECIPE, RECIPES
+    from geomis.experiments.recipe_search import BASE_RECIPE
     from geomis.settings import cache_dir
 
     if condition.domain is None:
         return gm.load_model(MODEL)
-    recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+    recipe = chosen_recipe()
     pair = ((recipe.inducing, recipe.control) if condition.domain == "mixed"
             else tuple((name,) for name in DOMAIN_DATASETS[condition.domain]))
     overrides = CI_OVERRIDES if ci else {}

@@ -286,11 +286,10 @@ def inducing_features(base: Any, saes: Sequence[Any], limit: int | None = None) 
     """Per SAE, the ``K`` features that most separate the harmful answers from the sound ones (point-biserial
     correlation of per-chat mean codes, read by the base model) on the pairs the ``mixed`` fine-tunes learned."""
     import geomis as gm
-    from geomis.experiments.em_power import CHOSEN_RECIPE
-    from geomis.experiments.recipe_search import RECIPES
+    from geomis.experiments.em_power import chosen_recipe
     from geomis.features.sets import select_contrast_features
 
-    recipe = next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
+    recipe = chosen_recipe()
     sides = [[row.as_dicts() for name in names for row in gm.load_bundled(name)][:limit]
              for names in (recipe.inducing, recipe.control)]
     harmful, sound = (chat_codes(base, saes, side) for side in sides)
@@ -305,6 +304,14 @@ def toxic_features(base: Any, saes: Sequence[Any]) -> list[torch.Tensor]:
 
     return [derive_toxic_features(base, sae, BUNDLED_PREFIX + DEFAULT_REFERENCE[0],
                                   BUNDLED_PREFIX + DEFAULT_REFERENCE[1]).feature_set.indices for sae in saes]
+
+
+def committed_feature_sets(column: str, n_saes: int, folder: Path = RESULTS) -> list[torch.Tensor]:
+    """Per SAE, the features ``features.csv`` marks in ``column`` (``toxic_set`` or ``inducing_set``), ascending."""
+    table = pd.read_csv(folder / "features.csv")
+    return [torch.tensor(np.flatnonzero(pd.DataFrame(table.loc[(table["sae"] == i).to_numpy()])
+                                        .sort_values("feature")[column].to_numpy(bool)))
+            for i in range(n_saes)]
 
 
 def feature_table(saes: Sequence[Any], codes: dict[str, list[torch.Tensor]], inducing: Sequence[torch.Tensor],

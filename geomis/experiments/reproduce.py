@@ -46,6 +46,7 @@ from geomis.provenance import package_versions
 __all__ = [
     "PAPER_REDUCTION",
     "power_check",
+    "reported_table",
     "MixedDataConfig",
     "ReproduceConfig",
     "MixedDataset",
@@ -346,6 +347,16 @@ def power_check(table: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) ->
             "text": ("SMOKE RUN, reductions not reported: " if smoke else "powered: ") + why}
 
 
+def reported_table(result: ReproduceResult) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`results_table` as it is reported, with :func:`power_check`'s verdict: a smoke run's reductions are
+    blanked, since a reader would take them at face value."""
+    table = results_table(result)
+    power = power_check(table)
+    if power["smoke_run"]:
+        table["reduction"] = math.nan
+    return table, power
+
+
 def reproduce_config(size: str = "full", **overrides: Any) -> ReproduceConfig:
     """The CPU-default experiment at a named size: ``full`` (the book's numbers) or ``ci`` (a quick, smaller grid)."""
     if size == "full":
@@ -379,10 +390,7 @@ def write_results(result: ReproduceResult, out_dir: str | os.PathLike[str], figu
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = results_table(result)
-    power = power_check(table)
-    if power["smoke_run"]:
-        table["reduction"] = math.nan  # a reader would take them at face value
+    table, power = reported_table(result)
     payload = {
         "experiment": "geometry-aware filtering of a mixed fine-tuning set (Minegishi et al., 2026)",
         "paper_reduction": PAPER_REDUCTION,

@@ -29,6 +29,12 @@ def write_csv(frame: pd.DataFrame, target: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
+def append_row(target: Path, row: dict[str, Any]) -> None:
+    """Add one row to the CSV ``target`` (created with the row's columns when missing), atomically."""
+    old = pd.read_csv(target) if target.is_file() else pd.DataFrame()
+    write_csv(pd.concat([old, pd.DataFrame([row])], ignore_index=True), target)
+
+
 def trained_with(adapters: Path, config: Any) -> bool:
     """Whether ``adapters`` holds a finished fine-tune with exactly ``config`` (the progress bar aside)."""
     record = adapters / "geomis_finetune.json"

@@ -63,7 +63,7 @@ import torch
 
 from geomis.experiments import runs
 from geomis.experiments.mechanism import RESULTS as MECHANISM
-from geomis.experiments.mechanism import RESULTS_FILE, load_residual_mean
+from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets, load_residual_mean
 
 __all__ = ["ALPHAS", "DIRECTIONS", "RANDOM", "Size", "SIZES", "RESULTS", "steering_directions", "residual_scale",
            "Arm", "development_arms", "evaluation_arms", "primary_alpha", "analyse", "run"]
@@ -284,9 +284,7 @@ def _sample(model: Any, arm: Arm, questions: dict[str, str], steering: Any, out:
 def _labels(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    from geomis.judges.files import jsonl_objects
-
-    return pd.DataFrame([row for _, row in jsonl_objects(path)])
+    return pd.read_json(path, lines=True)
 
 
 def _write_json(data: dict[str, Any], target: Path) -> None:
@@ -309,9 +307,7 @@ def prepare(out: Path, *, ci: bool = False) -> tuple[Any, dict[str, torch.Tensor
         _write_json(residual_scale(model, held_out_chats(24 if ci else None)), out / "scale.json")
     if not (out / "directions.npz").is_file():
         saes = load_filter_saes(runs.MODEL)
-        table = pd.read_csv(MECHANISM / "features.csv")
-        sets = [torch.tensor(np.flatnonzero(_rows(table, table["sae"] == i).sort_values("feature")["toxic_set"]))
-                for i in range(len(saes))]
+        sets = committed_feature_sets("toxic_set", len(saes))
         means = {role: load_residual_mean(MECHANISM / f"codes.{role}.npz") for role in ("base", "inducing", "control")}
         found = steering_directions([sae.sae.W_dec for sae in saes], sets, means, size.random)
         from geomis.atomic_io import atomic_path
