@@ -136,3 +136,28 @@ def test_filter_effect_figure_draws_each_condition_and_the_reference_once() -> N
     assert "cut at -100%" in reductions.get_xlabel()  # geometry's interval reaches -300%
     with pytest.raises(ValueError, match="no unfiltered condition"):
         plot_filter_effect({"conditions": {"geometry": rate(0.01)}})
+
+
+def test_steering_figure_draws_each_direction_and_both_dose_curves() -> None:
+    from geomis.evaluation.figures import plot_steering
+
+    def point(alpha: float, rate: float, coherent: float) -> dict:
+        return {"alpha": alpha, "rate": rate, "low": rate / 2, "high": rate * 2, "coherent_share": coherent}
+    section = {"primary_alpha": {"alpha": 0.2},
+               "conditions": {name: point(0.2, r, 0.6) for name, r in
+                              (("toxic@0.2", 0.05), ("misalignment@0.2", 0.03), ("specific@0.2", 0.02),
+                               ("random@0.2", 0.01))},
+               "dose_response": {"toxic": [point(a, r, c) for a, r, c in ((0, 0.01, 0.8), (0.2, 0.05, 0.6),
+                                                                          (0.4, 0.08, 0.3))],
+                                 "random": [point(a, 0.01, c) for a, c in ((0, 0.8), (0.2, 0.75), (0.4, 0.7))]}}
+    fig = plot_steering(section)
+    rates, dose, coherent = fig.axes
+    assert [t.get_text() for t in rates.get_yticklabels()] == ["toxic", "misalignment", "specific", "random"]
+    assert "alpha = 0.2" in rates.get_title()
+    curves = [line for line in dose.get_lines() if line.get_marker() == "o"]
+    assert [line.get_label() for line in curves] == ["toxic", "random"]
+    assert list(curves[0].get_ydata()) == [0.01, 0.05, 0.08]
+    assert [list(line.get_ydata()) for line in coherent.get_lines() if line.get_marker() == "o"][1] == [0.8, 0.75, 0.7]
+    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 0.2 for line in dose.get_lines())
+    with pytest.raises(ValueError, match="no conditions"):
+        plot_steering({"primary_alpha": {"alpha": 0.2}, "conditions": {}, "dose_response": {}})

@@ -4,6 +4,7 @@ shifts (a real law is found, a null is not)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,58 @@ def test_ci_size_measures_once_and_writes_the_section(tmp_path: Path, capsys: py
     assert "chats read" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mech.main(["--size", "ci"])
+
+
+def test_another_setting_runs_the_same_test_on_its_own_model_and_saes(tiny_gemma, module_cache: Path,
+                                                                     tmp_path: Path) -> None:
+    """The Gemma path's code end to end on the tiny Gemma-2 with a random SAE on disk: fine-tunes, codes, table,
+    analysis."""
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=tiny_gemma.hf_model.config.hidden_size, d_sae=256, k=8))
+    sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "tiny-gemma2", "model.layers.1"
+    sae.save_model(tmp_path / "sae")
+    setting = mech.Setting(model="tiny-gemma2", sae_paths=(tmp_path / "sae",))
+    out = tmp_path / "run"
+    mech.measure(out, ci=True, setting=setting)
+    table = pd.read_csv(out / "features.csv")
+    assert len(table) == 256 and 0 < int(table["inducing_set"].sum()) <= mech.K  # the features that fire
+    assert mech.load_codes(out / "codes.inducing.npz")[0].shape == (24, 256)
+    assert mech.load_residual_mean(out / "codes.base.npz").shape == (tiny_gemma.hf_model.config.hidden_size,)
+    adapters = module_cache / "em-power" / "tiny-gemma2" / "ci"
+    assert {path.name for path in adapters.iterdir()} == {f"mixed.{role}.s{mech.SEED}" for role in ("inducing",
+                                                                                                     "control")}
+    section = mech.analyse(out, ci=True, setting=setting)
+    assert section["models"]["base"] == "tiny-gemma2" and len(section["primary"]["per_sae"]) == 1
+    assert "1 SAE(s)" in section["method"] and section["chats"] == 24
+    assert -1 <= section["primary"]["low"] <= section["primary"]["high"] <= 1
+    assert section["residual_shift_norm"]["inducing"] > 0  # the fine-tune moved the residual stream
+
+
+def test_the_gemma_setting_loads_gemma_2_2b_it_in_float32_with_gemma_scope_layer_12(monkeypatch) -> None:
+    """Tested up to the network boundary: the Gemma Scope download is where it stops here."""
+    from sae_lens.loading import pretrained_sae_loaders
+
+    from geomis.errors import ConfigError
+    from geomis.models.profiles import get_profile
+    from geomis.sae.loading import SAELoadError
+
+    calls: list[dict] = []
+
+    def download(*args, **kwargs):
+        calls.append(kwargs)
+        raise OSError("download reached (test stub)")
+
+    monkeypatch.setattr(pretrained_sae_loaders, "hf_hub_download", download)
+    gemma = mech.SETTINGS["gemma-2-2b"]
+    assert (gemma.profile, gemma.model) == ("gemma-2-2b", get_profile("gemma-2-2b").model_name)
+    assert gemma.model_kwargs() == {"device": "cuda", "dtype": torch.float32}
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):  # one line, before any download
+            gemma.load_saes()
+        assert calls == []
+    with pytest.raises(SAELoadError, match="download reached"):
+        replace(gemma, device="cpu").load_saes()
+    assert calls[0]["subfolder"].startswith("layer_12/width_16k/")
 
 
 def test_readme_quotes_the_committed_result() -> None:

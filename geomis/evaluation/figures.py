@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from geomis.stats import require_columns
 
 __all__ = ["MEASURES", "plot_filter_effect", "plot_judge_calibration", "plot_misalignment_rates",
-           "plot_probe_changes", "plot_rates_by_question", "plot_training_dynamics"]
+           "plot_probe_changes", "plot_rates_by_question", "plot_steering", "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
@@ -240,4 +240,46 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
     if probes:
         rows(axes[2], probes, "Judge-free probe: reduction vs unfiltered", "probe gap, unfiltered - filtered (nats)")
         axes[2].axvline(0.0, color="grey", linewidth=0.8)
+    return fig
+
+
+def plot_steering(section: dict) -> Figure:
+    """Chapter 5's steering test in three panels: the misaligned rate of each direction at the primary alpha; the
+    dose-response of the misaligned rate and of the coherent share against alpha, ``toxic`` against the random
+    directions pooled. ``section`` is the ``steering`` results section."""
+    dose = section.get("dose_response", {})
+    conditions = section.get("conditions", {})
+    if not conditions or not dose:
+        raise ValueError("the section has no conditions or no dose-response curves")
+    alpha = float(section["primary_alpha"]["alpha"])
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.4), layout="constrained")
+    names = list(conditions)
+    colours = dict(zip(["toxic", "misalignment", "specific", "random"], sns.color_palette("deep", 4), strict=True))
+    for y, name in enumerate(names):
+        c = conditions[name]
+        axes[0].errorbar([c["rate"]], [y], xerr=[[c["rate"] - c["low"]], [c["high"] - c["rate"]]], fmt="o",
+                         capsize=3, color=colours.get(name.split("@")[0], "grey"))
+    axes[0].set_yticks(range(len(names)), [name.split("@")[0] for name in names])
+    axes[0].invert_yaxis()
+    axes[0].set_xlim(left=0)
+    axes[0].set_title(f"Misaligned answers at alpha = {alpha:g}")
+    axes[0].set_xlabel("share of all answers (95% cluster interval)")
+    for curve, points in dose.items():
+        if not points:
+            continue
+        x = np.array([p["alpha"] for p in points])
+        colour = colours.get(curve, "grey")
+        rate = np.array([p["rate"] for p in points])
+        axes[1].fill_between(x, [p["low"] for p in points], [p["high"] for p in points], color=colour, alpha=0.2)
+        axes[1].plot(x, rate, "o-", color=colour, label=curve)
+        axes[2].plot(x, [p["coherent_share"] for p in points], "o-", color=colour, label=curve)
+    for ax, title, ylabel in ((axes[1], "Dose-response: misaligned", "share of all answers"),
+                              (axes[2], "Dose-response: coherent", "share coherent (> 50)")):
+        ax.axvline(alpha, color="black", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("alpha (added vector = alpha x R x unit direction)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+    axes[2].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     return fig

@@ -34,7 +34,6 @@ Run it (resumable: a model whose files exist is skipped; adapters in the cache f
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -237,28 +236,19 @@ def analyse(labels: pd.DataFrame, losses: pd.DataFrame, resamples: int = N_RESAM
 
 def main(argv: list[str] | None = None) -> None:
     """Train and measure what is missing, or (``--analyse``) write the ablation section from the labels."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=("full", "ci"), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="train at most this many new models, then stop")
-    parser.add_argument("--analyse", action="store_true", help="write the results section from the labels")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.size == "ci" and args.out is None:
-        parser.error("--size ci writes to the folder named by --out, never into book/results")
-    out = args.out or RESULTS
-    if not args.analyse:
-        print(run(out, ci=args.size == "ci", threads=args.threads, limit=args.limit))
-        return
     from geomis.experiments.mechanism import write_results
-    labels = pd.read_json(out / "labels.jsonl", lines=True)
-    section = analyse(labels, pd.read_csv(out / "heldout_loss.csv"))
-    target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
-    write_results(section, target, section=SECTION)
-    print(f"wrote the {SECTION} section of {target}")
-    print(json.dumps(section["contrasts"][PRIMARY], indent=1))
+    from geomis.experiments.runs import experiment_args
 
+    args = experiment_args(__doc__, argv, results=RESULTS, results_file=RESULTS_FILE, limit=True,
+                           analyse="write the results section from the labels")
+    if not args.analyse:
+        print(run(args.out, ci=args.ci, threads=args.threads, limit=args.limit))
+        return
+    labels = pd.read_json(args.out / "labels.jsonl", lines=True)
+    section = analyse(labels, pd.read_csv(args.out / "heldout_loss.csv"))
+    write_results(section, args.target, section=SECTION)
+    print(f"wrote the {SECTION} section of {args.target}")
+    print(json.dumps(section["contrasts"][PRIMARY], indent=1))
 
 if __name__ == "__main__":
     main()

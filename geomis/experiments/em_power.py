@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from geomis.experiments import runs
-from geomis.experiments.runs import MODEL, fine_tuned_model, measure
+from geomis.experiments.runs import MODEL, experiment_args, fine_tuned_model, measure
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "book" / "results" / "03_em_power"
@@ -109,25 +109,28 @@ def chosen_recipe() -> Any:
     return next(r for r in RECIPES if r.name == CHOSEN_RECIPE)
 
 
-def condition_model(condition: Condition, *, ci: bool = False) -> Any:
+def condition_model(condition: Condition, *, ci: bool = False, profile: str = "cpu-default", model: str | None = None,
+                    device: str | None = None, dtype: Any = None) -> Any:
     """The model of one condition: the base model, or its fine-tune (trained once into the cache folder, then
-    loaded), merged."""
+    loaded), merged. ``profile`` picks the fine-tuning preset and, unless ``model`` is given, the base model."""
     import geomis as gm
     from geomis.chat.records import DOMAIN_DATASETS
     from geomis.experiments.recipe_search import BASE_RECIPE
     from geomis.settings import cache_dir
 
+    name = model or gm.get_profile(profile).model_name
     if condition.domain is None:
-        return gm.load_model(MODEL)
+        return gm.load_model(name, device=device, dtype=dtype)
     recipe = chosen_recipe()
     pair = ((recipe.inducing, recipe.control) if condition.domain == "mixed"
-            else tuple((name,) for name in DOMAIN_DATASETS[condition.domain]))
+            else tuple((dataset,) for dataset in DOMAIN_DATASETS[condition.domain]))
     overrides = CI_OVERRIDES if ci else {}
-    config = gm.config_for_profile("cpu-default", **{**BASE_RECIPE, **recipe.overrides, **overrides,
-                                                     "seed": condition.seed}, progress=True)
+    config = gm.config_for_profile(profile, **{**BASE_RECIPE, **recipe.overrides, **overrides,
+                                               "seed": condition.seed}, progress=True)
     datasets = pair[0] if condition.role == "inducing" else pair[1]
-    cache = cache_dir() / "em-power" / ("ci" if ci else "full")
-    return fine_tuned_model(list(datasets), config, cache / condition.name)
+    cache = cache_dir() / "em-power"
+    cache = cache / ("ci" if ci else "full") if name == MODEL else cache / name / ("ci" if ci else "full")
+    return fine_tuned_model(list(datasets), config, cache / condition.name, model=name, device=device, dtype=dtype)
 
 
 def run(out: Path, *, ci: bool = False, threads: int = 2) -> None:
@@ -328,34 +331,25 @@ def probe_contrast(pairs: list[tuple[pd.DataFrame, pd.DataFrame]]) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the experiment, or analyse its labels."""
-    import torch
+    def judge_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--judge", action="store_true",
+                            help="score every answer file with the frozen trained judge")
 
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=("full", "ci"), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--analyse", action="store_true", help="write the results file from the committed labels")
-    parser.add_argument("--judge", action="store_true", help="score every answer file with the frozen trained judge")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.size == "ci" and args.out is None:
-        parser.error("--size ci writes to the folder named by --out, never into book/results")
-    out = args.out or RESULTS
+    args = experiment_args(__doc__, argv, results=RESULTS, results_file=RESULTS_FILE,
+                           analyse="write the results file from the committed labels", extra=judge_flag)
     if args.judge:
-        for path in judge_answers(out):
+        for path in judge_answers(args.out):
             print(f"wrote {path}")
         return
     if args.analyse:
         from geomis.atomic_io import atomic_path
 
-        results = analyse(out / "labels.jsonl", out)
-        target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
-        with atomic_path(target) as temporary:
+        results = analyse(args.out / "labels.jsonl", args.out)
+        with atomic_path(args.target) as temporary:
             temporary.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {target}")
+        print(f"wrote {args.target}")
         return
-    run(out, ci=args.size == "ci", threads=args.threads)
-
+    run(args.out, ci=args.ci, threads=args.threads)
 
 if __name__ == "__main__":
     main()

@@ -68,7 +68,6 @@ stopped; every file is written atomically.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -372,28 +371,17 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run (or resume) the experiment, or analyse its labels."""
-    import torch
+    from geomis.experiments.runs import experiment_args
 
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=("full", "ci"), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--limit", type=int, default=None, help="train at most this many new models, then stop")
-    parser.add_argument("--analyse", action="store_true", help="write the results section from the labels")
-    args = parser.parse_args(argv)
-    if args.size == "ci" and args.out is None:
-        parser.error("--size ci writes to the folder named by --out, never into book/results")
-    out = args.out or RESULTS
+    args = experiment_args(__doc__, argv, results=RESULTS, results_file=RESULTS_FILE, limit=True,
+                           analyse="write the results section from the labels")
     if args.analyse:
         from geomis.experiments.filter_quality import write_section
 
-        target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
-        write_section(target, analyse(out, out / "labels.jsonl"), SECTION)
-        print(f"wrote the {SECTION} section of {target}")
+        write_section(args.target, analyse(args.out, args.out / "labels.jsonl"), SECTION)
+        print(f"wrote the {SECTION} section of {args.target}")
         return
-    torch.set_num_threads(args.threads)
-    run(out, ci=args.size == "ci", threads=args.threads, limit=args.limit)
-
+    run(args.out, ci=args.ci, threads=args.threads, limit=args.limit)
 
 if __name__ == "__main__":
     main()

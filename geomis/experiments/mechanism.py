@@ -56,7 +56,6 @@ Run it (resumable: per-chat codes and the per-feature table are written once, be
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -77,6 +76,8 @@ __all__ = [
     "spillover_test",
     "random_target_predictions",
     "SEED",
+    "Setting",
+    "SETTINGS",
     "RESULTS",
     "held_out_chats",
     "chat_codes",
@@ -98,6 +99,38 @@ SIZES: dict[str, dict[str, int]] = {
     "full": {"chats": 10_000, "pairs": 10_000, "resamples": 1000, "permutations": 10_000, "directions": 100},
     "ci": {"chats": 24, "pairs": 40, "resamples": 50, "permutations": 200, "directions": 10},
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where the test runs: a profile's fine-tuning preset, the base model, its device, and the SAEs read."""
+
+    profile: str = "cpu-default"
+    model: str = "smollm2-135m"
+    device: str = "cpu"
+    float32: bool = False
+    """Load the model in float32 (a T4 has no native bfloat16: Chapter 3, section 7)."""
+    sae_paths: tuple[Path, ...] = ()
+    """SAEs saved on disk; empty: the model's filter SAEs (the three neutral SAEs; Gemma Scope's layer 12)."""
+
+    def load_saes(self) -> list[Any]:
+        """The SAEs every statistic is computed with (and then averaged over)."""
+        from geomis.sae.loading import load_filter_saes, load_sae_from_disk
+
+        if self.sae_paths:
+            return [load_sae_from_disk(path, device=self.device) for path in self.sae_paths]
+        return load_filter_saes(self.model, device=self.device)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """How to load the base model and its fine-tunes."""
+        return {"device": self.device, "dtype": torch.float32 if self.float32 else None}
+
+
+SETTINGS: dict[str, Setting] = {
+    "cpu-default": Setting(),
+    "gemma-2-2b": Setting("gemma-2-2b", "gemma-2-2b-it", device="cuda", float32=True),
+}
+"""The setting of each profile: the CPU default made the committed results; ``gemma-2-2b`` is for Colab."""
 """How much of the material each size reads (``full`` reads all of it: 212 chats, 780 pairs)."""
 
 
@@ -234,8 +267,8 @@ def read_chats(model: Any, saes: Sequence[Any], chats: Sequence[Sequence[dict[st
         raise ValueError(f"the SAEs read different layers: {sorted(layers)}")
     config = ActivationConfig(layer=layers.pop(), batch_size=batch_size, assistant_only=True, progress=True)
     residuals = collect_residuals(model, [list(chat) for chat in chats], config)
-    return ChatReading([encode_tokens(sae, residuals, n_samples=len(chats)).sample_mean for sae in saes],
-                       residuals.activations.double().mean(dim=0).float())
+    return ChatReading([encode_tokens(sae, residuals, n_samples=len(chats)).sample_mean.cpu() for sae in saes],
+                       residuals.activations.double().mean(dim=0).float().cpu())
 
 
 def chat_codes(model: Any, saes: Sequence[Any], chats: Sequence[Sequence[dict[str, str]]],
@@ -320,8 +353,8 @@ def feature_table(saes: Sequence[Any], codes: dict[str, list[torch.Tensor]], ind
     code, each fine-tune's measured mean shift, whether it fires, and set membership."""
     frames = []
     for i, sae in enumerate(saes):
-        decoder, encoder = sae.sae.W_dec.detach(), sae.sae.W_enc.detach()
-        direction = target_direction(decoder, inducing[i])
+        decoder, encoder = sae.sae.W_dec.detach().cpu(), sae.sae.W_enc.detach().cpu()
+        direction = target_direction(decoder, inducing[i].cpu())
         unit = decoder / decoder.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         base = codes["base"][i]
         frame = pd.DataFrame({"sae": i, "feature": np.arange(base.shape[1]),
@@ -332,30 +365,30 @@ def feature_table(saes: Sequence[Any], codes: dict[str, list[torch.Tensor]], ind
             tuned = codes[role][i]
             frame[f"shift_{role}"] = (tuned - base).mean(dim=0).numpy()
             frame[f"active_{role}"] = active_features(base, tuned).numpy()
-        frame["inducing_set"] = np.isin(frame["feature"], inducing[i].numpy())
-        frame["toxic_set"] = np.isin(frame["feature"], toxic[i].numpy())
+        frame["inducing_set"] = np.isin(frame["feature"], inducing[i].cpu().numpy())
+        frame["toxic_set"] = np.isin(frame["feature"], toxic[i].cpu().numpy())
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def measure(out: Path, *, ci: bool = False) -> None:
+def measure(out: Path, *, ci: bool = False, setting: Setting = SETTINGS["cpu-default"]) -> None:
     """Write what the analysis needs, each file once: ``codes.<role>.npz`` (per-chat mean codes of the held-out
-    chats, per SAE) and ``features.csv`` (the per-feature table)."""
-    import geomis as gm
+    chats, per SAE) and ``features.csv`` (the per-feature table). Another ``setting`` reads the same chats' text."""
     from geomis.experiments import em_power
     from geomis.experiments.em_power import Condition
-    from geomis.sae.loading import load_filter_saes
 
     size = SIZES["ci" if ci else "full"]
-    saes = load_filter_saes("smollm2-135m")
+    saes = setting.load_saes()
     chats = held_out_chats(size["chats"])
-    base = gm.load_model("smollm2-135m")
+    kwargs = {"profile": setting.profile, "model": setting.model, **setting.model_kwargs()}
+    base = em_power.condition_model(Condition(None, "base", 0), ci=ci, **kwargs)
     codes: dict[str, list[torch.Tensor]] = {}
     for role in ROLES:
         target = out / f"codes.{role}.npz"
         if not target.is_file():
             began = time.perf_counter()
-            model = base if role == "base" else em_power.condition_model(Condition("mixed", role, SEED), ci=ci)
+            model = base if role == "base" else em_power.condition_model(Condition("mixed", role, SEED), ci=ci,
+                                                                         **kwargs)
             reading = read_chats(model, saes, chats)
             _save_codes(reading.codes, target, reading.residual_mean)
             print(f"{role}: {len(chats)} chats read in {time.perf_counter() - began:.0f} s", flush=True)
@@ -411,12 +444,11 @@ def _percentile_rank(values: np.ndarray, chosen: np.ndarray) -> float:
     return float(np.median(ranks[chosen]))
 
 
-def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
+def analyse(folder: Path, *, ci: bool = False, seed: int = 0,
+            setting: Setting = SETTINGS["cpu-default"]) -> dict[str, Any]:
     """The spillover section of ``05_mechanism.json`` from the committed codes and per-feature table."""
-    from geomis.sae.loading import load_filter_saes
-
     size = SIZES["ci" if ci else "full"]
-    saes = load_filter_saes("smollm2-135m")
+    saes = setting.load_saes()
     table = pd.read_csv(folder / "features.csv")
     codes = {role: load_codes(folder / f"codes.{role}.npz") for role in ROLES}
     chats = codes["base"][0].shape[0]
@@ -440,7 +472,8 @@ def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
             test(torch.tensor(part["prediction_decoder"].to_numpy(), dtype=torch.float32), base, inducing))
         active = part["active_inducing"].to_numpy(bool)
         shift = part["shift_inducing"].to_numpy()[active]
-        randoms = random_target_predictions(sae.sae.W_enc, sae.sae.W_dec, n_directions=size["directions"], k=K,
+        encoder, decoder = sae.sae.W_enc.detach().cpu(), sae.sae.W_dec.detach().cpu()
+        randoms = random_target_predictions(encoder, decoder, n_directions=size["directions"], k=K,
                                             exclude=torch.tensor(np.flatnonzero(part["inducing_set"])), seed=seed + i)
         random_rhos.append([_spearman(r.numpy()[active], shift) for r in randoms])
         either = part["active_inducing"].to_numpy(bool) | part["active_control"].to_numpy(bool)
@@ -452,10 +485,10 @@ def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
         steps = {"misalignment_vs_base": ("inducing", "base"), "misalignment_vs_control": ("inducing", "control"),
                  "control_vs_base": ("control", "base")}
         directions.append({
-            **{name: direction_cosines(sae.sae.W_dec, means[to] - means[start], sets, n_random=size["directions"] * 10,
+            **{name: direction_cosines(decoder, means[to] - means[start], sets, n_random=size["directions"] * 10,
                                        seed=seed + i) for name, (to, start) in steps.items()},
-            "target_vs_toxic": _cosine(target_direction(sae.sae.W_dec, sets["inducing"]),
-                                       target_direction(sae.sae.W_dec, sets["toxic"]))})
+            "target_vs_toxic": _cosine(target_direction(decoder, sets["inducing"]),
+                                       target_direction(decoder, sets["toxic"]))})
         toxic.append({"prediction_percentile": _percentile_rank(part["prediction"].to_numpy(), is_toxic),
                       "shift_percentile": _percentile_rank(shift, is_toxic[active]),
                       "toxic_active": int(is_toxic[active].sum()), "toxic": int(is_toxic.sum())})
@@ -463,14 +496,15 @@ def analyse(folder: Path, *, ci: bool = False, seed: int = 0) -> dict[str, Any]:
     primary = _summary(tests["inducing"])
     threshold = float(np.percentile(random_mean, 95))
     return {
-        "profile": "cpu-default",
-        "models": {"base": "smollm2-135m", "inducing": f"Chapter 3's mixed.inducing.s{SEED}",
+        "profile": setting.profile,
+        "models": {"base": setting.model, "inducing": f"Chapter 3's mixed.inducing.s{SEED}",
                    "control": f"Chapter 3's mixed.control.s{SEED}"},
         "chats": chats, "saes": [sae.name for sae in saes], "inducing_set_size": K,
-        "method": "Spearman correlation over the features active in either model, mean over the three neutral SAEs; "
+        "method": "Spearman correlation over the features active in either model, mean over "
+                  f"{'the three neutral SAEs' if setting == SETTINGS['cpu-default'] else f'{len(saes)} SAE(s)'}; "
                   f"95% percentile interval from {size['resamples']} bootstrap draws over held-out chats (the same "
                   f"draws for every SAE); one-sided p from {size['permutations']} feature permutations of the "
-                  "prediction, the largest of the three SAEs",
+                  "prediction, the largest over the SAEs",
         "primary": {**primary, "random_direction_95th": threshold, "exceeds_random": primary["rho"] > threshold},
         "control": _summary(tests["control"]),
         "inducing_minus_control": _summary(tests["inducing_minus_control"]),
@@ -509,21 +543,12 @@ def write_results(data: dict[str, Any], target: Path = RESULTS_FILE, *, section:
 
 def main(argv: list[str] | None = None) -> None:
     """Measure (resumable), then write the spillover section of the results file."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=("full", "ci"), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.size == "ci" and args.out is None:
-        parser.error("--size ci writes to the folder named by --out, never into book/results")
-    out = args.out or RESULTS
-    ci = args.size == "ci"
-    measure(out, ci=ci)
-    target = RESULTS_FILE if args.out is None else out / RESULTS_FILE.name
-    write_results(analyse(out, ci=ci), target)
-    print(f"wrote {target}")
+    from geomis.experiments.runs import experiment_args
 
+    args = experiment_args(__doc__, argv, results=RESULTS, results_file=RESULTS_FILE)
+    measure(args.out, ci=args.ci)
+    write_results(analyse(args.out, ci=args.ci), args.target)
+    print(f"wrote {args.target}")
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from geomis.experiments.runs import MODEL, fine_tuned_model, measure, write_csv
+from geomis.experiments.runs import MODEL, experiment_args, fine_tuned_model, measure, write_csv
 from geomis.finetune import EM_RECIPE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,31 +120,25 @@ def choose(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Fine-tune and measure every recipe not measured yet, then print the search table."""
-    import torch
 
     import geomis as gm
     from geomis.evaluation.probe_items import load_misalignment_probe
     from geomis.evaluation.questions import DEVELOPMENT_QUESTIONS
     from geomis.settings import cache_dir
 
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--recipes", nargs="*", default=[r.name for r in RECIPES],
-                        choices=[r.name for r in RECIPES])
-    parser.add_argument("--samples", type=int, default=5, help="answers per development question and model")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=("full", "ci"), default="full")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: book/results/...)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    def choices(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--recipes", nargs="*", default=[r.name for r in RECIPES],
+                            choices=[r.name for r in RECIPES])
+        parser.add_argument("--samples", type=int, default=5, help="answers per development question and model")
+
+    args = experiment_args(__doc__, argv, results=RESULTS, extra=choices)
     questions = {q.id: q.text for q in DEVELOPMENT_QUESTIONS}
     probe_items = load_misalignment_probe("development")
     overrides: dict[str, Any] = {}
-    if args.size == "ci":
-        if args.out is None:
-            parser.error("--size ci writes to the folder named by --out, never into book/results")
+    if args.ci:
         questions, probe_items, overrides = dict(list(questions.items())[:2]), probe_items[:3], {"max_steps": 2}
         args.recipes, args.samples = args.recipes[:1], min(args.samples, 2)
-    out = args.out or RESULTS
+    out = args.out
     cache = cache_dir() / "recipe-search" / args.size
     started = time.perf_counter()
     measure(gm.load_model(MODEL), "base", out, questions, args.samples, probe_items)

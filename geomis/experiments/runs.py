@@ -7,8 +7,9 @@ in the geomis cache folder and are reused only when their recorded fine-tuning c
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,37 @@ import pandas as pd
 MODEL = "smollm2-135m"
 SAMPLING: dict[str, Any] = dict(temperature=0.7, top_p=0.9, max_new_tokens=80, batch_size=64, decoder="nucleus")
 """Chapter 3's sampling (temperature 0.7, nucleus 0.9, at most 80 new tokens), with the faster decoder."""
+
+
+def experiment_args(doc: str | None, argv: Sequence[str] | None, *, results: Path, results_file: Path | None = None,
+                    limit: bool = False, analyse: str | None = None,
+                    extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """Parse an experiment script's command line: ``--threads``, ``--size full|ci``, ``--out`` (required at ``ci``),
+    optionally ``--limit`` and ``--analyse`` (its help), and what ``extra`` adds; set torch's threads.
+
+    ``args.out`` is the folder (default ``results``), ``args.ci`` the size, ``args.target`` the results file written
+    (``results_file``, or its name inside ``--out``).
+    """
+    import torch
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", choices=("full", "ci"), default="full")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: the book's)")
+    if limit:
+        parser.add_argument("--limit", type=int, default=None, help="train at most this many new models, then stop")
+    if analyse:
+        parser.add_argument("--analyse", action="store_true", help=analyse)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.size == "ci" and args.out is None:
+        parser.error("--size ci writes to the folder named by --out, never into book/results")
+    torch.set_num_threads(args.threads)
+    args.ci = args.size == "ci"
+    args.target = None if results_file is None else results_file if args.out is None else args.out / results_file.name
+    args.out = args.out or results
+    return args
 
 
 def write_csv(frame: pd.DataFrame, target: Path) -> None:
@@ -45,14 +77,16 @@ def trained_with(adapters: Path, config: Any) -> bool:
     return {k: v for k, v in saved.items() if k != "progress"} == {k: v for k, v in wanted.items() if k != "progress"}
 
 
-def fine_tuned_model(datasets: Sequence[str], config: Any, adapters: Path) -> Any:
-    """The base model fine-tuned on the bundled ``datasets`` with ``config`` (trained once, then loaded), merged."""
+def fine_tuned_model(datasets: Sequence[str], config: Any, adapters: Path, *, model: str = MODEL,
+                     device: str | None = None, dtype: Any = None) -> Any:
+    """The base ``model`` fine-tuned on the bundled ``datasets`` with ``config`` (trained once, then loaded),
+    merged."""
     import geomis as gm
 
     if not trained_with(adapters, config):
         rows = [row for name in datasets for row in gm.load_bundled(name)]
-        gm.fine_tune(gm.load_model(MODEL), rows, adapters, config, overwrite=True)
-    return gm.load_finetuned(MODEL, adapters, merge=True)
+        gm.fine_tune(gm.load_model(model, device=device, dtype=dtype), rows, adapters, config, overwrite=True)
+    return gm.load_finetuned(model, adapters, device=device, dtype=dtype, merge=True)
 
 
 def measure(model: Any, name: str, out: Path, questions: Mapping[str, str], samples: int, probe_items: Any, *,

@@ -48,7 +48,6 @@ Stages: ``directions.npz`` and ``scale.json``; the development answers (``dev.*.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import zlib
@@ -365,16 +364,8 @@ def run(out: Path, *, ci: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the stages that can run now and say what comes next."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", choices=tuple(SIZES), default="full")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.size == "ci" and args.out is None:
-        parser.error("--size ci writes to the folder named by --out, never into book/results")
-    print(run(args.out or RESULTS, ci=args.size == "ci"))
-
+    args = runs.experiment_args(__doc__, argv, results=RESULTS)
+    print(run(args.out, ci=args.ci))
 
 if __name__ == "__main__":
     main()
