@@ -41,10 +41,21 @@ def test_directions_follow_the_design() -> None:
 
 def test_development_arms_cover_every_direction_and_alpha_once() -> None:
     arms = st.development_arms(st.SIZES["full"])
-    assert len(arms) == 1 + 4 * len(st.DIRECTIONS)
+    assert len(arms) == 1 + 6 * len(st.DIRECTIONS)  # Amendment 2: the grid extended down by 0.025 and 0.05
     assert len({a.name for a in arms}) == len(arms) and len({a.seed for a in arms}) == len(arms)
-    assert {a.alpha for a in arms} == set(st.ALPHAS)
+    assert {a.alpha for a in arms} == set(st.DEV_ALPHAS) == set(st.ALPHAS) | {0.025, 0.05}
     assert all(a.answers == 5 for a in arms)
+    first_grid = [a for a in arms if a.alpha in st.ALPHAS]  # the arms sampled before the amendment keep their names
+    assert {a.name for a in first_grid} >= {"dev.none.a0", "dev.toxic.a0.1", "dev.random3.a0.8"}
+
+
+def test_an_off_grid_primary_alpha_joins_the_dose_curve_once() -> None:
+    size = st.SIZES["full"]
+    assert st.dose_alphas(size, 0.05) == (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
+    assert st.dose_alphas(size, 0.4) == st.ALPHAS
+    arms = st.evaluation_arms(size, 0.05)
+    assert {a.alpha for a in arms if a.stage == "eval"} == {0.05}
+    assert {a.alpha for a in arms if a.stage == "dose"} == {0.0, 0.1, 0.2, 0.4, 0.8}
 
 
 def test_evaluation_arms_match_the_designed_sizes() -> None:
@@ -106,7 +117,7 @@ def _eval_labels(toxic_rate: float, random_rate: float, alpha: float = 0.4, seed
 
 
 def test_analysis_finds_a_real_effect_and_signs_it() -> None:
-    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500)
+    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS)
     section = st.analyse(_eval_labels(0.30, 0.02), {"alpha": 0.4}, small)
     primary = section["contrasts"]["toxic_minus_random_steering"]
     assert primary["difference"] > 0.2 and primary["low"] > 0 and primary["p"] < 0.05
@@ -120,7 +131,7 @@ def test_analysis_finds_a_real_effect_and_signs_it() -> None:
 
 
 def test_analysis_reports_a_null_as_a_null() -> None:
-    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500)
+    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS)
     section = st.analyse(_eval_labels(0.05, 0.05, seed=3), {"alpha": 0.4}, small)
     primary = section["contrasts"]["toxic_minus_random_steering"]
     assert primary["low"] < 0 < primary["high"] and not section["primary_passes"]
@@ -141,6 +152,14 @@ def test_ci_run_goes_through_every_stage(smollm2, tmp_path: Path) -> None:
     dev = pd.concat(pd.read_csv(p, keep_default_na=False) for p in sorted(tmp_path.glob("dev.*.answers.csv")))
     assert set(dev["model"]) == {a.name for a in st.development_arms(st.SIZES["ci"])}
     labels = dev.assign(alignment=80, coherence=90, verdict="scored")
+    unread = pd.DataFrame(labels.loc[(labels["model"] != "dev.toxic.a0.4").to_numpy()])
+    (tmp_path / "dev_labels.jsonl").write_text(str(unread.to_json(orient="records", lines=True)))
+    assert "1 development arms not read yet (e.g. dev.toxic.a0.4)" in st.run(tmp_path, ci=True)
+    broken = labels.assign(coherence=np.where(labels["model"] == "dev.none.a0", 90, 10))
+    (tmp_path / "dev_labels.jsonl").write_text(str(broken.to_json(orient="records", lines=True)))
+    assert "the alpha rule picked 0" in st.run(tmp_path, ci=True)  # nothing steered stays coherent
+    assert not [p for p in tmp_path.glob("*.answers.csv") if not p.name.startswith("dev.")]
+    (tmp_path / "alpha.json").unlink()
     (tmp_path / "dev_labels.jsonl").write_text(str(labels.to_json(orient="records", lines=True)))
     second = st.run(tmp_path, ci=True)
     assert "labels.jsonl" in second and json.loads((tmp_path / "alpha.json").read_text())["alpha"] == 0.4
