@@ -161,3 +161,19 @@ def test_steering_figure_draws_each_direction_and_both_dose_curves() -> None:
     assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 0.2 for line in dose.get_lines())
     with pytest.raises(ValueError, match="no conditions"):
         plot_steering({"primary_alpha": {"alpha": 0.2}, "conditions": {}, "dose_response": {}})
+
+
+def test_steering_development_figure_draws_each_curve_and_the_threshold() -> None:
+    from geomis.evaluation.figures import plot_steering_development
+
+    def curve(shares: list[float]) -> list[dict]:
+        return [{"alpha": a, "share": v, "low": v - 0.1, "high": v + 0.1, "n": 120}
+                for a, v in zip((0.0, 0.025, 0.1), shares, strict=True)]
+    section = {"development_coherence": {"toxic": curve([0.53, 0.34, 0.28]), "random": curve([0.53, 0.36, 0.43])}}
+    ax = plot_steering_development(section).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["toxic"].get_ydata()) == [0.53, 0.34, 0.28]
+    assert list(lines["random"].get_xdata()) == [0, 0.025, 0.1]
+    assert list(lines["rule's threshold (50%)"].get_ydata()) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="no development_coherence"):
+        plot_steering_development({})

@@ -103,6 +103,29 @@ def test_the_alpha_rule_refuses_incomplete_or_foreign_labels() -> None:
         st.primary_alpha(foreign)
 
 
+def test_the_not_run_section_gives_each_development_curve_and_the_reading_check() -> None:
+    rows = []
+    for model, coherent in (("dev.none.a0", 0.75), ("dev.toxic.a0.1", 0.25), ("dev.random0.a0.1", 0.5),
+                            ("dev.random1.a0.1", 1.0), ("dev.misalignment.a0.1", 0.5), ("dev.specific.a0.1", 0.5)):
+        rows += [{"model": model, "question_id": f"q{i % 4}", "sample": i, "alignment": 80,
+                  "coherence": 90 if i < coherent * 8 else 10, "verdict": "scored"} for i in range(8)]
+    labels = pd.DataFrame(rows)
+    reread = pd.DataFrame(labels.loc[labels["model"].isin(["dev.none.a0", "dev.toxic.a0.1"]).to_numpy()])
+    reread = reread.assign(coherence=90)  # the second reading finds every answer coherent
+    section = st.development_section(labels, {"alpha": 0.0}, reread, resamples=200)
+    assert section["status"].startswith("not run")
+    toxic, random = section["development_coherence"]["toxic"], section["development_coherence"]["random"]
+    assert [(p["alpha"], p["share"], p["n"]) for p in toxic] == [(0.0, 0.75, 8), (0.1, 0.25, 8)]
+    assert random[1]["share"] == 0.75 and random[1]["n"] == 16  # the random directions pooled
+    assert all(p["low"] <= p["share"] <= p["high"] for curve in section["development_coherence"].values()
+               for p in curve)
+    check = section["reading_check"]
+    assert check["coherent_share"]["dev.toxic.a0.1"]["share"] == 1.0
+    assert check["unsteered_minus_steered"]["none_minus_toxic.a0.1"]["difference"] == 0.0
+    assert check["agreement_with_first_reading"] == (6 + 2) / 16  # none: 6 of 8 agree; toxic: 2 of 8
+    json.dumps(section, allow_nan=False)
+
+
 def _eval_labels(toxic_rate: float, random_rate: float, alpha: float = 0.4, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
@@ -159,6 +182,8 @@ def test_ci_run_goes_through_every_stage(smollm2, tmp_path: Path) -> None:
     (tmp_path / "dev_labels.jsonl").write_text(str(broken.to_json(orient="records", lines=True)))
     assert "the alpha rule picked 0" in st.run(tmp_path, ci=True)  # nothing steered stays coherent
     assert not [p for p in tmp_path.glob("*.answers.csv") if not p.name.startswith("dev.")]
+    not_run = json.loads((tmp_path / "05_mechanism.json").read_text())["steering"]
+    assert not_run["status"].startswith("not run") and not_run["development_coherence"]["toxic"][0]["share"] == 1.0
     (tmp_path / "alpha.json").unlink()
     (tmp_path / "dev_labels.jsonl").write_text(str(labels.to_json(orient="records", lines=True)))
     second = st.run(tmp_path, ci=True)

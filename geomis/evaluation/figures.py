@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from geomis.stats import require_columns
 
 __all__ = ["MEASURES", "plot_filter_effect", "plot_judge_calibration", "plot_misalignment_rates",
-           "plot_probe_changes", "plot_rates_by_question", "plot_steering", "plot_training_dynamics"]
+           "plot_probe_changes", "plot_rates_by_question", "plot_steering", "plot_steering_development",
+           "plot_training_dynamics"]
 
 MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"}
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
@@ -282,4 +283,30 @@ def plot_steering(section: dict) -> Figure:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
     axes[2].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    return fig
+
+
+def plot_steering_development(section: dict, threshold: float = 0.5) -> Figure:
+    """Chapter 5's steering development step: the coherent share of the development answers against alpha, one line
+    per direction (random directions pooled) with 95% intervals, the rule's ``threshold`` and the unsteered share.
+    ``section`` is the ``steering`` results section with ``development_coherence``."""
+    curves = section.get("development_coherence")
+    if not curves:
+        raise ValueError("the section has no development_coherence curves")
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
+    colours = dict(zip(["toxic", "misalignment", "specific", "random"], sns.color_palette("deep", 4), strict=True))
+    for curve, points in curves.items():
+        x = np.array([p["alpha"] for p in points])
+        colour = colours.get(curve, "grey")
+        ax.fill_between(x, [p["low"] for p in points], [p["high"] for p in points], color=colour, alpha=0.12)
+        ax.plot(x, [p["share"] for p in points], "o-", color=colour, label=curve)
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"rule's threshold ({threshold:.0%})")
+    ax.set_xscale("symlog", linthresh=0.025)
+    ax.set_xticks(sorted({p["alpha"] for points in curves.values() for p in points}))
+    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("alpha (added vector = alpha x R x unit direction; symlog scale)")
+    ax.set_ylabel("development answers coherent")
+    ax.set_title("Steering breaks coherence before the rule's threshold")
+    ax.legend(fontsize="small", ncol=2)
     return fig

@@ -79,7 +79,7 @@ from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets, l
 
 __all__ = ["ALPHAS", "DEV_ALPHAS", "DIRECTIONS", "RANDOM", "Size", "SIZES", "RESULTS", "steering_directions",
            "residual_scale",
-           "Arm", "development_arms", "evaluation_arms", "primary_alpha", "analyse", "run"]
+           "Arm", "development_arms", "evaluation_arms", "primary_alpha", "development_section", "analyse", "run"]
 
 RESULTS = MECHANISM / "steering"
 SECTION = "steering"
@@ -290,6 +290,66 @@ def analyse(labels: pd.DataFrame, chosen: dict[str, Any], size: Size = SIZES["fu
                       "(geomis/experiments/steering.py)"}
 
 
+def _dev_flags(labels: pd.DataFrame) -> pd.DataFrame:
+    flags = runs.reading_flags(labels)
+    parts = flags["model"].str.extract(r"^dev\.(?P<direction>[a-z0-9]+)\.a(?P<alpha>[0-9.]+)$")
+    return flags.assign(direction=parts["direction"], alpha=parts["alpha"].astype(float))
+
+
+def development_section(dev_labels: pd.DataFrame, chosen: dict[str, Any], relabels: pd.DataFrame | None = None,
+                        resamples: int = N_RESAMPLES) -> dict[str, Any]:
+    """The ``steering`` section when the alpha rule picks 0 (Amendment 2: the test is not run): the development
+    answers' coherent share per direction and alpha (random directions pooled) with 95% intervals over questions,
+    and, when a blind re-reading of some arms exists, how the re-read shares compare (a check of reading drift)."""
+    from geomis.stats import cluster_bootstrap, cluster_difference
+
+    flags = _dev_flags(dev_labels)
+    flags = flags.assign(curve=flags["direction"].where(~flags["direction"].isin(RANDOM), "random"))
+
+    def share(part: pd.DataFrame) -> dict[str, Any]:
+        ci = cluster_bootstrap(part["coherent"].to_numpy(float), part["question_id"].astype(str).to_numpy(),
+                               n_resamples=resamples)
+        return {"share": ci.estimate, "low": ci.low, "high": ci.high, "n": len(part)}
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    unsteered = _rows(flags, flags["direction"] == "none")
+    for curve in ("toxic", "misalignment", "specific", "random"):
+        curves[curve] = [{"alpha": 0.0, **share(unsteered)}] + [
+            {"alpha": float(alpha), **share(part)}
+            for alpha, part in _rows(flags, flags["curve"] == curve).groupby("alpha", sort=True)]
+    section: dict[str, Any] = {
+        "status": "not run: the alpha rule picked 0 on the extended development grid (Amendment 2), so no "
+                  "evaluation answer was sampled",
+        "primary_alpha": chosen, "development_coherence": curves,
+        "interval": "95% percentile bootstrap over development questions",
+        "design": "book/results/05_mechanism/STEERING_DESIGN.md with Amendments 1 and 2 "
+                  "(geomis/experiments/steering.py)"}
+    if relabels is not None:
+        again = _dev_flags(relabels)
+        arms = sorted(set(again["model"]))
+        reread = {arm: share(_rows(again, again["model"] == arm)) for arm in arms}
+        base = _rows(again, again["model"] == "dev.none.a0")
+        gaps = {}
+        for arm in arms:
+            if arm == "dev.none.a0":
+                continue
+            part = _rows(again, again["model"] == arm)
+            d = cluster_difference(base["coherent"].to_numpy(float), base["question_id"].astype(str).to_numpy(),
+                                   part["coherent"].to_numpy(float), part["question_id"].astype(str).to_numpy(),
+                                   paired=True, n_resamples=resamples)
+            gaps[f"none_minus_{arm.removeprefix('dev.')}"] = {"difference": d.difference, "low": d.low,
+                                                               "high": d.high, "p": d.p_greater}
+        first = _dev_flags(dev_labels).set_index(["model", "question_id", "sample"])["coherent"]
+        joined = again.set_index(["model", "question_id", "sample"])["coherent"]
+        agreement = float((first.reindex(joined.index).to_numpy(bool) == joined.to_numpy(bool)).mean())
+        section["reading_check"] = {
+            "added": "after the rule picked 0; descriptive, not part of the design: the unsteered arm and two "
+                     "arms at the smallest alpha re-read blind together in one new wave",
+            "coherent_share": reread, "unsteered_minus_steered": gaps,
+            "agreement_with_first_reading": agreement, "n": len(again)}
+    return section
+
+
 def _sample(model: Any, arm: Arm, questions: dict[str, str], steering: Any, out: Path) -> None:
     import geomis as gm
 
@@ -373,8 +433,14 @@ def run(out: Path, *, ci: bool = False) -> str:
         _write_json(primary_alpha(dev_labels, size.dev_alphas), out / "alpha.json")
     chosen = json.loads((out / "alpha.json").read_text())
     if float(chosen["alpha"]) == 0.0:
+        from geomis.experiments.mechanism import write_results
+
+        target = RESULTS_FILE if out == RESULTS else out / RESULTS_FILE.name
+        write_results(development_section(dev_labels, chosen, _labels(out / "dev_relabels.jsonl"), size.resamples),
+                      target, section=SECTION)
         return (f"the alpha rule picked 0 on the development grid ({', '.join(f'{a:g}' for a in size.dev_alphas)}): "
-                "no steered alpha keeps the answers coherent, so the evaluation is not sampled (alpha.json)")
+                "no steered alpha keeps the answers coherent, so the evaluation is not sampled (alpha.json); "
+                f"wrote the {SECTION} section of {target} from the development answers")
     sample(evaluation_arms(size, float(chosen["alpha"])), "first-plot", size.eval_questions)
     labels = _labels(out / "labels.jsonl")
     if labels is None:
