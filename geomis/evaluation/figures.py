@@ -302,11 +302,12 @@ def plot_steering_development(section: dict, threshold: float = 0.5) -> Figure:
         ax.plot(x, [p["share"] for p in points], "o-", color=colour, label=curve)
     ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"rule's threshold ({threshold:.0%})")
     ax.set_xscale("symlog", linthresh=0.025)
+    ax.set_xlim(-0.005, 1.0)
     ax.set_xticks(sorted({p["alpha"] for points in curves.values() for p in points}))
     ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(0, 1)
     ax.set_xlabel("alpha (added vector = alpha x R x unit direction; symlog scale)")
     ax.set_ylabel("development answers coherent")
-    ax.set_title("Steering breaks coherence before the rule's threshold")
+    ax.set_title("Steering's development step: coherent share against the steering size")
     ax.legend(fontsize="small", ncol=2)
     return fig
