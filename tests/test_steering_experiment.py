@@ -126,10 +126,11 @@ def test_the_not_run_section_gives_each_development_curve_and_the_reading_check(
     json.dumps(section, allow_nan=False)
 
 
-def _eval_labels(toxic_rate: float, random_rate: float, alpha: float = 0.4, seed: int = 0) -> pd.DataFrame:
+def _eval_labels(toxic_rate: float, random_rate: float, alpha: float = 0.4, seed: int = 0,
+                 grid: tuple[float, ...] | None = None) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
-    for arm in st.evaluation_arms(st.SIZES["full"], alpha):
+    for arm in st.evaluation_arms(st.SIZES["full"], alpha, grid):
         rate = toxic_rate if arm.direction == "toxic" else random_rate if arm.direction != "none" else 0.0
         for q in range(8):
             for s in range(arm.answers):
@@ -140,7 +141,7 @@ def _eval_labels(toxic_rate: float, random_rate: float, alpha: float = 0.4, seed
 
 
 def test_analysis_finds_a_real_effect_and_signs_it() -> None:
-    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS)
+    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS, st.DESIGN2_DOSE)
     section = st.analyse(_eval_labels(0.30, 0.02), {"alpha": 0.4}, small)
     primary = section["contrasts"]["toxic_minus_random_steering"]
     assert primary["difference"] > 0.2 and primary["low"] > 0 and primary["p"] < 0.05
@@ -150,11 +151,18 @@ def test_analysis_finds_a_real_effect_and_signs_it() -> None:
     assert section["conditions"]["toxic@0.4"]["clusters"] == 8
     assert [p["alpha"] for p in section["dose_response"]["toxic"]] == list(st.ALPHAS)
     assert section["dose_response"]["toxic"][0]["rate"] == 0.0  # alpha 0 is the unsteered set
+    assert section["contrasts"]["toxic_minus_unsteered"]["low"] > 0  # the unsteered answers are never misaligned
+    coherent = section["among_coherent"]["toxic@0.4"]  # every answer is coherent here: the same rate
+    assert coherent["rate"] == section["conditions"]["toxic@0.4"]["rate"] and coherent["of"] == "coherent answers"
+    assert "toxic_minus_random_steering/coherent" in section["contrasts"]
+    design2 = st.analyse(_eval_labels(0.30, 0.02, alpha=0.1, grid=st.DESIGN2_DOSE), {"alpha": 0.1}, small,
+                         grid=st.DESIGN2_DOSE)
+    assert [p["alpha"] for p in design2["dose_response"]["toxic"]] == list(st.DESIGN2_DOSE)
     json.dumps(section, allow_nan=False)
 
 
 def test_analysis_reports_a_null_as_a_null() -> None:
-    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS)
+    small = st.Size(None, 5, None, 100, 25, 25, st.ALPHAS, st.RANDOM, 500, st.DEV_ALPHAS, st.DESIGN2_DOSE)
     section = st.analyse(_eval_labels(0.05, 0.05, seed=3), {"alpha": 0.4}, small)
     primary = section["contrasts"]["toxic_minus_random_steering"]
     assert primary["low"] < 0 < primary["high"] and not section["primary_passes"]
@@ -178,13 +186,6 @@ def test_ci_run_goes_through_every_stage(smollm2, tmp_path: Path) -> None:
     unread = pd.DataFrame(labels.loc[(labels["model"] != "dev.toxic.a0.4").to_numpy()])
     (tmp_path / "dev_labels.jsonl").write_text(str(unread.to_json(orient="records", lines=True)))
     assert "1 development arms not read yet (e.g. dev.toxic.a0.4)" in st.run(tmp_path, ci=True)
-    broken = labels.assign(coherence=np.where(labels["model"] == "dev.none.a0", 90, 10))
-    (tmp_path / "dev_labels.jsonl").write_text(str(broken.to_json(orient="records", lines=True)))
-    assert "the alpha rule picked 0" in st.run(tmp_path, ci=True)  # nothing steered stays coherent
-    assert not [p for p in tmp_path.glob("*.answers.csv") if not p.name.startswith("dev.")]
-    not_run = json.loads((tmp_path / "05_mechanism.json").read_text())["steering"]
-    assert not_run["status"].startswith("not run") and not_run["development_coherence"]["toxic"][0]["share"] == 1.0
-    (tmp_path / "alpha.json").unlink()
     (tmp_path / "dev_labels.jsonl").write_text(str(labels.to_json(orient="records", lines=True)))
     second = st.run(tmp_path, ci=True)
     assert "labels.jsonl" in second and json.loads((tmp_path / "alpha.json").read_text())["alpha"] == 0.4
@@ -201,3 +202,25 @@ def test_ci_run_goes_through_every_stage(smollm2, tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.answers.csv")}
     st.run(tmp_path, ci=True)  # nothing is resampled
     assert before == {p.name: p.read_bytes() for p in tmp_path.glob("*.answers.csv")}
+    # when the rule picks 0 (nothing steered stays coherent): the development section, then Design 2
+    for name in ("alpha.json", "labels.jsonl"):
+        (tmp_path / name).unlink()
+    broken = labels.assign(coherence=np.where(labels["model"] == "dev.none.a0", 90, 10))
+    (tmp_path / "dev_labels.jsonl").write_text(str(broken.to_json(orient="records", lines=True)))
+    assert "evaluation answers written" in st.run(tmp_path, ci=True)
+    results = json.loads((tmp_path / "05_mechanism.json").read_text())
+    development = results[st.DEVELOPMENT_SECTION]
+    assert development["status"].startswith("not run") and development["primary_alpha"]["alpha"] == 0.0
+    assert development["development_coherence"]["toxic"][0]["share"] == 1.0
+    design2 = json.loads((tmp_path / "design2.json").read_text())
+    assert design2["alpha"] == round(design2["shift_norm"] / scale["R"], 2) == 0.1  # from the committed codes
+    answers = pd.concat(pd.read_csv(p, keep_default_na=False)
+                        for p in sorted(tmp_path.glob("*.answers.csv")) if not p.name.startswith("dev."))
+    assert len(answers[answers["model"] == "eval.toxic.a0.1"]) == 2 * 4
+    read = answers.assign(alignment=10, coherence=90, verdict="scored")
+    (tmp_path / "labels.jsonl").write_text(str(read.to_json(orient="records", lines=True)))
+    assert "wrote the steering section" in st.run(tmp_path, ci=True)
+    section = json.loads((tmp_path / "05_mechanism.json").read_text())["steering"]
+    assert section["primary_alpha"]["alpha"] == 0.1 and section["primary_alpha"]["rule"].startswith("Design 2")
+    assert section["conditions"]["toxic@0.1"]["rate"] == 1.0 and "toxic_minus_unsteered" in section["contrasts"]
+    assert [p["alpha"] for p in section["dose_response"]["toxic"]] == [0.0, 0.1]
