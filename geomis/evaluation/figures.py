@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from geomis.stats import require_columns
 
@@ -304,7 +305,7 @@ def plot_steering_development(section: dict, threshold: float = 0.5) -> Figure:
     ax.set_xscale("symlog", linthresh=0.025)
     ax.set_xlim(-0.005, 1.0)
     ax.set_xticks(sorted({p["alpha"] for points in curves.values() for p in points}))
-    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.get_xaxis().set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylim(0, 1)
     ax.set_xlabel("alpha (added vector = alpha x R x unit direction; symlog scale)")
     ax.set_ylabel("development answers coherent")

@@ -362,9 +362,10 @@ def development_section(dev_labels: pd.DataFrame, chosen: dict[str, Any], relabe
     curves: dict[str, list[dict[str, Any]]] = {}
     unsteered = _rows(flags, flags["direction"] == "none")
     for curve in ("toxic", "misalignment", "specific", "random"):
+        steered = _rows(flags, flags["curve"] == curve)
         curves[curve] = [{"alpha": 0.0, **share(unsteered)}] + [
-            {"alpha": float(alpha), **share(part)}
-            for alpha, part in _rows(flags, flags["curve"] == curve).groupby("alpha", sort=True)]
+            {"alpha": alpha, **share(_rows(steered, steered["alpha"] == alpha))}
+            for alpha in sorted({float(a) for a in steered["alpha"].to_numpy()})]
     section: dict[str, Any] = {
         "status": "not run: the alpha rule picked 0 on the extended development grid (Amendment 2), so no "
                   "evaluation answer was sampled under this design (Design 2 took over)",
