@@ -14,6 +14,7 @@ import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
 from geomis.experiments import mechanism as mech
+from geomis.experiments.code_files import save_codes
 
 
 def test_the_target_direction_is_the_mean_unit_decoder_row() -> None:
@@ -93,7 +94,7 @@ def test_direction_cosines_find_a_direction_built_from_a_set_and_not_from_anothe
 
 def test_codes_round_trip_sparsely_without_pickle(tmp_path: Path) -> None:
     codes = [_codes(3, chats=7, d_sae=30), _codes(4, chats=7, d_sae=30)]
-    mech._save_codes(codes, tmp_path / "codes.npz", torch.arange(4.0))
+    save_codes(codes, tmp_path / "codes.npz", torch.arange(4.0))
     again = mech.load_codes(tmp_path / "codes.npz")
     torch.testing.assert_close(mech.load_residual_mean(tmp_path / "codes.npz"), torch.arange(4.0))
     assert len(again) == 2

@@ -68,6 +68,8 @@ import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
+from geomis.experiments.code_files import load_codes, load_residual_mean, save_codes
+
 __all__ = [
     "target_direction",
     "spillover_prediction",
@@ -277,44 +279,6 @@ def chat_codes(model: Any, saes: Sequence[Any], chats: Sequence[Sequence[dict[st
     return read_chats(model, saes, chats, batch_size).codes
 
 
-def _save_codes(codes: Sequence[torch.Tensor], target: Path, residual_mean: torch.Tensor | None = None) -> None:
-    """Write per-SAE dense codes sparsely (row, column, value) to a compressed ``.npz`` (with the mean residual when
-    given), atomically."""
-    from geomis.atomic_io import atomic_path
-
-    arrays: dict[str, np.ndarray] = {}
-    if residual_mean is not None:
-        arrays["residual_mean"] = residual_mean.numpy().astype(np.float32)
-    for i, one in enumerate(codes):
-        row, col = one.nonzero(as_tuple=True)
-        arrays[f"sae{i}_row"] = row.numpy().astype(np.int32)
-        arrays[f"sae{i}_col"] = col.numpy().astype(np.int32)
-        arrays[f"sae{i}_value"] = one[row, col].numpy().astype(np.float32)
-        arrays[f"sae{i}_shape"] = np.array(one.shape, dtype=np.int64)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as temporary, open(temporary, "wb") as handle:
-        np.savez_compressed(handle, allow_pickle=False, **arrays)
-
-
-def load_codes(path: Path) -> list[torch.Tensor]:
-    """The per-SAE dense codes written by :func:`measure` (no pickle)."""
-    with np.load(path, allow_pickle=False) as stored:
-        count = sum(1 for key in stored.files if key.endswith("_shape"))
-        out = []
-        for i in range(count):
-            dense = torch.zeros(tuple(int(n) for n in stored[f"sae{i}_shape"]))
-            dense[torch.from_numpy(stored[f"sae{i}_row"]).long(), torch.from_numpy(stored[f"sae{i}_col"]).long()] = \
-                torch.from_numpy(stored[f"sae{i}_value"])
-            out.append(dense)
-    return out
-
-
-def load_residual_mean(path: Path) -> torch.Tensor:
-    """The ``(d_model,)`` mean residual written beside a model's codes."""
-    with np.load(path, allow_pickle=False) as stored:
-        return torch.from_numpy(stored["residual_mean"].copy())
-
-
 def inducing_features(base: Any, saes: Sequence[Any], limit: int | None = None) -> list[torch.Tensor]:
     """Per SAE, the ``K`` features that most separate the harmful answers from the sound ones (point-biserial
     correlation of per-chat mean codes, read by the base model) on the pairs the ``mixed`` fine-tunes learned."""
@@ -390,7 +354,7 @@ def measure(out: Path, *, ci: bool = False, setting: Setting = SETTINGS["cpu-def
             model = base if role == "base" else em_power.condition_model(Condition("mixed", role, SEED), ci=ci,
                                                                          **kwargs)
             reading = read_chats(model, saes, chats)
-            _save_codes(reading.codes, target, reading.residual_mean)
+            save_codes(reading.codes, target, reading.residual_mean)
             print(f"{role}: {len(chats)} chats read in {time.perf_counter() - began:.0f} s", flush=True)
         codes[role] = load_codes(target)
     table = out / "features.csv"

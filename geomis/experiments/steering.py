@@ -96,8 +96,9 @@ import pandas as pd
 import torch
 
 from geomis.experiments import runs
+from geomis.experiments.code_files import load_residual_mean
 from geomis.experiments.mechanism import RESULTS as MECHANISM
-from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets, load_residual_mean
+from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets
 
 __all__ = ["ALPHAS", "DEV_ALPHAS", "DESIGN2_DOSE", "DIRECTIONS", "RANDOM", "Size", "SIZES", "RESULTS",
            "steering_directions", "residual_scale", "Arm", "development_arms", "evaluation_arms", "primary_alpha",
