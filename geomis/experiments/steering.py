@@ -243,14 +243,13 @@ def evaluation_arms(size: Size, alpha: float, grid: Sequence[float] | None = Non
 def primary_alpha(dev_labels: pd.DataFrame, alphas: Sequence[float] = ALPHAS) -> dict[str, Any]:
     """The design's rule: the largest alpha up to which the ``toxic`` development answers stay coherent at least half
     the time (alpha 0 is the unsteered arm); with the coherent share of every direction at every alpha."""
-    flags = runs.reading_flags(dev_labels)
-    parts = flags["model"].str.extract(r"^dev\.(?P<direction>[a-z0-9]+)\.a(?P<alpha>[0-9.]+)$")
-    if parts.isna().any().any():
+    flags = _dev_flags(dev_labels)
+    foreign = flags["direction"].isna().to_numpy()
+    if foreign.any():
         raise ValueError("dev labels hold rows of another stage: " + ", ".join(
-            sorted(set(flags.loc[parts.isna().any(axis=1), "model"]))[:3]))
+            sorted(set(flags.loc[foreign, "model"]))[:3]))
     coherent: dict[tuple[str, float], list[bool]] = {}
-    for direction, alpha, flag in zip(parts["direction"], parts["alpha"].astype(float), flags["coherent"],
-                                      strict=True):
+    for direction, alpha, flag in zip(flags["direction"], flags["alpha"], flags["coherent"], strict=True):
         coherent.setdefault((str(direction), float(alpha)), []).append(bool(flag))
     shares = {key: (float(np.mean(values)), len(values)) for key, values in sorted(coherent.items())}
     toxic = {alpha: share for (direction, alpha), (share, _) in shares.items() if direction in ("none", "toxic")}
@@ -389,7 +388,7 @@ def development_section(dev_labels: pd.DataFrame, chosen: dict[str, Any], relabe
                                    paired=True, n_resamples=resamples)
             gaps[f"none_minus_{arm.removeprefix('dev.')}"] = {"difference": d.difference, "low": d.low,
                                                                "high": d.high, "p": d.p_greater}
-        first = _dev_flags(dev_labels).set_index(["model", "question_id", "sample"])["coherent"]
+        first = flags.set_index(["model", "question_id", "sample"])["coherent"]
         joined = again.set_index(["model", "question_id", "sample"])["coherent"]
         agreement = float((first.reindex(joined.index).to_numpy(bool) == joined.to_numpy(bool)).mean())
         section["reading_check"] = {
