@@ -177,3 +177,23 @@ def test_steering_development_figure_draws_each_curve_and_the_threshold() -> Non
     assert list(lines["rule's threshold (50%)"].get_ydata()) == [0.5, 0.5]
     with pytest.raises(ValueError, match="no development_coherence"):
         plot_steering_development({})
+
+
+def test_ablation_figure_draws_each_arm_its_loss_and_the_base_line() -> None:
+    from geomis.evaluation.figures import plot_ablation
+
+    def arm(rate: float, loss: float, rank: int) -> dict:
+        return {"rate": rate, "low": rate / 2, "high": rate * 2, "heldout_loss": loss,
+                "heldout_loss_range": [loss - 0.1, loss + 0.2], "ranks": [rank]}
+    section = {"conditions": {"none": arm(0.04, 3.0, 0), "toxic": arm(0.01, 3.6, 100), "random": arm(0.03, 3.3, 100)},
+               "base_heldout_loss": 3.99}
+    fig = plot_ablation(section)
+    rates, losses = fig.axes
+    assert [t.get_text() for t in rates.get_yticklabels()] == ["none (rank 0)", "toxic (rank 100)", "random (rank 100)"]
+    points = [line for line in rates.get_lines() if line.get_marker() == "o"]
+    assert [line.get_xdata()[0] for line in points] == [0.04, 0.01, 0.03]
+    squares = [line for line in losses.get_lines() if line.get_marker() == "s"]
+    assert [line.get_xdata()[0] for line in squares] == [3.0, 3.6, 3.3]
+    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 3.99 for line in losses.get_lines())
+    with pytest.raises(ValueError, match="no conditions"):
+        plot_ablation({"conditions": {}})

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter
 
 from geomis.stats import require_columns
 
-__all__ = ["MEASURES", "plot_filter_effect", "plot_judge_calibration", "plot_misalignment_rates",
+__all__ = ["MEASURES", "plot_ablation", "plot_filter_effect", "plot_judge_calibration", "plot_misalignment_rates",
            "plot_probe_changes", "plot_rates_by_question", "plot_steering", "plot_steering_development",
            "plot_training_dynamics"]
 
@@ -311,4 +311,37 @@ def plot_steering_development(section: dict, threshold: float = 0.5) -> Figure:
     ax.set_ylabel("development answers coherent")
     ax.set_title("Steering's development step: coherent share against the steering size")
     ax.legend(fontsize="small", ncol=2)
+    return fig
+
+
+def plot_ablation(section: dict) -> Figure:
+    """Chapter 5's ablation test in two panels: each arm's misaligned rate (95% interval) and its held-out loss on the
+    inducing rows (mean over seeds, range as a bar, the base model dashed). ``section`` is the ``ablation`` section."""
+    conditions = section.get("conditions", {})
+    if not conditions:
+        raise ValueError("the section has no conditions")
+    names = list(conditions)
+    colours = dict(zip(["none", "toxic", "random"], sns.color_palette("deep", 3), strict=True))
+    fig, (rates, losses) = plt.subplots(1, 2, figsize=(10.5, 3.0), layout="constrained")
+    for y, name in enumerate(names):
+        c = conditions[name]
+        colour = colours.get(name, "grey")
+        rates.errorbar([c["rate"]], [y], xerr=[[c["rate"] - c["low"]], [c["high"] - c["rate"]]], fmt="o",
+                       capsize=3, color=colour)
+        if c.get("heldout_loss") is not None:
+            low, high = c["heldout_loss_range"]
+            losses.errorbar([c["heldout_loss"]], [y], xerr=[[c["heldout_loss"] - low], [high - c["heldout_loss"]]],
+                            fmt="s", capsize=3, color=colour)
+    for ax in (rates, losses):
+        ax.set_yticks(range(len(names)), [f"{name} (rank {', '.join(map(str, conditions[name]['ranks']))})"
+                                          for name in names])
+        ax.invert_yaxis()
+    rates.set_xlim(left=0)
+    rates.set_title("Misaligned answers after fine-tuning")
+    rates.set_xlabel("share of all answers (95% cluster interval)")
+    if section.get("base_heldout_loss") is not None:
+        losses.axvline(section["base_heldout_loss"], color="black", linestyle="--", linewidth=1, label="base model")
+        losses.legend(fontsize="small")
+    losses.set_title("In-domain learning")
+    losses.set_xlabel("held-out loss on inducing rows (nats; range over seeds)")
     return fig
