@@ -100,3 +100,19 @@ def test_ci_run_trains_measures_and_resumes(smollm2, tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "every model measured" in ab.run(out, ci=True, threads=1)  # nothing redone
     assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_readme_quotes_the_committed_result() -> None:
+    """The README's ablation numbers are those of book/results/05_mechanism.json (re-analysed: update both)."""
+    from geomis.experiments.mechanism import ROOT, RESULTS_FILE
+
+    section = json.loads(RESULTS_FILE.read_text())[ab.SECTION]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for name in ("toxic", "random", "none"):
+        c = section["conditions"][name]
+        assert f"{c['rate']:.1%} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]" in readme, name
+        assert f"{c['heldout_loss']:.2f}" in readme, name
+    primary = section["contrasts"][section["primary"]]
+    assert (f"random minus toxic {100 * primary['difference']:+.1f} points [{100 * primary['low']:+.1f}, "
+            f"{100 * primary['high']:+.1f}], one-sided p = {primary['p']:.2f}") in readme
+    assert f"{section['base_heldout_loss']:.2f} base" in readme
