@@ -104,7 +104,7 @@ def test_ci_run_trains_measures_and_resumes(smollm2, tmp_path: Path) -> None:
 
 def test_readme_quotes_the_committed_result() -> None:
     """The README's ablation numbers are those of book/results/05_mechanism.json (re-analysed: update both)."""
-    from geomis.experiments.mechanism import ROOT, RESULTS_FILE
+    from geomis.experiments.mechanism import RESULTS_FILE, ROOT
 
     section = json.loads(RESULTS_FILE.read_text())[ab.SECTION]
     readme = " ".join((ROOT / "README.md").read_text().split())
