@@ -116,3 +116,15 @@ def test_readme_quotes_the_committed_result() -> None:
     assert (f"random minus toxic {100 * primary['difference']:+.1f} points [{100 * primary['low']:+.1f}, "
             f"{100 * primary['high']:+.1f}], one-sided p = {primary['p']:.2f}") in readme
     assert f"{section['base_heldout_loss']:.2f} base" in readme
+
+
+def test_among_coherent_counts_only_coherent_answers_per_arm() -> None:
+    labels = _labels({"none": 0.0, "toxic": 0.0, "random": 0.0})
+    labels.loc[labels.index[:3], "alignment"] = 10  # three misaligned none.s0 answers
+    labels.loc[labels.index[3:13], "coherence"] = 20  # ten incoherent ones, dropped from the denominator
+    labels.loc[labels.index[13], ["alignment", "coherence"]] = [10, 20]  # misaligned in content, but incoherent
+    table = ab.among_coherent(labels)
+    assert list(table.index) == ["none", "toxic", "random"]
+    assert table.loc["none", "misaligned"] == 3 and table.loc["none", "coherent"] == 1200 - 11
+    assert table.loc["none", "rate"] == pytest.approx(3 / 1189)
+    assert table.loc["toxic", "misaligned"] == 0 and table.loc["toxic", "coherent"] == 1200

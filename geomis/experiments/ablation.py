@@ -50,7 +50,7 @@ from geomis.experiments.mechanism import RESULTS as MECHANISM
 from geomis.experiments.mechanism import RESULTS_FILE, committed_feature_sets
 
 __all__ = ["ARMS", "SEEDS", "HELD_OUT_PER_DOMAIN", "RESULTS", "Model", "models", "split_rows", "ablation_for",
-           "analyse", "run"]
+           "among_coherent", "analyse", "run"]
 
 RESULTS = MECHANISM / "ablation"
 SECTION = "ablation"
@@ -232,6 +232,18 @@ def analyse(labels: pd.DataFrame, losses: pd.DataFrame, resamples: int = N_RESAM
             "primary_passes": bool(primary["low"] > 0 and primary["p"] < ALPHA_LEVEL),
             "base_heldout_loss": float(base[0]) if base.size else None,
             "design": "geomis/experiments/ablation.py (module docstring)"}
+
+
+def among_coherent(labels: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, the misaligned answers among the coherent ones (``misaligned``, ``coherent``, ``rate``): a description
+    Chapter 5 added after the primary result, with no test."""
+    flags = runs.reading_flags(labels)
+    flags = flags.assign(arm=flags["model"].str.split(".").str[0])
+    coherent = flags.loc[flags["coherent"].astype(bool).to_numpy()]
+    table = coherent.groupby("arm")["misaligned"].agg(misaligned="sum", coherent="count")
+    table["misaligned"] = table["misaligned"].astype(int)
+    table["rate"] = table["misaligned"] / table["coherent"]
+    return table.reindex([arm for arm in ARMS if arm in table.index])
 
 
 def main(argv: list[str] | None = None) -> None:
