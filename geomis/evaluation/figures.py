@@ -28,6 +28,12 @@ MEASURES = {"coherent": "among coherent answers", "overall": "among all answers"
 """Rate columns of :func:`geomis.evaluation.metrics.misalignment_rates` (``rate_<measure>``) and their legend labels."""
 
 
+def _interval_point(ax: Axes, estimate: float, low: float, high: float, y: int, colour: object,
+                    marker: str = "o") -> None:
+    """One estimate at height ``y`` with its interval as a horizontal error bar."""
+    ax.errorbar([estimate], [y], xerr=[[estimate - low], [high - estimate]], fmt=marker, capsize=3, color=colour)
+
+
 def plot_misalignment_rates(rates: pd.DataFrame, label: str = "model",
                             measures: Sequence[str] = ("coherent", "overall")) -> Figure:
     """Bar plot of each model's misalignment rate with its 95% interval, one bar per measure.
@@ -215,8 +221,7 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
 
     def rows(ax: Axes, values: list[tuple[str, float, float, float]], title: str, xlabel: str) -> None:
         for y, (name, estimate, low, high) in enumerate(values):
-            ax.errorbar([estimate], [y], xerr=[[estimate - low], [high - estimate]], fmt="o", capsize=3,
-                        color=colours[name])
+            _interval_point(ax, estimate, low, high, y, colours[name])
         ax.set_yticks(range(len(values)), [v[0] for v in values])
         ax.invert_yaxis()
         ax.set_title(title)
@@ -259,8 +264,7 @@ def plot_steering(section: dict) -> Figure:
     colours = dict(zip(["toxic", "misalignment", "specific", "random"], sns.color_palette("deep", 4), strict=True))
     for y, name in enumerate(names):
         c = conditions[name]
-        axes[0].errorbar([c["rate"]], [y], xerr=[[c["rate"] - c["low"]], [c["high"] - c["rate"]]], fmt="o",
-                         capsize=3, color=colours.get(name.split("@")[0], "grey"))
+        _interval_point(axes[0], c["rate"], c["low"], c["high"], y, colours.get(name.split("@")[0], "grey"))
     axes[0].set_yticks(range(len(names)), [name.split("@")[0] for name in names])
     axes[0].invert_yaxis()
     axes[0].set_xlim(left=0)
@@ -326,12 +330,10 @@ def plot_ablation(section: dict) -> Figure:
     for y, name in enumerate(names):
         c = conditions[name]
         colour = colours.get(name, "grey")
-        rates.errorbar([c["rate"]], [y], xerr=[[c["rate"] - c["low"]], [c["high"] - c["rate"]]], fmt="o",
-                       capsize=3, color=colour)
+        _interval_point(rates, c["rate"], c["low"], c["high"], y, colour)
         if c.get("heldout_loss") is not None:
             low, high = c["heldout_loss_range"]
-            losses.errorbar([c["heldout_loss"]], [y], xerr=[[c["heldout_loss"] - low], [high - c["heldout_loss"]]],
-                            fmt="s", capsize=3, color=colour)
+            _interval_point(losses, c["heldout_loss"], low, high, y, colour, marker="s")
     for ax in (rates, losses):
         ax.set_yticks(range(len(names)), [f"{name} (rank {', '.join(map(str, conditions[name]['ranks']))})"
                                           for name in names])

@@ -194,14 +194,20 @@ def mean_loss(model: Any, rows: Sequence[Any], config: Any) -> float:
     return mean_assistant_loss(model, rows, config)
 
 
+def _flags(labels: pd.DataFrame) -> pd.DataFrame:
+    """Read labels with ``misaligned``/``coherent`` flags and ``arm``, ``seed`` and ``cluster`` (seed and question)
+    parsed from the model name ``<arm>.s<seed>.first-plot``."""
+    flags = runs.reading_flags(labels)
+    parts = flags["model"].str.extract(r"^(?P<arm>[a-z]+)\.s(?P<seed>[0-9]+)\.first-plot$")
+    flags = flags.assign(arm=parts["arm"], seed=parts["seed"].astype(float).astype("Int64"))
+    return flags.assign(cluster=flags["seed"].astype(str) + "/" + flags["question_id"].astype(str))
+
+
 def analyse(labels: pd.DataFrame, losses: pd.DataFrame, resamples: int = N_RESAMPLES) -> dict[str, Any]:
     """The ``ablation`` section: rate per arm, the three contrasts, held-out loss per arm."""
     from geomis.stats import cluster_bootstrap, cluster_difference
 
-    flags = runs.reading_flags(labels)
-    parts = flags["model"].str.extract(r"^(?P<arm>[a-z]+)\.s(?P<seed>[0-9]+)\.first-plot$")
-    flags = flags.assign(arm=parts["arm"], seed=parts["seed"].astype(float).astype("Int64"))
-    flags = flags.assign(cluster=flags["seed"].astype(str) + "/" + flags["question_id"].astype(str))
+    flags = _flags(labels)
     arm = {name: pd.DataFrame(flags.loc[(flags["arm"] == name).to_numpy()]) for name in ARMS}
     empty = [name for name, part in arm.items() if part.empty]
     if empty:
@@ -237,8 +243,7 @@ def analyse(labels: pd.DataFrame, losses: pd.DataFrame, resamples: int = N_RESAM
 def among_coherent(labels: pd.DataFrame) -> pd.DataFrame:
     """Per arm, the misaligned answers among the coherent ones (``misaligned``, ``coherent``, ``rate``): a description
     Chapter 5 added after the primary result, with no test."""
-    flags = runs.reading_flags(labels)
-    flags = flags.assign(arm=flags["model"].str.split(".").str[0])
+    flags = _flags(labels)
     coherent = flags.loc[flags["coherent"].astype(bool).to_numpy()]
     table = coherent.groupby("arm")["misaligned"].agg(misaligned="sum", coherent="count")
     table["misaligned"] = table["misaligned"].astype(int)
