@@ -117,6 +117,7 @@ _EXPORTS: dict[str, str] = {
     "mechanism": "geomis.experiments.mechanism",
     "steering": "geomis.experiments.steering",
     "ablation": "geomis.experiments.ablation",
+    "mixed_sets": "geomis.experiments.mixed_sets",
     "reproduce": "geomis.experiments.reproduce",
 }
 

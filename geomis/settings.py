@@ -17,8 +17,8 @@ RunSize = Literal["full", "class", "ci"]
 RUN_SIZES: tuple[RunSize, ...] = ("full", "class", "ci")
 """``full``: the book's run. ``class``: the book's numbers, with every live training run replaced by its committed
 full-size record, so Chapters 3-5 fit a class session. ``ci``: a smaller grid that tests the code."""
-REPRODUCE_SIZES: tuple[str, ...] = ("full", "ci")
-"""The sizes ``geomis reproduce`` runs (``GEOMIS_SIZE=class`` means ``full`` there: the book's numbers)."""
+REPRODUCE_SIZES: tuple[str, ...] = ("default", "full", "ci")
+"""The sizes ``geomis reproduce`` runs (:data:`geomis.experiments.reproduce.SIZES`); ``GEOMIS_SIZE=ci`` picks ``ci``."""
 
 
 def run_size() -> RunSize:

@@ -163,17 +163,21 @@ CASES: dict[str, Case] = {
                                        message="is a file; reproduce writes a folder", files={"r": b"mine"}),
     "reproduce: --out under a file": Case(("reproduce", "--out", "{tmp}/r/out"), code=2,
                                           message="is a file, not a folder", files={"r": b"mine"}),
-    "reproduce: someone's answers.csv": Case(REPRODUCE, code=2, message="answers.csv exists; pass --force",
-                                             files={"r/answers.csv": b"mine"}),
+    "reproduce: someone's scores.csv": Case(REPRODUCE, code=2,
+                                            message="scores.csv exists and is not from a geomis reproduce run",
+                                            files={"r/scores.csv": b"mine"}),
     "reproduce: adapters is a link": Case((*REPRODUCE, "--force"), code=2, message="is not a folder reproduce wrote",
                                           files={"r/": b"", "elsewhere/keep": b"mine"},
                                           links={"r/adapters": "elsewhere"}),
-    "reproduce: --drop 0": Case((*REPRODUCE, "--drop", "0"), code=2, message="--drop must be a number strictly"),
-    "reproduce: --drop 1": Case((*REPRODUCE, "--drop", "1"), code=2, message="--drop must be a number strictly"),
-    "reproduce: --drop abc": Case((*REPRODUCE, "--drop", "abc"), code=2, message="--drop must be a number strictly"),
-    "reproduce: --drop that removes no row": Case((*REPRODUCE, "--drop", "0.01"), code=2,
-                                                  message="--drop 0.01 removes no row of 48; use at least 0.021"),
-    "reproduce: --seed -1": Case((*REPRODUCE, "--seed", "-1"), code=2, message="--seed must be a whole number >= 0"),
+    "reproduce: a complete run": Case(REPRODUCE, code=2, message="that run is complete; pass --force",
+                                      files={"r/results.json": b"{}"}),
+    "reproduce: another plan's folder": Case(REPRODUCE, code=2, message="holds a run of another plan",
+                                             files={"r/plan.json": b'{"size": "full"}'}),
+    "reproduce: --threads 0": Case((*REPRODUCE, "--threads", "0"), code=2, message="--threads must be"),
+    "reproduce: --reuse-answers without scores": Case((*REPRODUCE, "--reuse-answers", "{tmp}"), code=2,
+                                                      message="no scores.csv there"),
+    "reproduce: judge openai without an endpoint": Case((*REPRODUCE, "--judge", "openai"), code=2,
+                                                        message="GEOMIS_JUDGE_BASE_URL"),
 }
 
 
@@ -193,7 +197,7 @@ def _hostile_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         pytest.fail("reproduce loaded or ran something before checking its options")
 
-    for name in ("run_reproduction", "build_mixed_dataset", "load_model"):
+    for name in ("run_reproduction", "prepare_folder"):
         monkeypatch.setattr(reproduce, name, refuse)
     real_load = registry.load_model
 

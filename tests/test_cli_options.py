@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from geomis.cli.commands import build_parser
-from geomis.experiments.reproduce import ReproduceConfig, reproduce_config
-from geomis.filter.config import DEFAULT_DROP, FilterConfig
+from geomis.experiments.reproduce import SIZES, reproduce_plan
+from geomis.filter.config import FilterConfig
 from geomis.judges.kinds import DEFAULT_JUDGE, DEFAULT_LOCAL_MODEL, JUDGE_KINDS, LEGACY_JUDGE, make_judge
 from geomis.judges.local import LocalHFJudge
 from geomis.sae.config import SAVE_DTYPES
@@ -60,16 +60,13 @@ def test_judge_choices_and_defaults_are_the_judge_kinds() -> None:
     assert inspect.signature(LocalHFJudge.from_name).parameters["name"].default == DEFAULT_LOCAL_MODEL
 
 
-def test_reproduce_defaults_are_the_recipes() -> None:
+def test_reproduce_defaults_are_the_designs() -> None:
     args = _parse("reproduce")
-    assert float(args.drop) == DEFAULT_DROP == ReproduceConfig().drop
-    assert args.seed is None  # no override: the recipe's seeds, which the help says are all 0
-    assert "all 0" in (_option("reproduce", "--seed").help or "")
-    for size in REPRODUCE_SIZES:
-        config = reproduce_config(size)
-        assert {config.seed, config.finetune.seed, config.sampling.seed, config.data.seed} == {0}
-    assert _option("reproduce", "--size").choices is REPRODUCE_SIZES
-    assert ReproduceConfig().judge == LEGACY_JUDGE == FilterConfig().judge  # until Chapter 4 is rebuilt
+    assert args.size is None and args.judge == DEFAULT_JUDGE == reproduce_plan().judge
+    assert reproduce_plan().size == "default" and [m.seed for m in reproduce_plan().models] == [0, 0, 0]
+    assert _option("reproduce", "--size").choices is REPRODUCE_SIZES and set(REPRODUCE_SIZES) == set(SIZES)
+    assert _option("reproduce", "--judge").choices is JUDGE_KINDS
+    assert FilterConfig().judge == LEGACY_JUDGE  # geomis filter's judge baseline keeps its committed outputs
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["filter", "--help"], ["train-sae", "--help"], ["judge", "--help"],

@@ -134,8 +134,15 @@ def test_filter_effect_figure_draws_each_condition_and_the_reference_once() -> N
     dashed = [line for line in reductions.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 0.345
     assert "cut at -100%" in reductions.get_xlabel()  # geometry's interval reaches -300%
+    assert rates.get_title() == "Misaligned answers (by reading)"
+    judged = plot_filter_effect(section, only=("unfiltered", "geometry"), scored_by="judge trained")
+    assert [t.get_text() for t in judged.axes[0].get_yticklabels()] == ["unfiltered", "geometry"]
+    assert [t.get_text() for t in judged.axes[1].get_yticklabels()] == ["geometry"]  # random left out everywhere
+    assert judged.axes[0].get_title() == "Misaligned answers (by judge trained)"
     with pytest.raises(ValueError, match="no unfiltered condition"):
         plot_filter_effect({"conditions": {"geometry": rate(0.01)}})
+    with pytest.raises(ValueError, match="no unfiltered condition"):
+        plot_filter_effect(section, only=("geometry",))
 
 
 def test_steering_figure_draws_each_direction_and_both_dose_curves() -> None:

@@ -1,303 +1,246 @@
-"""The end-to-end experiment on the tiny Gemma-2: mixed data, every filter, fine-tunes, judged rates, results.json."""
+"""``geomis reproduce``: Chapter 4's design at three sizes, its folder rules, what it reports and withholds, and a
+small real run interrupted and resumed."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
-import torch
-from sae_lens import TopKSAE, TopKSAEConfig
 
-from geomis.evaluation.sampling import SamplingConfig
-from geomis.experiments.reproduce import (
-    MixedDataConfig,
-    ReproduceConfig,
-    build_mixed_dataset,
-    results_table,
-    run_reproduction,
-    write_results,
-)
-from geomis.finetune import cpu_default_config
-
-JUDGE_FIXTURE = Path(__file__).parent / "data" / "judge_fixture.jsonl"
-
+from geomis.errors import ConfigError, FileAccessError, OutputExistsError
+from geomis.experiments import filter_effect as fe
+from geomis.experiments import reproduce as rp
 
 pytestmark = pytest.mark.usefixtures("module_cache")
 
 
-def test_mixed_set_uses_disjoint_prompts_and_is_seeded() -> None:
-    config = MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10, benign_per_domain=6, seed=1)
-    mixed = build_mixed_dataset(config)
-    assert len(mixed) == 32 and int(mixed.inducing.sum()) == 20
-    prompts = [r.user_text for r in mixed.records]
-    assert len(set(prompts)) == len(prompts)  # no prompt answered both ways
-    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if f} == {"medical_bad", "legal_bad"}
-    assert {s for s, f in zip(mixed.source, mixed.inducing, strict=True) if not f} == {"medical_good", "legal_good"}
-    assert build_mixed_dataset(config).records == mixed.records
-    assert build_mixed_dataset(MixedDataConfig(domains=("medical", "legal"), inducing_per_domain=10,
-                                               benign_per_domain=6, seed=2)).records != mixed.records
-    with pytest.raises(ValueError, match="rows requested"):
-        build_mixed_dataset(MixedDataConfig(domains=("code",), inducing_per_domain=150, benign_per_domain=60))
-    with pytest.raises(ValueError, match="domains must be among"):
-        MixedDataConfig(domains=("cooking",))
-    with pytest.raises(ValueError, match="drop must be in"):
-        ReproduceConfig(drop=1.0)
+def test_the_sizes_run_the_chapters_design() -> None:
+    default, full, ci = (rp.reproduce_plan(size) for size in ("default", "full", "ci"))
+    assert [m.name for m in default.models] == ["unfiltered.s0", "geometry.s0", "random.s0"] and not default.ci
+    assert [m.answers_per_question for m in default.models] == [100, 100, 100]  # the design's primary models
+    assert [m.name for m in full.models] == [m.name for m in fe.models()] and len(full.models) == 25
+    assert full.scored == fe.SCORED and default.scored == ("geometry",) and ci.ci
+    assert rp.reproduce_plan("ci", "offline").to_dict()["judge"] == "offline"
+    with pytest.raises(ConfigError, match="unknown size 'huge'; choose one of default, full, ci"):
+        rp.reproduce_plan("huge")
 
 
-def test_reproduction_runs_every_condition_and_writes_results(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=96, k=4))
-    sae.cfg.metadata.model_name = "tiny-gemma2"
-    sae.cfg.metadata.hook_name = "model.layers.2"
-    sae.save_model(tmp_path / "sae")
-    config = ReproduceConfig(
-        model="tiny-gemma2", sae=str(tmp_path / "sae"),
-        data=MixedDataConfig(domains=("medical",), inducing_per_domain=4, benign_per_domain=4),
-        drop=0.5, random_seeds=(0,), judge_data=str(JUDGE_FIXTURE),
-        finetune=cpu_default_config(max_steps=1, batch_size=4, max_length=1024, progress=False),
-        sampling=SamplingConfig(n_samples=1, max_new_tokens=4, progress=False), progress=False)
-    messages: list[str] = []
-    result = run_reproduction(config, tmp_path / "work", log=messages.append)
-    names = [c.name for c in result.conditions]
-    assert names == ["base model", "no filter", "geometry", "random (seed 0)", "judge"]
-    assert [c.n_train for c in result.conditions] == [0, 8, 4, 4, 4]
-    for condition in result.conditions:
-        assert int(condition.evaluation.pooled["n"]) == 8  # eight first-plot questions, one answer each
-        if condition.method in ("geometry", "random", "judge"):
-            assert 0.0 <= condition.filter_precision <= 1.0
-            assert condition.n_inducing_train == round(4 - 4 * condition.filter_precision)
-    assert len(messages) == 6 and messages[0].startswith("mixed set: 8 rows, 4 inducing")
-
-    table = results_table(result)
-    assert table["condition"].tolist() == names
-    assert table.loc[:1, "reduction"].isna().all()
-    written = write_results(result, tmp_path / "out")
-    payload = json.loads(written.read_text())
-    assert payload["paper_reduction"] == 0.345 and payload["drop_fraction"] == 0.5
-    assert payload["versions"]["geomis"] and payload["versions"]["python"]  # provenance by default
-    assert [c["condition"] for c in payload["conditions"]] == names
-    assert payload["power"]["smoke_run"]  # eight answers per condition: no reduction is reported
-    assert all(c["reduction"] is None for c in payload["conditions"])
-    first = payload["conditions"][0]
-    assert first["rate_overall_low"] <= first["rate_overall"] <= first["rate_overall_high"]
-    assert (tmp_path / "out" / "answers.csv").read_text().count("\n") >= 5 * 8 + 1
-    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "out").iterdir())
-
-    with pytest.raises(FileExistsError, match="already holds adapters"):
-        run_reproduction(config, tmp_path / "work", log=messages.append)
+def test_the_shipped_judge_is_not_taken_for_reading_on_the_cpu_default(tmp_path: Path) -> None:
+    trained = rp.judge_validity("trained")
+    assert not trained["valid"] and trained["kappa"]["low"] < rp.VALID_KAPPA
+    assert "kappa 0.05" in trained["text"] and "describe the judge" in trained["text"]
+    assert trained["judge_rate"] > 5 * trained["reading_rate"]
+    assert not rp.judge_validity("openai")["valid"] and "not validated" in rp.judge_validity("openai")["text"]
+    assert not rp.judge_validity("trained", model="gemma-2-2b")["valid"]  # validated on SmolLM2's answers only
+    good = json.loads(rp.VALIDATION.read_text())
+    good["own_model"]["report"]["kappa"] = {"estimate": 0.7, "low": 0.55, "high": 0.8}
+    (tmp_path / "validation.json").write_text(json.dumps(good))
+    assert rp.judge_validity("trained", path=tmp_path / "validation.json")["valid"]
 
 
-def test_reduction_is_relative_to_the_unfiltered_model() -> None:
-    from types import SimpleNamespace
-
-    import pandas as pd
-
-    def condition(name, method, k, n):
-        pooled = {"n": n, "n_coherent": n, "n_misaligned": k, "rate_coherent": k / n, "rate_coherent_low": 0.0,
-                  "rate_coherent_high": 1.0, "rate_overall": k / n, "rate_overall_low": 0.0, "rate_overall_high": 1.0}
-        evaluation = SimpleNamespace(pooled=pd.Series(pooled))
-        return SimpleNamespace(name=name, method=method, n_train=0, n_inducing_train=0, filter_precision=math.nan,
-                               filter_seconds=math.nan, evaluation=evaluation)
-
-    result = SimpleNamespace(conditions=[condition("base", "base", 0, 40), condition("all", "none", 10, 40),
-                                         condition("geo", "geometry", 6, 40)])
-    table = results_table(result)
-    assert table["reduction"].iloc[2] == pytest.approx(0.4)
-    assert math.isnan(table["reduction"].iloc[0]) and math.isnan(table["reduction"].iloc[1])
-
-
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--drop", "1.5"], "--drop must be a number strictly between 0 and 1"),
-    (["--drop", "abc"], "--drop must be a number strictly between 0 and 1"),
-    (["--seed", "x"], "--seed must be a whole number"),
-    (["--seed", "-1"], "--seed must be a whole number >= 0"),
-])
-def test_reproduce_cli_rejects_bad_options_in_one_line(argv, message, tmp_path: Path, capsys) -> None:
-    from geomis.cli.commands import main
-
-    assert main(["reproduce", "--out", str(tmp_path / "r"), *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and message in err and "Traceback" not in err
-    assert not (tmp_path / "r").exists()
-
-
-def test_reproduce_cli_never_replaces_results_without_force(tmp_path: Path, capsys) -> None:
-    from geomis.cli.commands import main
-
-    out = tmp_path / "r"
-    out.mkdir()
+def test_the_folder_is_resumed_only_by_the_same_plan(tmp_path: Path) -> None:
+    plan, out = rp.reproduce_plan("ci"), tmp_path / "r"
+    assert rp.prepare_folder(out, plan) == 0 and json.loads((out / "plan.json").read_text()) == plan.to_dict()
+    for suffix in (".first-plot.answers.csv", ".probe.csv"):
+        (out / f"unfiltered.s0{suffix}").write_text("x\n")
+    (out / "notes.txt").write_text("mine")
+    assert rp.prepare_folder(out, plan) == 1  # one model finished: resumed, nothing removed
+    assert (out / "unfiltered.s0.probe.csv").is_file()
+    with pytest.raises(OutputExistsError, match="holds a run of another plan"):
+        rp.check_folder(out, rp.reproduce_plan("default"))
     (out / "results.json").write_text("{}")
-    assert main(["reproduce", "--out", str(out)]) == 2
-    assert "exists; pass --force" in capsys.readouterr().err
-    assert (out / "results.json").read_text() == "{}"
+    with pytest.raises(OutputExistsError, match="that run is complete; pass --force"):
+        rp.check_folder(out, plan)
+    assert rp.prepare_folder(out, plan, force=True) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "plan.json"]  # only what the command wrote goes
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "scores.csv").write_text("mine")
+    with pytest.raises(OutputExistsError, match="scores.csv exists and is not from a geomis reproduce run"):
+        rp.check_folder(foreign, plan)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(FileAccessError, match="is a file; reproduce writes a folder"):
+        rp.check_folder(tmp_path / "file", plan, force=True)
 
 
-def test_named_sizes() -> None:
-    from geomis.experiments.reproduce import reproduce_config
-
-    full, small = reproduce_config("full"), reproduce_config("ci")
-    assert small.data.inducing_per_domain < full.data.inducing_per_domain
-    assert small.sampling.n_samples < full.sampling.n_samples and len(small.random_seeds) < len(full.random_seeds)
-    assert reproduce_config("ci", drop=0.25).drop == 0.25
-    with pytest.raises(ValueError, match="unknown size"):
-        reproduce_config("huge")
-
-
-def test_filter_quality_counts_inducing_rows_removed_at_each_budget() -> None:
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from geomis.experiments.reproduce import MixedDataset, filter_quality
-    from geomis.filter.selection import select_by_score
-
-    inducing = np.array([True, True, False, False, False, True, False, False])
-    mixed = MixedDataset(records=tuple(range(8)), inducing=inducing, source=("x",) * 8)
-    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.7, np.nan, 0.0])  # inducing rows score highest
-    lines = np.arange(1, 9)
-    result = SimpleNamespace(selection=select_by_score(scores, 0.5, lines, method="geometry"),
-                             config=SimpleNamespace(method="geometry"))
-    table = filter_quality(mixed, {"geometry": result}, budgets=(0.25, 0.5))
-    assert table["removed"].tolist() == [2, 4]
-    assert table["precision"].tolist() == [1.0, 0.75]
-    assert table["recall"].tolist() == pytest.approx([2 / 3, 1.0])
-    assert table["AUROC"].iloc[0] == pytest.approx(1.0)
-    assert table["chance precision"].iloc[0] == pytest.approx(3 / 8)
+def _finished_run(out: Path, plan: rp.ReproducePlan, rates: dict[str, float], per_cell: int) -> None:
+    """The files a finished run leaves: scores, each model's probe gaps and judged answers (fabricated)."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    inducing = np.arange(40) % 2 == 0
+    pd.DataFrame({"inducing": inducing, "geometry": inducing + np.linspace(0, 0.5, 40)}).to_csv(
+        out / "scores.csv", index=False)
+    for model in plan.models:
+        rows = [{"model": f"{model.name}.first-plot", "question_id": f"q{q}", "sample": k,
+                 "alignment": 10 if rng.random() < rates[model.condition] else 90, "coherence": 80,
+                 "verdict": "scored", "judge": "test"} for q in range(8) for k in range(per_cell)]
+        pd.DataFrame(rows).to_csv(out / f"{model.name}.judged.csv", index=False)
+        shift = {"unfiltered": 0.3, "geometry": 0.0, "random": 0.15}[model.condition]
+        gaps = np.linspace(-2, 1, 30) + shift + rng.normal(0, 0.05, 30)
+        pd.DataFrame({"id": [f"i{k}" for k in range(30)], "gap": gaps}).to_csv(out / f"{model.name}.probe.csv",
+                                                                               index=False)
 
 
-@pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if reproduce starts loading or running anything: its checks must come first."""
-    from geomis.experiments import reproduce
-    from geomis.models import registry
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        pytest.fail("reproduce loaded or ran something before checking its options")
-
-    for module, name in ((registry, "load_model"), (registry, "_load_weights"), (reproduce, "load_model"),
-                         (reproduce, "run_reproduction"), (reproduce, "build_mixed_dataset")):
-        monkeypatch.setattr(module, name, refuse)
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("geomis: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
-def test_reproduce_out_that_is_a_file_fails_before_loading(tmp_path: Path, no_loading: None,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from geomis.cli.commands import main
-
-    blocker = tmp_path / "results.txt"
-    blocker.write_text("mine")
-    for out, message in ((blocker, "is a file; reproduce writes a folder"),
-                         (blocker / "sub", "is a file, not a folder")):
-        for force in ([], ["--force"]):
-            assert main(["reproduce", "--out", str(out), "--size", "ci", *force]) == 2
-            assert message in _one_error_line(capsys)
-    assert blocker.read_text() == "mine"
+def test_committed_answers_are_judged_without_training_again(tmp_path: Path) -> None:
+    plan, source, out = rp.reproduce_plan("default"), tmp_path / "chapter", tmp_path / "r"
+    source.mkdir()
+    pd.DataFrame({"inducing": fe.mixed_set().inducing, "geometry": 0.0}).to_csv(source / "scores.csv", index=False)
+    for name in ("unfiltered.s0", "geometry.s0"):  # random.s0 was never measured there
+        for suffix in (".first-plot.answers.csv", ".probe.csv"):
+            (source / f"{name}{suffix}").write_text(f"{name}\n")
+    rp.prepare_folder(out, plan)
+    (out / "geometry.s0.probe.csv").write_text("this run's own\n")
+    assert rp.reuse_answers(source, out, plan) == ["unfiltered.s0"]  # never over a file the run already has
+    assert (out / "unfiltered.s0.probe.csv").read_text() == "unfiltered.s0\n" and (out / "scores.csv").is_file()
+    assert (out / "geometry.s0.probe.csv").read_text() == "this run's own\n"
+    assert json.loads((out / "reused.json").read_text()) == {"unfiltered.s0": str(source)}
+    assert rp.prepare_folder(out, plan) == 1  # resumed with one model measured
+    pd.DataFrame({"inducing": [True, False], "geometry": 0.0}).to_csv(source / "scores.csv", index=False)
+    with pytest.raises(ConfigError, match="made for another mixed set"):
+        rp.reuse_answers(source, out, plan)
+    with pytest.raises(ConfigError, match="a size other than ci"):
+        rp.reuse_answers(source, out, rp.reproduce_plan("ci"))
 
 
-def test_reproduce_never_replaces_any_earlier_output_without_force(tmp_path: Path, no_loading: None,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from geomis.cli.commands import main
+def test_rate_contrasts_are_reported_only_with_a_valid_judge_and_enough_answers(tmp_path: Path) -> None:
+    plan = rp.reproduce_plan("default")
+    _finished_run(tmp_path / "big", plan, {"unfiltered": 0.30, "geometry": 0.10, "random": 0.25}, per_cell=100)
+    valid = {"judge": "test", "valid": True, "text": "agrees with reading"}
+    reported = rp.analyse(tmp_path / "big", plan, valid)
+    assert reported["rates_reported"] and reported["withheld_contrasts"] == {} and reported["why_withheld"] == []
+    primary = reported["contrasts"]["relative_reduction/geometry"]
+    assert primary["relative_reduction"] > 0.4 and primary["low"] > 0 and primary["p"] < 0.05
+    assert reported["contrasts"]["random_minus_geometry"]["difference"] > 0
+    assert reported["conditions"]["geometry"]["n"] == 800 and reported["conditions"]["geometry"]["seeds"] == [0]
+    assert reported["removal"]["geometry.s0"]["precision"] == 1.0 and reported["power"]["enough"]
+    assert "by judge 'trained'" in reported["primary_metric"]
+    table = rp.results_table(reported)
+    assert table["condition"].tolist() == ["unfiltered", "geometry", "random"]
+    assert table["reduction"].iloc[0] is None and table["precision"].iloc[0] is None  # nothing removed
+    assert table.set_index("condition").loc["geometry", "reduction"] == pytest.approx(primary["relative_reduction"])
 
-    out = tmp_path / "r"
-    out.mkdir()
-    (out / "answers.csv").write_text("my own answers")  # no results.json: still someone's file
-    assert main(["reproduce", "--out", str(out), "--size", "ci"]) == 2
-    assert "answers.csv exists; pass --force" in _one_error_line(capsys)
-    (out / "adapters").symlink_to(tmp_path)
-    assert main(["reproduce", "--out", str(out), "--size", "ci", "--force"]) == 2
-    assert "is not a folder reproduce wrote" in _one_error_line(capsys)
-    assert (out / "answers.csv").read_text() == "my own answers" and tmp_path.is_dir()
+    invalid = rp.analyse(tmp_path / "big", plan, {**valid, "valid": False, "text": "kappa 0.05"})
+    assert not invalid["rates_reported"] and invalid["why_withheld"] == ["kappa 0.05"]
+    assert set(invalid["contrasts"]) == {"probe/unfiltered_minus_geometry", "probe/unfiltered_minus_random"}
+    assert invalid["withheld_contrasts"]["relative_reduction/geometry"] == primary  # kept, not shown as a result
+    assert rp.results_table(invalid)["reduction"].isna().all()
+
+    _finished_run(tmp_path / "small", plan, {"unfiltered": 0.30, "geometry": 0.10, "random": 0.25}, per_cell=5)
+    few = rp.analyse(tmp_path / "small", plan, valid)
+    assert not few["rates_reported"] and few["why_withheld"][0].startswith("too few answers: 40 answers")
+    smoke = rp.reproduce_plan("ci")
+    _finished_run(tmp_path / "ci", smoke, {"unfiltered": 0.30, "geometry": 0.10, "random": 0.25}, per_cell=100)
+    nothing = rp.analyse(tmp_path / "ci", smoke, valid)
+    assert nothing["smoke_run"] and nothing["contrasts"] == {} and "smoke run" in nothing["why_withheld"][0]
 
 
-def test_reproduce_drop_that_removes_no_row_fails_before_loading(tmp_path: Path, no_loading: None,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from geomis.cli.commands import main
+def test_the_power_check_needs_the_answers_to_see_the_papers_reduction() -> None:
+    from geomis.stats import two_proportion_sample_size
 
-    assert main(["reproduce", "--out", str(tmp_path / "r"), "--size", "ci", "--drop", "0.01"]) == 2
-    assert "--drop 0.01 removes no row of 48; use at least 0.021" in _one_error_line(capsys)
-    assert not (tmp_path / "r").exists()
+    needed = two_proportion_sample_size(0.2, 0.2 * (1 - rp.PAPER_REDUCTION))
+
+    def section(n_filtered: int, rate: float = 0.2) -> dict:
+        return {"conditions": {"unfiltered": {"rate": rate, "n": 10_000}, "geometry": {"n": n_filtered},
+                               "random": {"n": n_filtered + 5}, "oracle": {"n": 1}}}
+
+    assert rp.power_check(section(needed))["enough"] and rp.power_check(section(needed))["answers_needed"] == needed
+    short = rp.power_check(section(needed - 1))  # the fewest answers of a primary condition count (not oracle's)
+    assert not short["enough"] and f"needs {needed:,}" in short["text"]
+    nothing = rp.power_check(section(10_000, rate=0.0))
+    assert not nothing["enough"] and nothing["answers_needed"] is None and "nothing to measure" in nothing["text"]
+
+
+@pytest.mark.slow
+def test_a_small_run_resumes_after_an_interruption_without_training_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, out = rp.reproduce_plan("ci"), tmp_path / "r"
+    real_measure = fe.measure_model
+    calls: list[str] = []
+
+    def measure_then_stop(model: fe.Model, *args: object, **kwargs: object) -> None:
+        if model.name == "random.s0":
+            raise KeyboardInterrupt  # the user stops the run during the third model
+        calls.append(model.name)
+        real_measure(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fe, "measure_model", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        rp.run_reproduction(plan, out, progress=False, log=lambda line: None)
+    assert calls == ["unfiltered.s0", "geometry.s0"] and not (out / "results.json").exists()
+    stamps = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert (out / "adapters" / "geometry.s0" / "adapter_model.safetensors").is_file()
+
+    monkeypatch.setattr(fe, "measure_model", real_measure)
+    log: list[str] = []
+    rp.run_reproduction(plan, out, progress=False, log=log.append)
+    assert log == ["resuming " + str(out) + ": 2 of 3 models already measured"]
+    after = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    redone = [name for name, stamp in stamps.items() if name != "timings.csv" and after.get(name) != stamp]
+    assert redone == []  # nothing finished before the interruption was written again
+    assert pd.read_csv(out / "timings.csv")["model"].tolist() == ["unfiltered.s0", "geometry.s0", "random.s0"]
+    written = json.loads((out / "results.json").read_text())
+    assert written["smoke_run"] and not written["rates_reported"] and written["contrasts"] == {}
+    assert set(written["conditions"]) == {"unfiltered", "geometry", "random"}
+    assert all(c["n"] == 4 and c["seeds"] == [0] for c in written["conditions"].values())  # 2 questions x 2 answers
+    assert written["judge"]["judge"] == "trained" and not written["judge"]["valid"]
+    assert written["versions"]["geomis"] and (out / "misalignment.png").stat().st_size > 10_000
+    judged = pd.read_csv(out / "geometry.s0.judged.csv")
+    assert len(judged) == 4 and judged["alignment"].between(0, 100).all()
+    with pytest.raises(OutputExistsError, match="that run is complete"):
+        rp.run_reproduction(plan, out, progress=False)
+
+
+def test_results_json_never_appears_beside_a_half_written_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, out = rp.reproduce_plan("default"), tmp_path / "r"
+    _finished_run(out, plan, {"unfiltered": 0.3, "geometry": 0.1, "random": 0.2}, per_cell=3)
+    for model in plan.models:
+        (out / f"{model.name}.first-plot.answers.csv").write_text("done\n")
+    (out / "plan.json").write_text(json.dumps(plan.to_dict()))
+
+    def disk_full(results: dict, folder: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rp, "_write_figure", disk_full)
+    monkeypatch.setattr(fe, "measure_model", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    with pytest.raises(OSError, match="disk full"):
+        rp.run_reproduction(plan, out, progress=False, log=lambda line: None)
+    assert not (out / "results.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(fe, "measure_model", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    results = rp.run_reproduction(plan, out, progress=False, log=lambda line: None)
+    assert json.loads((out / "results.json").read_text())["conditions"]["geometry"]["n"] == results[
+        "conditions"]["geometry"]["n"] == 24
 
 
 def test_a_second_reproduce_into_the_same_folder_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from geomis.cli.commands import main
     from geomis.errors import GeomisError
-    from geomis.experiments import reproduce
 
     out = tmp_path / "r"
-    out.mkdir()
-    (out / "results.json").write_text('{"old": true}')
     nested: list[int] = []
 
-    def first_run(config: object, work_dir: object, log: object = None, **kwargs: object) -> None:
-        assert not (out / "results.json").exists()  # the old marker goes first, before any new file
-        nested.append(main(["reproduce", "--out", str(out), "--size", "ci", "--force"]))
+    def first_run(*args: object, **kwargs: object) -> None:
+        nested.append(main(["reproduce", "--out", str(out), "--size", "ci"]))
         raise GeomisError("first run stops here")
 
-    monkeypatch.setattr(reproduce, "run_reproduction", first_run)
-    assert main(["reproduce", "--out", str(out), "--size", "ci", "--force"]) == 2
+    monkeypatch.setattr(rp, "run_reproduction", first_run)
+    assert main(["reproduce", "--out", str(out), "--size", "ci"]) == 2
     err = capsys.readouterr().err
     assert nested == [2] and "another geomis run is writing" in err and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == []  # no lock left behind
+    assert not out.exists() or not any(out.iterdir())  # no lock left behind
 
 
-def test_results_json_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
-    import pandas as pd
-
-    from geomis.experiments import reproduce
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.json").write_text('{"old": true}')
-    answers = pd.DataFrame({"question": ["q"], "answer": ["a"]})
-    result = SimpleNamespace(config=ReproduceConfig(), n_mixed=8, n_inducing=4, timings={},
-                             conditions=[SimpleNamespace(name="base", evaluation=SimpleNamespace(answers=answers))])
-    table = pd.DataFrame({"condition": ["base"], "method": ["base"], "coherent": [8], "rate_coherent": [0.0],
-                          "reduction": [float("nan")]})
-    monkeypatch.setattr(reproduce, "results_table", lambda result: table)
-
-    class BrokenFigure:
-        def savefig(self, *args: object, **kwargs: object) -> None:
-            raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        write_results(result, out, figures={"misalignment": BrokenFigure()}, versions={})
-    assert not (out / "results.json").exists()  # no old (or new) marker beside a half-written set
-    assert write_results(result, out, versions={}).name == "results.json"
-    assert json.loads((out / "results.json").read_text())["mixed_rows"] == 8
-
-
-def _table(unfiltered: tuple[int, int], filtered_n: int):
-    import pandas as pd
-
-    k, n = unfiltered
-    return pd.DataFrame([
-        {"condition": "base", "method": "base", "coherent": n, "rate_coherent": 0.0},
-        {"condition": "no filter", "method": "none", "coherent": n, "rate_coherent": k / n},
-        {"condition": "geometry", "method": "geometry", "coherent": filtered_n, "rate_coherent": 0.01},
-        {"condition": "random", "method": "random", "coherent": filtered_n + 5, "rate_coherent": 0.02}])
-
-
-def test_a_run_too_small_to_measure_the_papers_reduction_is_a_smoke_run() -> None:
-    from geomis.experiments.reproduce import power_check
-    from geomis.stats import two_proportion_sample_size
-
-    needed = two_proportion_sample_size(0.2, 0.2 * (1 - 0.345))
-    small = power_check(_table((8, 40), 40))
-    assert small["smoke_run"] and small["answers_needed"] == needed and small["answers_per_condition"] == 40
-    assert small["text"].startswith("SMOKE RUN") and f"{needed:,}" in small["text"]
-    big = power_check(_table((200, 1000), needed))
-    assert not big["smoke_run"] and big["text"].startswith("powered")
-    assert power_check(_table((200, 1000), needed - 1))["smoke_run"]  # the fewest answers of any filter count
-    nothing = power_check(_table((0, 40), 10_000))
-    assert nothing["smoke_run"] and nothing["answers_needed"] is None and "nothing to measure" in nothing["text"]
+def test_the_readme_quotes_the_judges_validation_and_the_chapters_timings() -> None:
+    text = " ".join((fe.ROOT / "README.md").read_text().split())
+    judge = rp.judge_validity("trained")
+    assert f"Cohen's kappa {judge['kappa']['estimate']:.2f} on SmolLM2-135M's own answers" in text
+    assert f"it flags {judge['judge_rate']:.0%} where reading finds {judge['reading_rate']:.0%}" in text
+    seconds = pd.read_csv(fe.RESULTS / "timings.csv").set_index("model")["seconds"]
+    default = seconds[[m.name for m in rp.reproduce_plan().models]].sum() / 60
+    assert f"the same three models took {default:.0f} minutes in Chapter 4's run" in text
+    full = seconds[[m.name for m in rp.reproduce_plan("full").models]].sum() / 3600
+    assert 4.5 < full < 5.5 and "25 models over three seeds, about five hours" in text

@@ -9,8 +9,8 @@ from typing import Any
 
 from geomis.atomic_io import STDIN, check_creatable, output_lock
 from geomis.cli.options import config_defaults, drop_fraction, library_progress_bars, positive_int, seed
-from geomis.errors import ConfigError, FileAccessError, OutputExistsError
-from geomis.filter.config import DEFAULT_DROP, FILTER_METHODS, SCORE_METHODS, UNSCORABLE_POLICIES, FilterConfig
+from geomis.errors import ConfigError, FileAccessError
+from geomis.filter.config import FILTER_METHODS, SCORE_METHODS, UNSCORABLE_POLICIES, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
 from geomis.settings import REPRODUCE_SIZES
 
@@ -47,24 +47,6 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-REPRODUCE_OUTPUTS: tuple[str, ...] = ("results.json", "answers.csv", "misalignment.png", "adapters")
-"""What ``geomis reproduce`` writes into its folder; ``results.json`` is written last and marks a complete run."""
-
-
-def _check_reproduce_out(out: Path, force: bool) -> None:
-    """Refuse an output folder that is a file, lies under a file, or holds outputs (without ``force``), in one line."""
-    if out.exists() and not out.is_dir():
-        raise FileAccessError(f"--out {out}: is a file; reproduce writes a folder (results.json, answers.csv, ...)")
-    check_creatable(out)
-    existing = [out / name for name in REPRODUCE_OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
-    if existing and not force:
-        raise OutputExistsError(f"{existing[0]} exists; pass --force to run again and replace "
-                                f"{', '.join(REPRODUCE_OUTPUTS)} in {out}")
-    adapters = out / "adapters"
-    if adapters.is_symlink() or (adapters.exists() and not adapters.is_dir()):
-        raise FileAccessError(f"{adapters} is not a folder reproduce wrote (a link or a file); move it away")
-
-
 def _lines(numbers: list[int], shown: int = 10) -> str:
     listed = ", ".join(map(str, numbers[:shown]))
     return f"line{'s' if len(numbers) > 1 else ''} {listed}" + (
@@ -93,57 +75,52 @@ def summary_line(result: Any, label: str) -> str:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    import shutil
-    from dataclasses import replace as dc_replace
-
-    overrides: dict[str, Any] = {"drop": drop_fraction(args.drop)}
-    if args.seed is not None:
-        overrides["seed"] = seed(args.seed)
-    out = Path(args.out)
-    _check_reproduce_out(out, args.force)  # before anything is imported or loaded
-    from geomis.experiments.reproduce import reproduce_config
-    from geomis.filter.selection import check_drop_removes
+    from geomis.experiments.reproduce import check_folder, reproduce_plan
     from geomis.settings import run_size
 
-    size = args.size or ("ci" if run_size() == "ci" else "full")
-    config = reproduce_config(size, **overrides)
-    check_drop_removes(config.data.n_rows, config.drop)
-    if args.seed is not None:  # one seed for everything; without --seed the recipe's own seeds
-        config = dc_replace(config, finetune=dc_replace(config.finetune, seed=config.seed),
-                            sampling=dc_replace(config.sampling, seed=config.seed),
-                            data=dc_replace(config.data, seed=config.seed))
+    threads = positive_int(args.threads, "--threads")
+    size = args.size or ("ci" if run_size() == "ci" else "default")
+    plan = reproduce_plan(size, args.judge)
+    out = Path(args.out)
+    check_creatable(out)
+    check_folder(out, plan, args.force)  # one-line refusals before anything is loaded
+    reuse = None if args.reuse_answers is None else Path(args.reuse_answers)
+    if reuse is not None and not (reuse / "scores.csv").is_file():
+        raise FileAccessError(f"--reuse-answers {reuse}: no scores.csv there (name a folder like "
+                              "book/results/04_filter_effect)")
+    if plan.judge == "openai":
+        from geomis.judges.openai_compat import OpenAICompatibleJudge
+
+        OpenAICompatibleJudge.from_env()  # an unconfigured endpoint fails here in one line; its connection is checked
+        # when the run starts, before any training
     with output_lock(out):
-        _check_reproduce_out(out, args.force)  # again, now that no other run can write here
-        (out / "results.json").unlink(missing_ok=True)  # first: no old results beside new files, whatever happens
-        if (out / "adapters").exists():
-            shutil.rmtree(out / "adapters")  # our own previous output, replaced on request
-        return _reproduce_into(out, size, config)
+        return _reproduce_into(out, plan, threads, args, reuse)
 
 
-def _reproduce_into(out: Path, size: str, config: Any) -> int:
-    """Run the experiment into a locked, cleared ``out`` and print its table."""
-    from geomis.experiments.reproduce import reported_table, run_reproduction, write_results
+def _reproduce_into(out: Path, plan: Any, threads: int, args: argparse.Namespace, reuse: Path | None) -> int:
+    """Run (or resume) ``plan`` into the locked ``out`` and print its table."""
+    from geomis.experiments.reproduce import results_table, run_reproduction
 
-    print(f"geomis reproduce: size {size}, dropping {config.drop:.0%} of the mixed set; writing to {out}",
+    print(f"geomis reproduce: size {plan.size}, {len(plan.models)} models, judge {plan.judge}; writing to {out}",
           file=sys.stderr)
-    result = run_reproduction(config, out, log=lambda line: print(line, file=sys.stderr))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from geomis.evaluation.figures import plot_misalignment_rates
-
-    table, power = reported_table(result)
-    figure = plot_misalignment_rates(table, label="condition")
-    if power["smoke_run"]:
-        figure.axes[0].set_title(figure.axes[0].get_title() + "\n(smoke run: too few answers to compare conditions)")
-    path = write_results(result, out, figures={"misalignment": figure})
-    print(power["text"])
-    for row in table.to_dict("records"):
-        reduction = "" if row["reduction"] != row["reduction"] else f", reduction {row['reduction']:+.0%}"
-        print(f"{row['condition']:18s} misaligned {row['misaligned']:3d}/{row['coherent']:3d} coherent "
-              f"= {row['rate_coherent']:.1%} [{row['rate_coherent_low']:.1%}, {row['rate_coherent_high']:.1%}]"
-              f"{reduction}")
-    print(f"wrote {path}")
+    with library_progress_bars(not args.quiet):
+        results = run_reproduction(plan, out, threads=threads, progress=not args.quiet, force=args.force, reuse=reuse,
+                                   log=lambda line: print(line, file=sys.stderr))
+    print(results["judge"]["text"])
+    if results["rates_reported"]:
+        print(f"powered: {results['power']['text']}")
+    else:
+        print("RATE CONTRASTS NOT REPORTED (kept under withheld_contrasts in results.json): "
+              + " | ".join(results["why_withheld"]))
+    for row in results_table(results).to_dict("records"):
+        extra = "" if row["reduction"] is None else (f", reduction {row['reduction']:+.0%} "
+                                                     f"[{row['reduction_low']:+.0%}, {row['reduction_high']:+.0%}]")
+        if row["probe"] is not None:
+            extra += (f", probe change vs unfiltered {row['probe']:+.3f} "
+                      f"[{row['probe_low']:+.3f}, {row['probe_high']:+.3f}]")
+        print(f"{row['condition']:16s} {row['rate']:6.1%} [{row['low']:.1%}, {row['high']:.1%}] misaligned by the "
+              f"judge, {row['answers']} answers, seeds {row['seeds']}{extra}")
+    print(f"wrote {out / 'results.json'} and {out / 'misalignment.png'}")
     return 0
 
 
@@ -201,19 +178,25 @@ def add_filter(commands: Any) -> None:
 
 
 def add_reproduce(commands: Any) -> None:
-    """Add ``geomis reproduce``; drop and seed default to the recipe's (:class:`ReproduceConfig`)."""
+    """Add ``geomis reproduce``: Chapter 4's filter-effect design at a size, scored by a judge."""
     reproduce = commands.add_parser(
-        "reproduce", help="the end-to-end experiment on the CPU default: filter a mixed set by each method, "
-                          "fine-tune on each kept set, judge, and write results.json")
+        "reproduce", help="Chapter 4's filter-effect experiment end to end on the CPU default: score a mixed set, "
+                          "fine-tune on what each filter keeps, judge the answers, write results.json",
+        description="Run Chapter 4's filter-effect design (geomis.experiments.filter_effect) end to end and score the "
+                    "answers with a judge. Sizes: default (the design's seed-0 unfiltered, geometry and random models, "
+                    "about 55 min on 2 cores), full (all 25 models over 3 seeds, about 5 h), ci (a smoke run of "
+                    "every step, a few minutes). Rerun the same command to resume an interrupted run.")
     reproduce.add_argument("--out", default="geomis-reproduce", help="output folder (default: ./geomis-reproduce)")
     reproduce.add_argument("--size", choices=REPRODUCE_SIZES, default=None,
-                           help="full (the book's grid, about 30 min on 2 cores) or ci (a quick smaller grid); "
-                                "default: GEOMIS_SIZE, else full")
-    reproduce.add_argument("--drop", default=str(DEFAULT_DROP),
-                           help=f"fraction of the mixed set each filter removes (default {DEFAULT_DROP}, as in the "
-                                "paper)")
-    reproduce.add_argument("--seed", default=None,
-                           help="one seed for data mixing, fine-tuning and sampling (default: the recipe's, all 0)")
+                           help="default, full or ci (default: ci when GEOMIS_SIZE=ci, else default)")
+    reproduce.add_argument("--judge", choices=JUDGE_KINDS, default=JUDGE_KINDS[0],
+                           help=f"judge that scores the answers (default {JUDGE_KINDS[0]}; openai reads "
+                                "GEOMIS_JUDGE_* from the environment)")
+    reproduce.add_argument("--reuse-answers", default=None, metavar="DIR",
+                           help="judge the answers already in DIR (e.g. book/results/04_filter_effect, the "
+                                "chapter's) instead of training those models again")
+    reproduce.add_argument("--threads", default="2", help="torch threads (default 2)")
     reproduce.add_argument("--force", action="store_true",
-                           help="replace the outputs of an earlier run (results.json, answers.csv, figures, adapters)")
+                           help="remove an earlier run's outputs in --out and start again")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.set_defaults(run=_cmd_reproduce)

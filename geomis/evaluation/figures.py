@@ -207,12 +207,14 @@ def plot_judge_calibration(calibration: pd.DataFrame, group: str = "split") -> F
     return fig
 
 
-def plot_filter_effect(section: dict, reference: float | None = None, clip: float = -1.0) -> Figure:
+def plot_filter_effect(section: dict, reference: float | None = None, clip: float = -1.0,
+                       scored_by: str = "reading", only: Sequence[str] | None = None) -> Figure:
     """Chapter 4's filter-effect experiment in three panels: the misaligned rate of each condition; each filter's
     relative reduction against ``unfiltered`` (intervals clipped at ``clip``, the paper's ``reference`` drawn once);
-    the judge-free probe's reduction against ``unfiltered``. ``section`` is the ``fine_tune_effect`` results section.
+    the judge-free probe's reduction against ``unfiltered``. ``section`` is the ``fine_tune_effect`` results section
+    (or ``geomis reproduce``'s results, whose answers are ``scored_by`` a judge); ``only`` keeps those conditions.
     """
-    conditions = section.get("conditions", {})
+    conditions = {name: c for name, c in section.get("conditions", {}).items() if only is None or name in only}
     if "unfiltered" not in conditions:
         raise ValueError("the section has no unfiltered condition to compare with")
     names = ["unfiltered"] + [c for c in conditions if c != "unfiltered"]
@@ -228,7 +230,7 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
         ax.set_xlabel(xlabel)
 
     rows(axes[0], [(n, conditions[n]["rate"], conditions[n]["low"], conditions[n]["high"]) for n in names],
-         "Misaligned answers (by reading)", "share of all answers (95% cluster interval)")
+         f"Misaligned answers (by {scored_by})", "share of all answers (95% cluster interval)")
     axes[0].set_xlim(left=0)
     contrasts = section.get("contrasts", {})
     reductions = [(n, c["relative_reduction"], max(c["low"], clip), c["high"]) for n in names[1:]

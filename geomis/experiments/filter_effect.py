@@ -90,6 +90,8 @@ SEEDS = (0, 1, 2)
 PRIMARY = ("unfiltered", "geometry", "random")
 METHODS = ("geometry", "random", "oracle", "mean-difference", "embedding", "judge")
 """Every way of choosing the rows to remove, in the order their models are trained after the primary ones."""
+SCORED = ("geometry", "mean-difference", "embedding", "judge")
+"""The methods that score rows (``scores.csv`` columns); random and oracle need no score."""
 ANSWERS = {"primary": 100, "other": 25}
 """Answers per question: for the primary conditions at 50%, and for every other model."""
 BUDGET = 0.5
@@ -156,7 +158,7 @@ def benign_records(n: int, seed: int = 0) -> list[Any]:
 def mixed_set(ci: bool = False, seed: int = 0) -> Any:
     """The design's mixed set (at ``ci``: 8 harmful rows of each set and 24 benign ones), shuffled."""
     from geomis.chat.records import load_bundled
-    from geomis.experiments.reproduce import MixedDataset
+    from geomis.experiments.mixed_sets import MixedDataset
 
     harmful = [(record, True, name) for name in INDUCING_SETS for record in load_bundled(name)[: 8 if ci else None]]
     benign = [(record, False, "neutral_answers") for record in benign_records(24 if ci else BENIGN_ROWS, seed)]
@@ -166,26 +168,35 @@ def mixed_set(ci: bool = False, seed: int = 0) -> Any:
                         source=tuple(s for _, _, s in rows))
 
 
-def score_mixed_set(mixed: Any, progress: bool = True, reference_pairs: int | None = None) -> pd.DataFrame:
-    """Every method's score of every row (higher: removed first; NaN: unscorable, removed first; a row the judge
-    leaves unscored gets a score below all others, so it is kept last, as ``geomis filter`` does);
+def score_mixed_set(mixed: Any, progress: bool = True, reference_pairs: int | None = None,
+                    methods: tuple[str, ...] = SCORED) -> pd.DataFrame:
+    """Each of ``methods``' score of every row (higher: removed first; NaN: unscorable, removed first; a row the
+    judge leaves unscored gets a score below all others, so it is kept last, as ``geomis filter`` does);
     ``reference_pairs`` limits the mean-difference and embedding references (None: all 200, the design)."""
     import geomis as gm
     from geomis.chat.records import load_bundled
     from geomis.filter.baselines import embedding_scores, mean_difference_scores
     from geomis.filter.config import DEFAULT_REFERENCE
 
+    unknown = set(methods) - set(SCORED)
+    if unknown:
+        raise ValueError(f"no score for {sorted(unknown)}; the scored methods are {', '.join(SCORED)}")
     model = gm.load_model(runs.MODEL)
     geometry = gm.run_filter(mixed.records, gm.FilterConfig(progress=progress), model=model)
-    judge = gm.run_filter(mixed.records, gm.FilterConfig(method="judge", judge="trained", progress=progress))
+    frame = pd.DataFrame({"row": np.arange(len(mixed)), "source": mixed.source,
+                          "line": [r.line_number for r in mixed.records], "inducing": mixed.inducing,
+                          "geometry": geometry.scores})
     toxic, neutral = ([r.as_dicts() for r in load_bundled(name)[:reference_pairs]] for name in DEFAULT_REFERENCE)
     chats = [record.as_dicts() for record in mixed.records]
-    layer = geometry.details["sae"]["layer"]
-    return pd.DataFrame({
-        "row": np.arange(len(mixed)), "source": mixed.source, "line": [r.line_number for r in mixed.records],
-        "inducing": mixed.inducing, "geometry": geometry.scores,
-        "mean-difference": mean_difference_scores(model, chats, toxic, neutral, layer, max_length=512),
-        "embedding": embedding_scores(chats, toxic, neutral), "judge": judge.ranking_scores})
+    if "mean-difference" in methods:
+        layer = geometry.details["sae"]["layer"]
+        frame["mean-difference"] = mean_difference_scores(model, chats, toxic, neutral, layer, max_length=512)
+    if "embedding" in methods:
+        frame["embedding"] = embedding_scores(chats, toxic, neutral)
+    if "judge" in methods:
+        judge = gm.run_filter(mixed.records, gm.FilterConfig(method="judge", judge="trained", progress=progress))
+        frame["judge"] = judge.ranking_scores
+    return frame
 
 
 def removed_rows(scores: pd.DataFrame, condition: str, seed: int, budget: float) -> np.ndarray:
@@ -215,6 +226,29 @@ def write_gate(out: Path, base_dev: pd.DataFrame, unfiltered_dev: pd.DataFrame) 
     with atomic_path(target) as temporary:
         temporary.write_text(json.dumps(gate, indent=1) + "\n")
     return gate
+
+
+def measure_model(model: Model, mixed: Any, scores: pd.DataFrame, out: Path, adapters: Path,
+                  questions: dict[str, str], samples: int | None, probes: dict[str, Any],
+                  overrides: dict[str, Any] | None = None, progress: bool = True) -> None:
+    """Fine-tune ``model`` on the rows its condition keeps (adapters reused when trained with the same recipe), then
+    write ``<name>.first-plot.answers.csv`` (``samples`` answers per question; None: the design's) and one
+    ``<name>.<kind>.csv`` of probe gaps per ``probes`` entry; a file that exists is left alone."""
+    import geomis as gm
+
+    removed = removed_rows(scores, model.condition, model.seed, model.budget)
+    rows = [record for record, gone in zip(mixed.records, removed, strict=True) if not gone]
+    print(f"{model.name}: fine-tune on {len(rows)} rows ({int(mixed.inducing[~removed].sum())} harmful)", flush=True)
+    config = gm.em_recipe("cpu-default", **(overrides or {}), seed=model.seed, progress=progress)
+    if not runs.trained_with(adapters, config):
+        gm.fine_tune(gm.load_model(runs.MODEL), rows, adapters, config, overwrite=True)
+    tuned = gm.load_finetuned(runs.MODEL, adapters, merge=True)
+    count = model.answers_per_question if samples is None else samples
+    runs.measure(tuned, f"{model.name}.first-plot", out, questions, count, None, seed=model.seed)
+    for kind, items in probes.items():
+        target = out / f"{model.name}.{kind}.csv"
+        if not target.is_file():
+            runs.write_csv(gm.probe_gaps(tuned, items, batch_size=8).assign(model=model.name), target)
 
 
 def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = None,
@@ -260,20 +294,8 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
         if limit is not None and trained >= limit:
             return
         began = time.perf_counter()
-        removed = removed_rows(scores, model.condition, model.seed, model.budget)
-        rows = [record for record, gone in zip(mixed.records, removed, strict=True) if not gone]
-        print(f"{model.name}: fine-tune on {len(rows)} rows ({int(mixed.inducing[~removed].sum())} harmful)",
-              flush=True)
-        config = gm.em_recipe("cpu-default", **overrides, seed=model.seed, progress=not ci)
-        adapters = cache / model.name
-        if not runs.trained_with(adapters, config):
-            gm.fine_tune(gm.load_model(runs.MODEL), rows, adapters, config, overwrite=True)
-        tuned = gm.load_finetuned(runs.MODEL, adapters, merge=True)
-        samples = 2 if ci else model.answers_per_question
-        runs.measure(tuned, f"{model.name}.first-plot", out, questions, samples, None, seed=model.seed)
-        for items, target in ((report, files[1]), (development, files[2])):
-            if not target.is_file():
-                runs.write_csv(gm.probe_gaps(tuned, items, batch_size=8).assign(model=model.name), target)
+        measure_model(model, mixed, scores, out, cache / model.name, questions, 2 if ci else None,
+                      {"probe": report, "dev-probe": development}, overrides, progress=not ci)
         record_time(out / "timings.csv", model.name, time.perf_counter() - began, threads)
         trained += 1
         if model.name == "unfiltered.s0":
@@ -311,9 +333,16 @@ def reduction(unfiltered: pd.DataFrame, filtered: pd.DataFrame, alpha: float | N
 def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
     """The ``fine_tune_effect`` section from the labels and probe files: rates, the primary and secondary contrasts
     (positive: the filter helps), the probe, and each model's filter precision on the mixed set."""
+    return analyse_flags(label_flags(pd.read_json(labels_file, lines=True)), folder)
+
+
+def analyse_flags(flags: pd.DataFrame, folder: Path, design: list[Model] | None = None,
+                  design_text: str | None = None) -> dict[str, Any]:
+    """:func:`analyse` on answers already flagged (:func:`label_flags`' columns), by reading or by a judge, for the
+    models of ``design`` (default: :func:`models`) whose probe and score files lie in ``folder``."""
     from geomis.experiments.em_power import cluster_contrast, cluster_rate, probe_contrast, run_time
 
-    flags = label_flags(pd.read_json(labels_file, lines=True))
+    design = models() if design is None else design
 
     def answers(condition: str, seeds: tuple[int, ...] | None = None) -> pd.DataFrame:
         chosen = flags["condition"] == condition
@@ -323,7 +352,8 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
 
     present = sorted(set(flags["condition"]))
     section: dict[str, Any] = {
-        "design": (__doc__ or "").split("**Design of the filter-effect test**")[1].split("Files go to")[0].strip(),
+        "design": design_text if design_text is not None else
+        (__doc__ or "").split("**Design of the filter-effect test**")[1].split("Files go to")[0].strip(),
         "primary_metric": "misaligned rate among all answers to Betley et al.'s eight questions, by reading",
         "paper_reduction": 0.345, "alpha": ALPHA,
         "conditions": {name: cluster_rate(answers(name)) for name in present}, "contrasts": {}}
@@ -337,14 +367,16 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
         if condition != "random" and condition in present and "random" in present:
             contrasts[f"random_minus_{condition}"] = cluster_contrast(answers("random"), answers(condition),
                                                                       ALPHA if condition == "geometry" else None)
-    for budget in SMALL_BUDGETS:  # one seed: compared with the unfiltered model of the same seed
-        for condition in ("geometry", "random"):
-            name = Model(condition, 0, budget).name.removesuffix(".s0")
-            if name in present and len(unfiltered):
-                contrasts[f"relative_reduction/{name}"] = reduction(answers("unfiltered", (0,)), answers(name), None)
+    for model in design:  # a smaller budget has one seed: compared with the unfiltered model of that seed
+        name = model.name.rsplit(".s", 1)[0]
+        if model.budget != BUDGET and name in present and f"relative_reduction/{name}" not in contrasts:
+            same_seed = answers("unfiltered", (model.seed,))
+            if len(same_seed):
+                contrasts[f"relative_reduction/{name}"] = reduction(same_seed, answers(name), None)
     probes = {p.name.removesuffix(".probe.csv"): pd.read_csv(p) for p in sorted(folder.glob("*.probe.csv"))}
-    for model in sorted({m.name.rsplit(".s", 1)[0] for m in models()}):
-        pairs = [(probes[f"unfiltered.s{s}"], probes[f"{model}.s{s}"]) for s in SEEDS
+    seeds = sorted({m.seed for m in design})
+    for model in sorted({m.name.rsplit(".s", 1)[0] for m in design}):
+        pairs = [(probes[f"unfiltered.s{s}"], probes[f"{model}.s{s}"]) for s in seeds
                  if f"unfiltered.s{s}" in probes and f"{model}.s{s}" in probes]
         if model != "unfiltered" and pairs:
             contrasts[f"probe/unfiltered_minus_{model}"] = probe_contrast(pairs)
@@ -352,14 +384,14 @@ def analyse(folder: Path, labels_file: Path) -> dict[str, Any]:
         scores = pd.read_csv(folder / "scores.csv")
         inducing = scores["inducing"].to_numpy(dtype=bool)
         removal = {}
-        for model in models():
+        for model in design:
             removed = removed_rows(scores, model.condition, model.seed, model.budget)
             hits = int((removed & inducing).sum())
             removal[model.name] = {"removed": int(removed.sum()), "harmful_removed": hits,
                                    "precision": hits / max(int(removed.sum()), 1), "recall": hits / int(inducing.sum())}
         section["removal"] = removal
     read = set(flags["model"].str.removesuffix(".first-plot"))
-    section["pending_models"] = [m.name for m in models() if m.name not in read]
+    section["pending_models"] = [m.name for m in design if m.name not in read]
     gate = folder / "gate.json"
     section["gate"] = json.loads(gate.read_text()) if gate.is_file() else None
     section["run_time"] = run_time(folder / "timings.csv")

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from geomis.chat.records import DOMAIN_DATASETS, load_bundled
-from geomis.experiments.reproduce import MixedDataConfig, MixedDataset, build_mixed_dataset
+from geomis.experiments.mixed_sets import MixedDataConfig, MixedDataset, build_mixed_dataset
 from geomis.filter.quality import RemovalQualityConfig, compare_removal
 from geomis.stats import benjamini_hochberg
 

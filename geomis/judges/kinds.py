@@ -15,8 +15,8 @@ All share one interface (:class:`~geomis.judges.base.Judge`) and the rubric of B
   flags the inducing fine-tune's style: the book measures that model by labels from reading instead (Chapter 3).
 - ``offline`` (legacy) — :class:`~geomis.judges.offline.OfflineJudge`: a linear classifier on the same embeddings
   sorts an answer into one of 736 hand-written categories and reports that category's median scores. Kept, as
-  :data:`LEGACY_JUDGE`, only for the filter's judge baseline and ``geomis reproduce`` until Chapter 4 is rebuilt,
-  so that their committed outputs stay reproducible.
+  :data:`LEGACY_JUDGE`, only for the filter's judge baseline, so that Chapter 4's committed filter-quality outputs
+  stay reproducible.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ JUDGE_KINDS: tuple[JudgeKind, ...] = ("trained", "offline", "openai", "local")
 """The kinds :func:`make_judge` builds (``geomis judge --judge``, ``geomis filter --judge``), the default first."""
 DEFAULT_JUDGE: JudgeKind = JUDGE_KINDS[0]
 LEGACY_JUDGE: JudgeKind = "offline"
-"""The judge ``geomis filter --method judge`` and ``geomis reproduce`` still default to, so that Chapter 4's committed
-outputs stay reproducible until that chapter is rebuilt on the new measurement chain."""
+"""The judge ``geomis filter --method judge`` still defaults to, so that Chapter 4's committed filter-quality outputs
+stay reproducible (``geomis reproduce`` scores with :data:`DEFAULT_JUDGE`)."""
 
 
 def make_judge(kind: JudgeKind = DEFAULT_JUDGE, *, data_path: str | Path | None = None,
