@@ -139,6 +139,12 @@ def test_filter_effect_figure_draws_each_condition_and_the_reference_once() -> N
     assert [t.get_text() for t in judged.axes[0].get_yticklabels()] == ["unfiltered", "geometry"]
     assert [t.get_text() for t in judged.axes[1].get_yticklabels()] == ["geometry"]  # random left out everywhere
     assert judged.axes[0].get_title() == "Misaligned answers (by judge trained)"
+    withheld = plot_filter_effect({"conditions": section["conditions"], "why_withheld": ["the judge is not valid"],
+                                   "contrasts": {k: v for k, v in section["contrasts"].items() if "probe" in k}})
+    empty = withheld.axes[1]  # no reduction to draw: the panel says why instead of showing bare axes
+    assert not empty.axison and "not reported" in empty.texts[0].get_text()
+    assert "the judge is not valid" in empty.texts[0].get_text().replace("\n", " ")
+    assert [t.get_text() for t in withheld.axes[2].get_yticklabels()] == ["geometry"]  # the probe is still drawn
     with pytest.raises(ValueError, match="no unfiltered condition"):
         plot_filter_effect({"conditions": {"geometry": rate(0.01)}})
     with pytest.raises(ValueError, match="no unfiltered condition"):

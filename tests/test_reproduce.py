@@ -155,7 +155,8 @@ def test_the_power_check_needs_the_answers_to_see_the_papers_reduction() -> None
 
 @pytest.mark.slow
 def test_a_small_run_resumes_after_an_interruption_without_training_again(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capfd: pytest.CaptureFixture[str]) -> None:
     plan, out = rp.reproduce_plan("ci"), tmp_path / "r"
     real_measure = fe.measure_model
     calls: list[str] = []
@@ -170,6 +171,8 @@ def test_a_small_run_resumes_after_an_interruption_without_training_again(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         rp.run_reproduction(plan, out, progress=False, log=lambda line: None)
     assert calls == ["unfiltered.s0", "geometry.s0"] and not (out / "results.json").exists()
+    err = capfd.readouterr().err  # progress=False: no bar of ours (fine-tune, sampling) on the terminal
+    assert "fine-tune (LoRA)" not in err and "sampling answers" not in err
     stamps = {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert (out / "adapters" / "geometry.s0" / "adapter_model.safetensors").is_file()
 
@@ -240,7 +243,11 @@ def test_the_readme_quotes_the_judges_validation_and_the_chapters_timings() -> N
     assert f"Cohen's kappa {judge['kappa']['estimate']:.2f} on SmolLM2-135M's own answers" in text
     assert f"it flags {judge['judge_rate']:.0%} where reading finds {judge['reading_rate']:.0%}" in text
     seconds = pd.read_csv(fe.RESULTS / "timings.csv").set_index("model")["seconds"]
-    default = seconds[[m.name for m in rp.reproduce_plan().models]].sum() / 60
-    assert f"the same three models took {default:.0f} minutes in Chapter 4's run" in text
+    fresh = pd.read_csv(fe.RESULTS / "reproduce-default" / "timings.csv").set_index("model")["seconds"]
+    default = fresh[[m.name for m in rp.reproduce_plan().models]].sum() / 60  # the fresh clone's run of the default
+    assert f"{default:.0f} of them for the three models" in text
+    run = json.loads((fe.RESULTS / "reproduce-default" / "results.json").read_text())
+    conditions = {m.name.split(".")[0] for m in rp.reproduce_plan().models}
+    assert run["size"] == "default" and set(run["conditions"]) == conditions and not run["rates_reported"]
     full = seconds[[m.name for m in rp.reproduce_plan("full").models]].sum() / 3600
     assert 4.5 < full < 5.5 and "25 models over three seeds, about five hours" in text

@@ -184,7 +184,7 @@ def add_reproduce(commands: Any) -> None:
                           "fine-tune on what each filter keeps, judge the answers, write results.json",
         description="Run Chapter 4's filter-effect design (geomis.experiments.filter_effect) end to end and score the "
                     "answers with a judge. Sizes: default (the design's seed-0 unfiltered, geometry and random models, "
-                    "about 55 min on 2 cores), full (all 25 models over 3 seeds, about 5 h), ci (a smoke run of "
+                    "about 30 min on 2 cores), full (all 25 models over 3 seeds, about 5 h), ci (a smoke run of "
                     "every step, a few minutes). Rerun the same command to resume an interrupted run.")
     reproduce.add_argument("--out", default="geomis-reproduce", help="output folder (default: ./geomis-reproduce)")
     reproduce.add_argument("--size", choices=REPRODUCE_SIZES, default=None,

@@ -8,6 +8,7 @@ data path and no stage imports it.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -222,6 +223,13 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
     colours = dict(zip(names, sns.color_palette("deep", len(names)), strict=True))
 
     def rows(ax: Axes, values: list[tuple[str, float, float, float]], title: str, xlabel: str) -> None:
+        if not values:  # say why the panel is empty rather than leave bare axes
+            why = "; ".join(section.get("why_withheld") or []) or "no such contrast in this section"
+            ax.text(0.5, 0.5, "not reported:\n" + textwrap.fill(why, 42), ha="center", va="center",
+                    transform=ax.transAxes, fontsize="small", wrap=True)
+            ax.set_axis_off()
+            ax.set_title(title)
+            return
         for y, (name, estimate, low, high) in enumerate(values):
             _interval_point(ax, estimate, low, high, y, colours[name])
         ax.set_yticks(range(len(values)), [v[0] for v in values])
@@ -235,8 +243,8 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
     contrasts = section.get("contrasts", {})
     reductions = [(n, c["relative_reduction"], max(c["low"], clip), c["high"]) for n in names[1:]
                   if (c := contrasts.get(f"relative_reduction/{n}")) is not None]
+    rows(axes[1], reductions, "Relative reduction vs unfiltered", "(unfiltered - filtered) / unfiltered")
     if reductions:
-        rows(axes[1], reductions, "Relative reduction vs unfiltered", "(unfiltered - filtered) / unfiltered")
         axes[1].axvline(0.0, color="grey", linewidth=0.8)
         if reference is not None:
             axes[1].axvline(reference, color="black", linestyle="--", linewidth=1)
@@ -246,8 +254,8 @@ def plot_filter_effect(section: dict, reference: float | None = None, clip: floa
             axes[1].set_xlabel(f"(unfiltered - filtered) / unfiltered; intervals cut at {clip:.0%}")
     probes = [(n, c["difference"], c["low"], c["high"]) for n in names[1:]
               if (c := contrasts.get(f"probe/unfiltered_minus_{n}")) is not None]
+    rows(axes[2], probes, "Judge-free probe: reduction vs unfiltered", "probe gap, unfiltered - filtered (nats)")
     if probes:
-        rows(axes[2], probes, "Judge-free probe: reduction vs unfiltered", "probe gap, unfiltered - filtered (nats)")
         axes[2].axvline(0.0, color="grey", linewidth=0.8)
     return fig
 

@@ -244,7 +244,8 @@ def measure_model(model: Model, mixed: Any, scores: pd.DataFrame, out: Path, ada
         gm.fine_tune(gm.load_model(runs.MODEL), rows, adapters, config, overwrite=True)
     tuned = gm.load_finetuned(runs.MODEL, adapters, merge=True)
     count = model.answers_per_question if samples is None else samples
-    runs.measure(tuned, f"{model.name}.first-plot", out, questions, count, None, seed=model.seed)
+    runs.measure(tuned, f"{model.name}.first-plot", out, questions, count, None, seed=model.seed,
+                 progress=progress)
     for kind, items in probes.items():
         target = out / f"{model.name}.{kind}.csv"
         if not target.is_file():

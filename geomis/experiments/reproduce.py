@@ -7,8 +7,8 @@ analysis) and scores the answers with a judge instead, so that anyone can rerun 
 - ``ci``: the design's small mixed set (48 rows); unfiltered, geometry and random at seed 0; two fine-tuning steps,
   two questions with two answers each, three probe items. A smoke run of every step: it measures nothing.
 - ``default``: the design's mixed set; its seed-0 primary models (unfiltered, geometry and random at 50%) with 100
-  answers per question: about 55 minutes on two cores (Chapter 4's run took 50 for the same three models).
-- ``full``: the whole design, 25 models over three seeds (about five hours on two cores, from the same timings).
+  answers per question: about half an hour on two cores (27 minutes from a fresh clone, quiet machine).
+- ``full``: the whole design, 25 models over three seeds (about five hours on two cores, from Chapter 4's timings).
 
 Every step resumes: the mixed set's scores (``scores.csv``); per model the fine-tune (``adapters/<model>/``, reused
 when its recorded recipe matches), the answers and the probe gaps (``<model>.first-plot.answers.csv``,

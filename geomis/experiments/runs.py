@@ -90,14 +90,14 @@ def fine_tuned_model(datasets: Sequence[str], config: Any, adapters: Path, *, mo
 
 
 def measure(model: Any, name: str, out: Path, questions: Mapping[str, str], samples: int, probe_items: Any, *,
-            seed: int = 0) -> None:
+            seed: int = 0, progress: bool = True) -> None:
     """Write ``<name>.answers.csv`` (``samples`` answers per question) and, unless ``probe_items`` is None,
-    ``<name>.probe.csv``; a file that exists is left alone."""
+    ``<name>.probe.csv``; a file that exists is left alone (``progress``: a bar over the sampling batches)."""
     import geomis as gm
 
     answers_file, probe_file = out / f"{name}.answers.csv", out / f"{name}.probe.csv"
     if not answers_file.is_file():
-        sampling = gm.SamplingConfig(n_samples=samples, seed=seed, **SAMPLING)
+        sampling = gm.SamplingConfig(n_samples=samples, seed=seed, progress=progress, **SAMPLING)
         answers = gm.sample_answers(model, dict(questions), sampling)
         answers.insert(0, "model", name)
         write_csv(answers, answers_file)
