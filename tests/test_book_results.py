@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,6 +77,9 @@ def test_results_are_written_into_the_checkout_as_strict_json(tmp_path: Path) ->
     assert json.loads(path.read_text()) == {"rate": None, "interval": [0.1, None], "n": 3, "nested": {"p": 0.5}}
     assert write_results_file("02_x.json", {"n": 4}, start=root) == path  # from the root too, replacing
     assert json.loads(path.read_text()) == {"n": 4}
+    numpy_values = {"n": np.int64(7), "ok": np.bool_(True), "rate": np.float64("nan"), "low": np.float32(0.25)}
+    write_results_file("02_x.json", numpy_values, start=root)  # numpy scalars as Python ones, NaN as null
+    assert json.loads(path.read_text()) == {"n": 7, "ok": True, "rate": None, "low": 0.25}
     assert results_file("02_x.json", start=root) == path  # what is written is what a chapter reads
     for bad in ("../x.json", "a/b.json", "x.csv", ""):
         with pytest.raises(FileAccessError, match="not a results file name"):

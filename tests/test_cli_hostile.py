@@ -174,8 +174,11 @@ CASES: dict[str, Case] = {
     "reproduce: another plan's folder": Case(REPRODUCE, code=2, message="holds a run of another plan",
                                              files={"r/plan.json": b'{"size": "full"}'}),
     "reproduce: --threads 0": Case((*REPRODUCE, "--threads", "0"), code=2, message="--threads must be"),
-    "reproduce: --reuse-answers without scores": Case((*REPRODUCE, "--reuse-answers", "{tmp}"), code=2,
+    "reproduce: --reuse-answers without scores": Case(("reproduce", "--out", "{tmp}/r", "--size", "default",
+                                                       "--reuse-answers", "{tmp}"), code=2,
                                                       message="no scores.csv there"),
+    "reproduce: --reuse-answers at ci size": Case((*REPRODUCE, "--reuse-answers", "{tmp}"), code=2,
+                                                  message="choose a size other than ci"),
     "reproduce: judge openai without an endpoint": Case((*REPRODUCE, "--judge", "openai"), code=2,
                                                         message="GEOMIS_JUDGE_BASE_URL"),
 }

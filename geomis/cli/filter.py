@@ -9,7 +9,7 @@ from typing import Any
 
 from geomis.atomic_io import STDIN, check_creatable, output_lock
 from geomis.cli.options import config_defaults, drop_fraction, library_progress_bars, positive_int, seed
-from geomis.errors import ConfigError, FileAccessError
+from geomis.errors import ConfigError
 from geomis.filter.config import FILTER_METHODS, SCORE_METHODS, UNSCORABLE_POLICIES, FilterConfig
 from geomis.judges.kinds import JUDGE_KINDS
 from geomis.settings import REPRODUCE_SIZES
@@ -75,7 +75,7 @@ def summary_line(result: Any, label: str) -> str:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from geomis.experiments.reproduce import check_folder, reproduce_plan
+    from geomis.experiments.reproduce import check_folder, check_reuse, reproduce_plan
     from geomis.settings import run_size
 
     threads = positive_int(args.threads, "--threads")
@@ -85,9 +85,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     check_creatable(out)
     check_folder(out, plan, args.force)  # one-line refusals before anything is loaded
     reuse = None if args.reuse_answers is None else Path(args.reuse_answers)
-    if reuse is not None and not (reuse / "scores.csv").is_file():
-        raise FileAccessError(f"--reuse-answers {reuse}: no scores.csv there (name a folder like "
-                              "book/results/04_filter_effect)")
+    if reuse is not None:
+        check_reuse(reuse, plan)
     if plan.judge == "openai":
         from geomis.judges.openai_compat import OpenAICompatibleJudge
 

@@ -58,16 +58,18 @@ def results_file(name: str, *, start: str | os.PathLike[str] | None = None, down
     return target
 
 
-def _plain(value: object) -> object:
-    """``value`` with NaN and infinities as None and tuples as lists (strict JSON)."""
+def plain_json(value: object) -> object:
+    """``value`` with NaN and infinities as None, tuples as lists and numpy scalars as Python ones (strict JSON)."""
     import math
 
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)) and getattr(value, "shape", None) == ():
+        value = value.item()  # type: ignore[union-attr]  # numpy scalars
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_json(item) for item in value]
     return value
 
 
@@ -94,7 +96,7 @@ def write_results_file(name: str, content: dict[str, object], *,
         raise FileAccessError(f"{name!r} is not a results file name (NN_name.json)")
     target = _checkout_results(start) / name
     with atomic_path(target) as temporary:
-        temporary.write_text(json.dumps(_plain(content), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        temporary.write_text(json.dumps(plain_json(content), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return target
 
 

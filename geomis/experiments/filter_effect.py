@@ -252,13 +252,25 @@ def measure_model(model: Model, mixed: Any, scores: pd.DataFrame, out: Path, ada
             runs.write_csv(gm.probe_gaps(tuned, items, batch_size=8).assign(model=model.name), target)
 
 
+def measurement_inputs(ci: bool = False) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+    """What every model is measured on: the questions (id: text), the probe's items by kind (``probe``: report,
+    ``dev-probe``: development) and the recipe overrides; at ``ci`` two questions, three items each, two steps."""
+    import geomis as gm
+    from geomis.evaluation.probe_items import load_misalignment_probe
+
+    questions = {q.id: q.text for q in gm.question_set("first-plot")}
+    probes = {"probe": load_misalignment_probe("report"), "dev-probe": load_misalignment_probe("development")}
+    if not ci:
+        return questions, probes, {}
+    return dict(list(questions.items())[:2]), {kind: items[:3] for kind, items in probes.items()}, {"max_steps": 2}
+
+
 def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = None,
         honour_gate: bool = not GATE_WAIVED) -> None:
     """Score the mixed set once, then fine-tune and measure every model not measured yet (``limit``: at most so
     many new models in this call; ``honour_gate``: stop when the gate has not passed, as the design had it before
     Amendment 1)."""
     import geomis as gm
-    from geomis.evaluation.probe_items import load_misalignment_probe
     from geomis.experiments.em_power import record_time
     from geomis.settings import cache_dir
 
@@ -270,12 +282,8 @@ def run(out: Path, *, ci: bool = False, threads: int = 2, limit: int | None = No
     scores = pd.read_csv(out / "scores.csv")
     if scores["inducing"].tolist() != mixed.inducing.tolist():
         raise RuntimeError(f"{out / 'scores.csv'} was made for another mixed set; move it away")
-    questions = {q.id: q.text for q in gm.question_set("first-plot")}
-    report, development = load_misalignment_probe("report"), load_misalignment_probe("development")
-    overrides: dict[str, Any] = {}
-    if ci:
-        questions = dict(list(questions.items())[:2])
-        report, development, overrides = report[:3], development[:3], {"max_steps": 2}
+    questions, probes, overrides = measurement_inputs(ci)
+    report, development = probes["probe"], probes["dev-probe"]
     if not (out / "base.dev-probe.csv").is_file():
         runs.write_csv(gm.probe_gaps(gm.load_model(runs.MODEL), development, batch_size=8).assign(model="base"),
                        out / "base.dev-probe.csv")

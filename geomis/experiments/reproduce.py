@@ -42,17 +42,19 @@ from tqdm.auto import tqdm
 
 from geomis.atomic_io import atomic_path
 from geomis.errors import ConfigError, FileAccessError, OutputExistsError
+from geomis.evaluation.book_results import plain_json
 from geomis.experiments import filter_effect as fe
 from geomis.experiments import runs
 from geomis.judges.kinds import DEFAULT_JUDGE, JudgeKind
+from geomis.settings import REPRODUCE_SIZES
 
 __all__ = ["PAPER_REDUCTION", "SIZES", "VALID_KAPPA", "ReproducePlan", "reproduce_plan", "run_reproduction",
            "judge_validity", "power_check", "results_table",
-           "check_folder", "prepare_folder", "reuse_answers"]
+           "check_folder", "prepare_folder", "check_reuse", "reuse_answers"]
 
 PAPER_REDUCTION = 0.345
 """Relative reduction of misalignment the paper reports for removing 50% of a mixed set by geometry."""
-SIZES: tuple[str, ...] = ("default", "full", "ci")
+SIZES: tuple[str, ...] = REPRODUCE_SIZES
 VALID_KAPPA = 0.4
 """A judge's rates are reported when its kappa with reading on this model's answers has a lower bound at least this
 (moderate agreement on Landis and Koch's 1977 scale); fixed before any run of this design."""
@@ -95,8 +97,13 @@ def reproduce_plan(size: str = "default", judge: JudgeKind = DEFAULT_JUDGE) -> R
     raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
 
 
+def _measured_files(out: Path, model: fe.Model) -> list[Path]:
+    """The files that mark ``model`` as trained and measured: its answers and its probe gaps."""
+    return [out / f"{model.name}{suffix}" for suffix in (".first-plot.answers.csv", ".probe.csv")]
+
+
 def _model_files(out: Path, model: fe.Model) -> list[Path]:
-    return [out / f"{model.name}{suffix}" for suffix in (".first-plot.answers.csv", ".probe.csv", ".judged.csv")]
+    return [*_measured_files(out, model), out / f"{model.name}.judged.csv"]
 
 
 def check_folder(out: Path, plan: ReproducePlan, force: bool = False) -> list[Path]:
@@ -136,23 +143,34 @@ def prepare_folder(out: Path, plan: ReproducePlan, force: bool = False) -> int:
     if not record.is_file():
         with atomic_path(record) as temporary:
             temporary.write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    return sum(all(f.is_file() for f in _model_files(out, m)[:2]) for m in plan.models)
+    return sum(all(f.is_file() for f in _measured_files(out, m)) for m in plan.models)
+
+
+def check_reuse(source: Path, plan: ReproducePlan) -> pd.DataFrame:
+    """Refuse, in one line, answers to reuse for a ci plan or from a folder without the design's ``scores.csv``;
+    return that file."""
+    if plan.ci:
+        raise ConfigError(f"--reuse-answers {source}: a ci run trains its own small models; choose a size other "
+                          "than ci")
+    if not (source / "scores.csv").is_file():
+        raise FileAccessError(f"--reuse-answers {source}: no scores.csv there (name a folder like "
+                              "book/results/04_filter_effect)")
+    committed = pd.read_csv(source / "scores.csv")
+    if committed["inducing"].tolist() != fe.mixed_set().inducing.tolist():
+        raise ConfigError(f"--reuse-answers {source}: its scores.csv was made for another mixed set")
+    return committed
 
 
 def reuse_answers(source: Path, out: Path, plan: ReproducePlan) -> list[str]:
     """Copy the design's committed files for the plan's models from ``source`` (e.g. Chapter 4's folder) into
     ``out`` where they are missing, so those models are judged without being trained again; the models reused."""
-    scores = source / "scores.csv"
-    if plan.ci or not scores.is_file():
-        raise ConfigError(f"--reuse-answers {source}: needs the design's scores.csv there, and a size other than ci")
-    if pd.read_csv(scores)["inducing"].tolist() != fe.mixed_set().inducing.tolist():
-        raise ConfigError(f"--reuse-answers {source}: its scores.csv was made for another mixed set")
-    if not (out / "scores.csv").is_file() and set(plan.scored) <= set(pd.read_csv(scores).columns):
-        shutil.copyfile(scores, out / "scores.csv")
+    committed = check_reuse(source, plan)
+    if not (out / "scores.csv").is_file() and set(plan.scored) <= set(committed.columns):
+        shutil.copyfile(source / "scores.csv", out / "scores.csv")
     reused = []
     for model in plan.models:
-        sources = [source / f.name for f in _model_files(out, model)[:2]]
-        if all(s.is_file() for s in sources) and not any(f.exists() for f in _model_files(out, model)[:2]):
+        sources = [source / f.name for f in _measured_files(out, model)]
+        if all(s.is_file() for s in sources) and not any(f.exists() for f in _measured_files(out, model)):
             for s in sources:
                 shutil.copyfile(s, out / s.name)
             reused.append(model.name)
@@ -246,7 +264,6 @@ def run_reproduction(plan: ReproducePlan, out: Path, *, threads: int = 2, progre
     import torch
 
     import geomis as gm
-    from geomis.evaluation.probe_items import load_misalignment_probe
     from geomis.experiments.em_power import record_time
     from geomis.provenance import package_versions
 
@@ -259,11 +276,8 @@ def run_reproduction(plan: ReproducePlan, out: Path, *, threads: int = 2, progre
     if reuse is not None:
         log(f"reused the answers of {', '.join(reuse_answers(reuse, out, plan)) or 'no model'} from {reuse}")
     mixed = fe.mixed_set(plan.ci)
-    questions = {q.id: q.text for q in gm.question_set("first-plot")}
-    report = load_misalignment_probe("report")
-    overrides: dict[str, Any] = {}
-    if plan.ci:
-        questions, report, overrides = dict(list(questions.items())[:2]), report[:3], {"max_steps": 2}
+    questions, probes, overrides = fe.measurement_inputs(plan.ci)
+    report = {"probe": probes["probe"]}  # the design's report items; the development gate is the chapter's alone
     steps = tqdm(total=len(plan.models) + 3, desc="geomis reproduce", unit="step", disable=not progress)
     with steps:
         steps.set_postfix_str("scoring the mixed set")
@@ -275,10 +289,10 @@ def run_reproduction(plan: ReproducePlan, out: Path, *, threads: int = 2, progre
         steps.update()
         for model in plan.models:
             steps.set_postfix_str(f"{model.name}: fine-tune, answers, probe")
-            if not all(f.is_file() for f in _model_files(out, model)[:2]):
+            if not all(f.is_file() for f in _measured_files(out, model)):
                 began = time.perf_counter()
                 fe.measure_model(model, mixed, scores, out, out / "adapters" / model.name, questions,
-                                 2 if plan.ci else None, {"probe": report}, overrides,
+                                 2 if plan.ci else None, report, overrides,
                                  progress=progress and not plan.ci)
                 record_time(out / "timings.csv", model.name, time.perf_counter() - began, threads)
             steps.update()
@@ -291,7 +305,7 @@ def run_reproduction(plan: ReproducePlan, out: Path, *, threads: int = 2, progre
         results["versions"] = package_versions()
         _write_figure(results, out)
         with atomic_path(out / "results.json") as temporary:  # last: a present results.json marks a complete run
-            temporary.write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+            temporary.write_text(json.dumps(plain_json(results), indent=1, allow_nan=False) + "\n")
         steps.update()
     return results
 
@@ -312,16 +326,6 @@ def _write_figure(results: dict[str, Any], out: Path) -> None:
     with atomic_path(out / "misalignment.png") as temporary:
         figure.savefig(temporary, dpi=150, format="png")
     plt.close(figure)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()  # numpy scalars
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def results_table(results: dict[str, Any]) -> pd.DataFrame:
